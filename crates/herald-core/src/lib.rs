@@ -1,0 +1,37 @@
+//! The vocabulary of Herald: typed [`Event`]s, the [`Envelope`] that carries them, the
+//! [`Codec`]s that encode them, the traits that stores ([`OutboxStore`]) and transports
+//! ([`Publisher`], [`Subscriber`]) implement, and the [`Error`] they all report.
+//!
+//! This crate does no I/O; the backends (`herald-postgres`, `herald-sqlite`, `herald-memory`,
+//! …) and the engines (`herald-relay`, …) build on it.
+
+pub mod backoff;
+pub mod codec;
+pub mod envelope;
+pub mod error;
+pub mod event;
+pub mod ident;
+pub mod redact;
+pub mod signal;
+pub mod store;
+pub mod transport;
+
+pub use backoff::Backoff;
+pub use codec::{Codec, Json};
+pub use envelope::{Envelope, Headers, Metadata, TraceContext};
+pub use error::{BoxError, Error, Result};
+pub use event::Event;
+pub use ident::Identifier;
+pub use signal::{Signal, Wakeups};
+pub use store::{
+    ClaimRequest, ClaimedEvent, Completion, DeadLetter, Disposition, Failure, OutboxAdmin,
+    OutboxStats, OutboxStore, Replay, Seq,
+};
+pub use transport::{
+    Acknowledger, BoxFuture, Delivery, DeliveryStream, Publisher, Settlement, Subscriber,
+    SubscriptionSpec,
+};
+
+pub use bytes::Bytes;
+pub use time::OffsetDateTime;
+pub use uuid::Uuid;
