@@ -1,0 +1,61 @@
+//! Conformance suites that every Herald store and every transport must pass.
+//!
+//! A backend's integration tests implement a small factory trait and invoke a macro that
+//! expands to one `#[tokio::test]` per behaviour, so each guarantee shows up (and fails) on
+//! its own:
+//!
+//! ```ignore
+//! struct Factory;
+//! impl herald_testkit::store::StoreFactory for Factory { /* … */ }
+//! herald_testkit::store_suite!(Factory);
+//! ```
+
+pub mod store;
+pub mod transport;
+
+use herald_core::{Envelope, Event, Metadata};
+use serde::{Deserialize, Serialize};
+
+/// The event the suites record and publish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestEvent {
+    /// The aggregate the event belongs to (its partition key).
+    pub key: String,
+    /// Position of the event within its key, from 0.
+    pub n: u64,
+    /// Padding to give the payload a realistic size.
+    pub note: String,
+}
+
+impl Event for TestEvent {
+    const TYPE: &'static str = "testkit.test_event";
+
+    fn partition_key(&self) -> Option<String> {
+        Some(self.key.clone())
+    }
+}
+
+/// An envelope holding the `n`-th [`TestEvent`] of `key`.
+pub fn envelope(key: &str, n: u64) -> Envelope {
+    let event = TestEvent {
+        key: key.to_owned(),
+        n,
+        note: "x".repeat(64),
+    };
+    match Envelope::from_event(&event, Metadata::default()) {
+        Ok(env) => env,
+        Err(err) => panic!("test event must encode: {err}"),
+    }
+}
+
+/// `per_key` envelopes for each of `keys` keys, interleaved the way concurrent writers would
+/// record them (key 0 event 0, key 1 event 0, …, key 0 event 1, …).
+pub fn interleaved(keys: usize, per_key: u64) -> Vec<Envelope> {
+    let mut out = Vec::with_capacity(keys * per_key as usize);
+    for n in 0..per_key {
+        for k in 0..keys {
+            out.push(envelope(&format!("key-{k}"), n));
+        }
+    }
+    out
+}
