@@ -1,0 +1,78 @@
+//! Counters a relay keeps, readable while it runs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Live counters of one relay (cheap to clone; all clones see the same numbers).
+#[derive(Debug, Clone, Default)]
+pub struct RelayMetrics {
+    inner: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    batches: AtomicU64,
+    claimed: AtomicU64,
+    published: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    released: AtomicU64,
+    store_errors: AtomicU64,
+}
+
+/// A point-in-time copy of [`RelayMetrics`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelaySnapshot {
+    /// Non-empty batches claimed.
+    pub batches: u64,
+    /// Rows claimed.
+    pub claimed: u64,
+    /// Rows published and completed.
+    pub published: u64,
+    /// Failed publications rescheduled with backoff.
+    pub retried: u64,
+    /// Rows dead-lettered.
+    pub dead_lettered: u64,
+    /// Rows given back unpublished (held behind a failed row of their key, or at shutdown).
+    pub released: u64,
+    /// Store operations that failed (the relay backs off and keeps going).
+    pub store_errors: u64,
+}
+
+impl RelayMetrics {
+    /// The current values.
+    pub fn snapshot(&self) -> RelaySnapshot {
+        let c = &self.inner;
+        RelaySnapshot {
+            batches: c.batches.load(Ordering::Relaxed),
+            claimed: c.claimed.load(Ordering::Relaxed),
+            published: c.published.load(Ordering::Relaxed),
+            retried: c.retried.load(Ordering::Relaxed),
+            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+            released: c.released.load(Ordering::Relaxed),
+            store_errors: c.store_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn batch(&self, claimed: usize) {
+        self.inner.batches.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .claimed
+            .fetch_add(claimed as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn settled(&self, report: &crate::BatchReport) {
+        let c = &self.inner;
+        c.published
+            .fetch_add(report.published as u64, Ordering::Relaxed);
+        c.retried.fetch_add(report.retried as u64, Ordering::Relaxed);
+        c.dead_lettered
+            .fetch_add(report.dead_lettered as u64, Ordering::Relaxed);
+        c.released
+            .fetch_add(report.released as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn store_error(&self) {
+        self.inner.store_errors.fetch_add(1, Ordering::Relaxed);
+    }
+}

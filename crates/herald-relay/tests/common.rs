@@ -1,0 +1,78 @@
+//! Shared set-up for the relay's integration tests.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use herald_core::{Backoff, Completion, Envelope};
+use herald_postgres::{PgOutbox, PgOutboxConfig};
+use herald_relay::{RelayConfig, Retention};
+use herald_sqlite::{SqliteOutbox, SqliteOutboxConfig};
+
+pub fn database_url() -> String {
+    std::env::var("HERALD_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A PostgreSQL outbox in a schema of its own.
+pub async fn pg_store() -> PgOutbox {
+    let schema = format!("herald_r_{}", herald_core::Uuid::now_v7().simple());
+    let config = PgOutboxConfig::new(&schema, "outbox").unwrap();
+    let store = PgOutbox::connect(&database_url(), config).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+/// An SQLite outbox in a file of its own (the directory lives as long as the returned guard).
+pub async fn sqlite_store() -> (tempfile::TempDir, SqliteOutbox) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let store = sqlite_at(path.to_str().unwrap()).await;
+    (dir, store)
+}
+
+pub async fn sqlite_at(path: &str) -> SqliteOutbox {
+    let config = SqliteOutboxConfig {
+        completion: Completion::Delete,
+        ..SqliteOutboxConfig::default()
+    };
+    let store = SqliteOutbox::connect(&format!("sqlite://{path}"), config)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+/// Relay settings for tests: quick backoff, short lease.
+pub fn fast_config() -> RelayConfig {
+    RelayConfig {
+        batch_size: 100,
+        lease: Duration::from_secs(2),
+        publish_timeout: Duration::from_secs(1),
+        poll_interval: Duration::from_millis(50),
+        max_attempts: 3,
+        backoff: Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(50),
+            multiplier: 2.0,
+            jitter: 0.2,
+        },
+        retention: Some(Retention::default()),
+        ..RelayConfig::default()
+    }
+}
+
+pub async fn record_pg(store: &PgOutbox, envelopes: &[Envelope]) {
+    for chunk in envelopes.chunks(250) {
+        let mut tx = store.pool().begin().await.unwrap();
+        store.record_all(&mut tx, chunk).await.unwrap();
+        store.commit(tx).await.unwrap();
+    }
+}
+
+pub async fn record_sqlite(store: &SqliteOutbox, envelopes: &[Envelope]) {
+    for chunk in envelopes.chunks(250) {
+        let mut tx = store.pool().begin().await.unwrap();
+        store.record_all(&mut tx, chunk).await.unwrap();
+        store.commit(tx).await.unwrap();
+    }
+}

@@ -1,0 +1,281 @@
+//! The relay against real stores (PostgreSQL, SQLite) and the in-memory transport.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::*;
+use herald_core::{
+    DeliveryStream, Envelope, OutboxAdmin, OutboxStore, Publisher, Replay, Result, Subscriber,
+    SubscriptionSpec, Uuid,
+};
+use herald_memory::MemoryTransport;
+use herald_relay::{Relay, RelayConfig};
+use herald_testkit::{TestEvent, envelope, interleaved};
+use tokio_util::sync::CancellationToken;
+
+/// Reads deliveries until `expected` distinct ids arrived (or `within` passed), acking each.
+async fn collect<S: DeliveryStream>(
+    stream: &mut S,
+    expected: usize,
+    within: Duration,
+) -> Vec<Envelope> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    while seen.len() < expected {
+        let next = tokio::time::timeout_at(deadline, stream.next()).await;
+        let Ok(Some(delivery)) = next else { break };
+        let delivery = delivery.unwrap();
+        seen.insert(delivery.envelope.id);
+        out.push(delivery.envelope.clone());
+        delivery.ack().await.unwrap();
+    }
+    out
+}
+
+fn assert_key_order(delivered: &[Envelope]) {
+    let mut next: HashMap<String, u64> = HashMap::new();
+    for env in delivered {
+        let ev: TestEvent = env.decode().unwrap();
+        let expected = next.entry(ev.key.clone()).or_insert(0);
+        assert_eq!(ev.n, *expected, "key {} out of order", ev.key);
+        *expected += 1;
+    }
+}
+
+fn audit() -> SubscriptionSpec {
+    SubscriptionSpec {
+        prefetch: 100_000,
+        ..SubscriptionSpec::new("audit", Vec::<String>::new())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_relays_publish_every_event_once_in_key_order_postgres() {
+    let store = pg_store().await;
+    let transport = MemoryTransport::new();
+    let mut stream = transport.subscribe(&audit()).await.unwrap();
+    let events = interleaved(100, 30);
+
+    let shutdown = CancellationToken::new();
+    let mut relays = Vec::new();
+    for _ in 0..3 {
+        let relay = Relay::new(store.clone(), transport.clone(), fast_config()).unwrap();
+        let shutdown = shutdown.clone();
+        relays.push(tokio::spawn(async move { relay.run(shutdown).await }));
+    }
+    record_pg(&store, &events).await;
+
+    let delivered = collect(&mut stream, events.len(), Duration::from_secs(60)).await;
+    shutdown.cancel();
+    for relay in relays {
+        relay.await.unwrap().unwrap();
+    }
+    assert_eq!(delivered.len(), events.len(), "each event published exactly once");
+    let ids: HashSet<Uuid> = delivered.iter().map(|e| e.id).collect();
+    assert_eq!(ids, events.iter().map(|e| e.id).collect());
+    assert_key_order(&delivered);
+    assert_eq!(store.stats().await.unwrap().pending, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_relays_publish_every_event_once_in_key_order_sqlite() {
+    let (_dir, store) = sqlite_store().await;
+    let transport = MemoryTransport::new();
+    let mut stream = transport.subscribe(&audit()).await.unwrap();
+    let events = interleaved(50, 40);
+
+    let shutdown = CancellationToken::new();
+    let mut relays = Vec::new();
+    for _ in 0..2 {
+        let relay = Relay::new(store.clone(), transport.clone(), fast_config()).unwrap();
+        let shutdown = shutdown.clone();
+        relays.push(tokio::spawn(async move { relay.run(shutdown).await }));
+    }
+    record_sqlite(&store, &events).await;
+
+    let delivered = collect(&mut stream, events.len(), Duration::from_secs(60)).await;
+    shutdown.cancel();
+    for relay in relays {
+        relay.await.unwrap().unwrap();
+    }
+    assert_eq!(delivered.len(), events.len());
+    assert_key_order(&delivered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_publishes_back_off_then_dead_letter_while_other_keys_flow() {
+    let (_dir, store) = sqlite_store().await;
+    let transport = MemoryTransport::new();
+    let mut stream = transport.subscribe(&audit()).await.unwrap();
+    let poison = envelope("poison", 0);
+    let poison_id = poison.id;
+    transport.fail_publishes_when(move |env| {
+        (env.id == poison_id).then(|| "injected broker failure".to_owned())
+    });
+    let after_poison = envelope("poison", 1);
+    let mut events = vec![poison.clone(), after_poison.clone()];
+    events.extend(interleaved(20, 5));
+
+    let relay = Relay::new(store.clone(), transport.clone(), fast_config()).unwrap();
+    let metrics = relay.metrics();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { relay.run(shutdown).await }
+    });
+    record_sqlite(&store, &events).await;
+
+    // Everything but the poison event arrives, including the event queued behind it on its
+    // key (once the poison event is dead-lettered).
+    let delivered = collect(&mut stream, events.len() - 1, Duration::from_secs(30)).await;
+    assert_eq!(delivered.len(), events.len() - 1);
+    assert!(delivered.iter().all(|e| e.id != poison_id));
+    assert!(delivered.iter().any(|e| e.id == after_poison.id));
+    assert_key_order(
+        &delivered
+            .iter()
+            .filter(|e| e.partition_key.as_deref() != Some("poison"))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+
+    let dead = store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].envelope.id, poison_id);
+    assert_eq!(dead[0].attempts, 3, "dead-lettered after max_attempts");
+    assert!(
+        dead[0].last_error.contains("injected broker failure"),
+        "reason kept: {}",
+        dead[0].last_error
+    );
+    let snapshot = metrics.snapshot();
+    assert_eq!(snapshot.retried, 2);
+    assert_eq!(snapshot.dead_lettered, 1);
+
+    // The operator fixes the broker and replays the dead letter.
+    transport.clear_faults();
+    assert_eq!(store.replay(Replay::All).await.unwrap(), 1);
+    store.notify();
+    let replayed = collect(&mut stream, 1, Duration::from_secs(10)).await;
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(replayed[0].id, poison_id);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_wakes_on_commit_not_on_the_poll_interval() {
+    let (_dir, store) = sqlite_store().await;
+    let transport = MemoryTransport::new();
+    let mut stream = transport.subscribe(&audit()).await.unwrap();
+    let config = RelayConfig {
+        poll_interval: Duration::from_secs(60),
+        ..fast_config()
+    };
+    let relay = Relay::new(store.clone(), transport.clone(), config).unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { relay.run(shutdown).await }
+    });
+    // Let the relay find the outbox empty and go to sleep.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = std::time::Instant::now();
+    let mut tx = store.pool().begin().await.unwrap();
+    store
+        .record(&mut tx, &TestEvent { key: "k".into(), n: 0, note: String::new() })
+        .await
+        .unwrap();
+    store.commit(tx).await.unwrap();
+    let delivered = collect(&mut stream, 1, Duration::from_secs(5)).await;
+    assert_eq!(delivered.len(), 1, "woken by the commit, long before the 60 s poll");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_in_another_process_is_woken_through_postgres() {
+    let store = pg_store().await;
+    // A second handle on the same outbox stands for another process: it shares nothing in
+    // memory with the writer, only the database.
+    let other = herald_postgres::PgOutbox::connect(&database_url(), store.config().clone())
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let listener = other.listen(shutdown.clone());
+    let transport = MemoryTransport::new();
+    let mut stream = transport.subscribe(&audit()).await.unwrap();
+    let config = RelayConfig {
+        poll_interval: Duration::from_secs(60),
+        ..fast_config()
+    };
+    let relay = Relay::new(other.clone(), transport.clone(), config).unwrap();
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { relay.run(shutdown).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    record_pg(&store, &[envelope("k", 0)]).await;
+    let delivered = collect(&mut stream, 1, Duration::from_secs(5)).await;
+    assert_eq!(delivered.len(), 1, "woken by NOTIFY after commit");
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    listener.await.unwrap();
+}
+
+/// A publisher that takes its time, so that shutdown lands mid-batch.
+#[derive(Clone)]
+struct Slow(MemoryTransport);
+
+impl Publisher for Slow {
+    async fn publish(&self, batch: &[Envelope]) -> Vec<Result<()>> {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        self.0.publish(batch).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_mid_batch_leaves_nothing_claimed_and_loses_nothing() {
+    let store = pg_store().await;
+    let transport = MemoryTransport::new();
+    let mut stream = transport.subscribe(&audit()).await.unwrap();
+    // Few keys, many events each: a batch takes many publish rounds.
+    let events = interleaved(4, 100);
+    record_pg(&store, &events).await;
+
+    let relay = Relay::new(store.clone(), Slow(transport.clone()), fast_config()).unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { relay.run(shutdown).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.in_flight, 0, "the in-flight batch was finished or released");
+    let first = collect(&mut stream, events.len(), Duration::from_millis(300)).await;
+    assert!(!first.is_empty() && first.len() < events.len());
+    assert_eq!(stats.pending as usize, events.len() - first.len());
+
+    // A new relay picks up exactly where the first stopped.
+    let relay = Relay::new(store.clone(), transport.clone(), fast_config()).unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { relay.run(shutdown).await }
+    });
+    let rest = collect(&mut stream, events.len() - first.len(), Duration::from_secs(30)).await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    let all: Vec<Envelope> = first.into_iter().chain(rest).collect();
+    assert_eq!(all.len(), events.len(), "nothing lost, nothing twice");
+    assert_key_order(&all);
+}
