@@ -1,0 +1,336 @@
+//! `herald demo`: two bounded contexts talking through the outbox, end to end.
+
+mod events;
+mod inventory;
+mod ordering;
+mod report;
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use herald_core::{Backoff, DeliveryStream, Subscriber, SubscriptionSpec, Uuid};
+use herald_memory::MemoryTransport;
+use herald_relay::{Relay, RelayConfig, RelayMetrics};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{AnyStore, StoreOptions, is_postgres};
+use events::{OrderCancelled, OrderCreated, RETIRED_SKU, SKUS};
+use inventory::{Handled, Inventory};
+use ordering::Ordering;
+use report::{Counters, Report};
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Orders to place.
+    #[arg(long, default_value_t = 2000)]
+    orders: u64,
+    /// Orders placed per second (0: as fast as the database takes them).
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Concurrent ordering transactions.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Relay instances.
+    #[arg(long, default_value_t = 2)]
+    relays: usize,
+    /// One order in N is cancelled afterwards.
+    #[arg(long, default_value_t = 10)]
+    cancel_every: u64,
+    /// Share of publishes the broker refuses (transient), to show retries with backoff.
+    #[arg(long, default_value_t = 0.02)]
+    failure_rate: f64,
+    /// Ordering database: default a fresh SQLite file; or `postgres://…` (a schema of its own,
+    /// dropped afterwards).
+    #[arg(long, env = "HERALD_DEMO_DATABASE")]
+    database: Option<String>,
+    /// Broker: `memory` (in-process).
+    #[arg(long, default_value = "memory")]
+    transport: String,
+    /// Give up waiting for the pipeline after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+}
+
+pub async fn run(args: DemoArgs) -> Result<()> {
+    if args.transport != "memory" {
+        bail!(
+            "unknown transport {:?}: this build knows `memory`",
+            herald_core::redact::redact_url(&args.transport)
+        );
+    }
+    if !(0.0..1.0).contains(&args.failure_rate) {
+        bail!("--failure-rate must be in [0, 1)");
+    }
+    let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
+    let (url, schema) = match &args.database {
+        Some(url) if is_postgres(url) => (
+            url.clone(),
+            format!("herald_demo_{}", &Uuid::now_v7().simple().to_string()[20..]),
+        ),
+        Some(url) => (url.clone(), "herald".to_owned()),
+        None => (
+            format!("sqlite://{}", dir.path().join("ordering.db").display()),
+            "herald".to_owned(),
+        ),
+    };
+    let store = AnyStore::connect(&StoreOptions {
+        url: url.clone(),
+        schema: schema.clone(),
+        table: None,
+        completion: herald_core::Completion::Delete,
+    })
+    .await?;
+    store.migrate().await?;
+    let ordering = match &store {
+        AnyStore::Postgres(outbox) => Ordering::Postgres {
+            outbox: outbox.clone(),
+            schema: format!("\"{schema}\""),
+        },
+        AnyStore::Sqlite(outbox) => Ordering::Sqlite {
+            outbox: outbox.clone(),
+        },
+    };
+    ordering.setup().await?;
+    let inventory = Inventory::open(&dir.path().join("inventory.db"), 1_000_000).await?;
+
+    println!(
+        "Herald demo: ordering ({} outbox: {}) → relay ×{} → in-memory broker → inventory (sqlite)",
+        store.backend(),
+        herald_core::redact::redact_url(&url),
+        args.relays
+    );
+
+    let outcome = pipeline(&args, &store, &ordering, &inventory).await;
+    if let AnyStore::Postgres(pg) = &store {
+        let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+        sqlx::query(sqlx::AssertSqlSafe(drop)).execute(pg.pool()).await?;
+    }
+    let report = outcome?;
+    report.print(&store.backend().to_string(), &ordering, &inventory).await
+}
+
+/// Runs producers, relays and the consumer until every recorded event was handled or
+/// dead-lettered.
+async fn pipeline(
+    args: &DemoArgs,
+    store: &AnyStore,
+    ordering: &Ordering,
+    inventory: &Inventory,
+) -> Result<Report> {
+    let transport = MemoryTransport::new();
+    if args.failure_rate > 0.0 {
+        let rate = args.failure_rate;
+        transport.fail_publishes_when(move |_| {
+            (fastrand::f64() < rate).then(|| "injected broker hiccup".to_owned())
+        });
+    }
+    let mut stream = transport
+        .subscribe(&SubscriptionSpec::new("inventory", ordering::published_types()))
+        .await?;
+
+    let counters = Arc::new(Counters::default());
+    let committed: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
+    let shutdown = CancellationToken::new();
+    crate::cancel_on_signal(shutdown.clone());
+    let started = Instant::now();
+
+    // The inventory context.
+    let consumer = {
+        let inventory = inventory.clone();
+        let counters = counters.clone();
+        let committed = committed.clone();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while let Some(delivery) = stream.next().await {
+                let delivery = delivery?;
+                let id = delivery.envelope.id;
+                match inventory.handle(delivery).await? {
+                    Handled::Applied => {
+                        counters.handled.fetch_add(1, AtomicOrdering::Relaxed);
+                        if let Some(at) = committed.lock().ok().and_then(|m| m.get(&id).copied()) {
+                            latencies.push(at.elapsed());
+                        }
+                    }
+                    Handled::Duplicate => {
+                        counters.duplicates.fetch_add(1, AtomicOrdering::Relaxed);
+                    }
+                    Handled::Rejected(reason) => {
+                        counters.rejected.fetch_add(1, AtomicOrdering::Relaxed);
+                        if let Ok(mut r) = counters.reject_reasons.lock() {
+                            r.push(reason);
+                        }
+                    }
+                    Handled::Retry(_) => {
+                        counters.consumer_retries.fetch_add(1, AtomicOrdering::Relaxed);
+                    }
+                }
+            }
+            anyhow::Ok(latencies)
+        })
+    };
+
+    // The relays.
+    let relay_config = RelayConfig {
+        backoff: Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(1),
+            multiplier: 2.0,
+            jitter: 0.5,
+        },
+        poll_interval: Duration::from_millis(500),
+        ..RelayConfig::default()
+    };
+    let mut relays = Vec::new();
+    let mut relay_metrics: Vec<RelayMetrics> = Vec::new();
+    for _ in 0..args.relays.max(1) {
+        let relay = Relay::new(store.clone(), transport.clone(), relay_config.clone())?;
+        relay_metrics.push(relay.metrics());
+        let shutdown = shutdown.clone();
+        relays.push(tokio::spawn(async move { relay.run(shutdown).await }));
+    }
+
+    // The ordering context.
+    let producers = produce(args, ordering, &counters, &committed, &shutdown);
+    let progress = progress(&counters, &relay_metrics, started);
+    tokio::select! {
+        result = producers => result?,
+        () = shutdown.cancelled() => bail!("interrupted"),
+    }
+    let recorded = counters.recorded.load(AtomicOrdering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let mut finished = false;
+    while Instant::now() < deadline && !shutdown.is_cancelled() {
+        let settled = counters.handled.load(AtomicOrdering::Relaxed)
+            + counters.rejected.load(AtomicOrdering::Relaxed);
+        if settled >= recorded {
+            finished = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
+    progress.abort();
+    shutdown.cancel();
+    for relay in relays {
+        relay.await??;
+    }
+    transport.close();
+    let latencies = consumer.await??;
+    if !finished {
+        bail!("the pipeline did not finish within {} s", args.timeout);
+    }
+    let dead_letters = transport.dead_letters("inventory");
+    Ok(Report::new(
+        args.orders,
+        counters,
+        relay_metrics.iter().map(|m| m.snapshot()).collect(),
+        dead_letters,
+        latencies,
+        elapsed,
+    ))
+}
+
+/// Places the orders (and cancels some) at the configured rate with `concurrency` writers.
+async fn produce(
+    args: &DemoArgs,
+    ordering: &Ordering,
+    counters: &Arc<Counters>,
+    committed: &Arc<Mutex<HashMap<Uuid, Instant>>>,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (ordering, counters, committed, next, shutdown) = (
+            ordering.clone(),
+            counters.clone(),
+            committed.clone(),
+            next.clone(),
+            shutdown.clone(),
+        );
+        let (orders, rate, cancel_every) = (args.orders, args.rate, args.cancel_every.max(1));
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, AtomicOrdering::Relaxed);
+                if i >= orders || shutdown.is_cancelled() {
+                    return anyhow::Ok(());
+                }
+                if rate > 0 {
+                    let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                // The last order asks for a product the inventory no longer stocks: a poison
+                // message that must end in the dead letters without stopping anything.
+                let sku = if i + 1 == orders { RETIRED_SKU } else { SKUS[(i % 8) as usize] };
+                let order = OrderCreated {
+                    order_id: Uuid::now_v7(),
+                    customer: format!("customer-{}", i % 97),
+                    sku: sku.to_owned(),
+                    quantity: 1 + (i % 3) as u32,
+                    total_cents: 1999 * (1 + (i % 3) as i64),
+                };
+                let id = ordering.place(&order).await?;
+                note_commit(&committed, id);
+                counters.recorded.fetch_add(1, AtomicOrdering::Relaxed);
+                if i % cancel_every == cancel_every - 1 && i + 1 != orders {
+                    let cancel = OrderCancelled {
+                        order_id: order.order_id,
+                        reason: "customer changed their mind".into(),
+                    };
+                    let id = ordering.cancel(&cancel).await?;
+                    note_commit(&committed, id);
+                    counters.recorded.fetch_add(1, AtomicOrdering::Relaxed);
+                    counters.cancelled.fetch_add(1, AtomicOrdering::Relaxed);
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+fn note_commit(committed: &Mutex<HashMap<Uuid, Instant>>, id: Uuid) {
+    if let Ok(mut map) = committed.lock() {
+        map.insert(id, Instant::now());
+    }
+}
+
+/// Prints a progress line every half second until aborted.
+fn progress(
+    counters: &Arc<Counters>,
+    relays: &[RelayMetrics],
+    started: Instant,
+) -> tokio::task::JoinHandle<()> {
+    let counters = counters.clone();
+    let relays = relays.to_vec();
+    let tty = std::io::stderr().is_terminal();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let published: u64 = relays.iter().map(|m| m.snapshot().published).sum();
+            let retried: u64 = relays.iter().map(|m| m.snapshot().retried).sum();
+            let line = format!(
+                "  {:>5.1} s  recorded {:>6}  published {:>6}  handled {:>6}  retries {:>4}  dead letters {}",
+                started.elapsed().as_secs_f64(),
+                counters.recorded.load(AtomicOrdering::Relaxed),
+                published,
+                counters.handled.load(AtomicOrdering::Relaxed),
+                retried,
+                counters.rejected.load(AtomicOrdering::Relaxed),
+            );
+            if tty {
+                eprint!("\r{line}");
+            } else {
+                eprintln!("{line}");
+            }
+        }
+    })
+}

@@ -1,0 +1,166 @@
+//! `herald`: the operator's command for Herald.
+//!
+//! ```text
+//! herald demo                       ordering → outbox → relay → broker → inventory, on SQLite
+//! herald migrate  --database URL    create or upgrade the outbox tables
+//! herald relay    --database URL    run the outbox relay
+//! herald outbox   status | dead-letters | replay <ID>|--all | purge --dead-letters
+//! herald bench relay                drain a pre-filled outbox and report events per second
+//! ```
+
+mod bench;
+mod demo;
+mod outbox;
+mod relay;
+mod store;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use herald_core::Completion;
+use tracing_subscriber::EnvFilter;
+
+use crate::store::StoreOptions;
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Integration events: transactional outbox, relay, broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the end-to-end demo: an ordering context records events in its own transactions, a
+    /// relay publishes them, an inventory context consumes them (SQLite + in-memory broker by
+    /// default; no server needed).
+    Demo(demo::DemoArgs),
+    /// Create or upgrade the outbox tables.
+    Migrate(DatabaseArgs),
+    /// Run the outbox relay until interrupted (Ctrl-C finishes the batch in flight).
+    Relay(relay::RelayArgs),
+    /// Inspect and repair the outbox.
+    Outbox {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        command: outbox::OutboxCommand,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+}
+
+/// Where the outbox is.
+#[derive(Args, Clone, Debug)]
+pub struct DatabaseArgs {
+    /// Database URL: `postgres://user@host/db` or `sqlite://path/to/file.db`.
+    #[arg(long, env = "HERALD_DATABASE_URL")]
+    pub database: String,
+    /// PostgreSQL schema of the outbox tables.
+    #[arg(long, env = "HERALD_SCHEMA", default_value = "herald")]
+    pub schema: String,
+    /// Outbox table name (default `outbox` on PostgreSQL, `herald_outbox` on SQLite).
+    #[arg(long, env = "HERALD_TABLE")]
+    pub table: Option<String>,
+    /// Keep published events in an archive table instead of deleting them.
+    #[arg(long)]
+    pub archive: bool,
+}
+
+impl DatabaseArgs {
+    fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            url: self.database.clone(),
+            schema: self.schema.clone(),
+            table: self.table.clone(),
+            completion: if self.archive {
+                Completion::Archive
+            } else {
+                Completion::Delete
+            },
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let default_filter = match cli.command {
+        Command::Demo(_) | Command::Bench { .. } => "warn",
+        _ => "info",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Demo(args) => demo::run(args).await,
+        Command::Migrate(database) => {
+            let store = store::AnyStore::connect(&database.store_options()).await?;
+            store.migrate().await?;
+            println!(
+                "outbox tables are up to date ({}, {})",
+                store.backend(),
+                herald_core::redact::redact_url(&database.database)
+            );
+            Ok(())
+        }
+        Command::Relay(args) => relay::run(args).await,
+        Command::Outbox { database, command } => outbox::run(&database, command).await,
+        Command::Bench { command } => bench::run(command).await,
+    }
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM.
+pub fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(term) => term,
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                        token.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        token.cancel();
+    });
+}
+
+/// Formats a duration for tables (`1.23 ms`).
+pub fn fmt_ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}

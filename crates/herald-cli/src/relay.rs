@@ -1,0 +1,160 @@
+//! `herald relay`: run the outbox processor.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use clap::Args;
+use herald_core::{DeliveryStream, OutboxAdmin, Subscriber, SubscriptionSpec};
+use herald_memory::MemoryTransport;
+use herald_relay::{Relay, RelayConfig, RelaySnapshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::DatabaseArgs;
+use crate::store::AnyStore;
+
+#[derive(Args)]
+pub struct RelayArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Broker to publish to. `memory` is an in-process broker whose messages a built-in sink
+    /// consumes: for smoke tests and drain measurements (broker transports plug in here).
+    #[arg(long, env = "HERALD_TRANSPORT", default_value = "memory")]
+    pub transport: String,
+    /// Relay instances to run in this process.
+    #[arg(long, default_value_t = 1)]
+    pub instances: usize,
+    /// Rows claimed per batch.
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Publish attempts before a row is dead-lettered.
+    #[arg(long, default_value_t = 10)]
+    pub max_attempts: u32,
+    /// Create or upgrade the outbox tables first.
+    #[arg(long)]
+    pub migrate: bool,
+    /// Exit once the outbox is empty, and report the drain rate.
+    #[arg(long)]
+    pub until_empty: bool,
+}
+
+/// Result of running relays until the outbox was empty.
+pub struct DrainReport {
+    /// Events published.
+    pub published: u64,
+    /// Wall time from start to empty.
+    pub elapsed: Duration,
+    /// Summed relay counters.
+    pub relays: RelaySnapshot,
+}
+
+pub async fn run(args: RelayArgs) -> Result<()> {
+    if args.transport != "memory" {
+        bail!(
+            "unknown transport {:?}: this build knows `memory`",
+            herald_core::redact::redact_url(&args.transport)
+        );
+    }
+    let store = AnyStore::connect(&args.database.store_options()).await?;
+    if args.migrate {
+        store.migrate().await?;
+    }
+    let config = RelayConfig {
+        batch_size: args.batch_size,
+        max_attempts: args.max_attempts,
+        ..RelayConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    crate::cancel_on_signal(shutdown.clone());
+    let report = drive(store, config, args.instances, args.until_empty, shutdown).await?;
+    println!(
+        "published {} events in {:.2} s ({:.0} events/s); retried {}, dead-lettered {}",
+        report.published,
+        report.elapsed.as_secs_f64(),
+        report.published as f64 / report.elapsed.as_secs_f64().max(1e-9),
+        report.relays.retried,
+        report.relays.dead_lettered
+    );
+    Ok(())
+}
+
+/// Runs `instances` relays from `store` into an in-memory broker drained by a sink, until
+/// `shutdown` or, with `until_empty`, until the outbox is empty.
+pub async fn drive(
+    store: AnyStore,
+    config: RelayConfig,
+    instances: usize,
+    until_empty: bool,
+    shutdown: CancellationToken,
+) -> Result<DrainReport> {
+    let transport = MemoryTransport::new();
+    let mut sink = transport
+        .subscribe(&SubscriptionSpec {
+            prefetch: 10_000,
+            ..SubscriptionSpec::new("herald-relay-sink", Vec::<String>::new())
+        })
+        .await?;
+    let consumed = tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Some(Ok(delivery)) = sink.next().await {
+            n += 1;
+            if delivery.ack().await.is_err() {
+                break;
+            }
+        }
+        n
+    });
+    let listener = match &store {
+        AnyStore::Postgres(pg) => Some(pg.listen(shutdown.clone())),
+        AnyStore::Sqlite(_) => None,
+    };
+
+    let started = Instant::now();
+    let mut relays = Vec::new();
+    let mut metrics = Vec::new();
+    for _ in 0..instances.max(1) {
+        let relay = Relay::new(store.clone(), transport.clone(), config.clone())?;
+        metrics.push(relay.metrics());
+        let shutdown = shutdown.clone();
+        relays.push(tokio::spawn(async move { relay.run(shutdown).await }));
+    }
+    if until_empty {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            let stats = store.stats().await?;
+            if stats.pending == 0 && stats.in_flight == 0 {
+                break;
+            }
+        }
+        shutdown.cancel();
+    }
+    for relay in relays {
+        relay.await??;
+    }
+    let elapsed = started.elapsed();
+    if let Some(listener) = listener {
+        listener.await?;
+    }
+    transport.close();
+    let _ = consumed.await;
+    let relays = metrics.iter().map(|m| m.snapshot()).fold(
+        RelaySnapshot::default(),
+        |mut acc, s| {
+            acc.batches += s.batches;
+            acc.claimed += s.claimed;
+            acc.published += s.published;
+            acc.retried += s.retried;
+            acc.dead_lettered += s.dead_lettered;
+            acc.released += s.released;
+            acc.store_errors += s.store_errors;
+            acc
+        },
+    );
+    Ok(DrainReport {
+        published: relays.published,
+        elapsed,
+        relays,
+    })
+}

@@ -1,0 +1,85 @@
+//! The `herald` binary, run as an operator would.
+
+use std::process::{Command, Output};
+
+fn herald(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
+        .env_remove("HERALD_DATABASE_URL")
+        .env("HERALD_LOG", "debug")
+        .output()
+        .expect("the herald binary runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn demo_runs_end_to_end_and_checks_both_contexts() {
+    let out = herald(&["demo", "--orders", "300", "--rate", "0"]);
+    let all = text(&out);
+    assert!(out.status.success(), "demo failed:\n{all}");
+    assert!(all.contains("Herald demo summary"), "{all}");
+    assert!(all.contains("check:"), "consistency check printed:\n{all}");
+    assert!(all.contains("unknown sku"), "the poison order is dead-lettered:\n{all}");
+}
+
+#[test]
+fn outbox_commands_work_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ops.db").display());
+    let out = herald(&["migrate", "--database", &url]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = herald(&["outbox", "--database", &url, "status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("pending"), "{}", text(&out));
+    let out = herald(&["outbox", "--database", &url, "dead-letters"]);
+    assert!(text(&out).contains("no dead letters"), "{}", text(&out));
+    let out = herald(&[
+        "outbox",
+        "--database",
+        &url,
+        "replay",
+        "0190b5a8-0000-7000-8000-000000000000",
+    ]);
+    assert!(!out.status.success(), "replaying an unknown id is an error");
+    assert!(text(&out).contains("no dead letter with id"), "{}", text(&out));
+    let out = herald(&["outbox", "--database", &url, "purge", "--dead-letters"]);
+    assert!(text(&out).contains("purged 0"), "{}", text(&out));
+}
+
+#[test]
+fn unreachable_database_is_a_clear_error_without_the_password() {
+    let out = herald(&[
+        "outbox",
+        "--database",
+        "postgres://app:hunter2secret@127.0.0.1:1/orders",
+        "status",
+    ]);
+    let all = text(&out);
+    assert!(!out.status.success());
+    assert!(all.contains("error:"), "{all}");
+    assert!(!all.contains("hunter2secret"), "password leaked:\n{all}");
+    assert!(!all.contains("panicked"), "{all}");
+}
+
+#[test]
+fn malformed_url_and_bad_table_name_are_configuration_errors() {
+    let out = herald(&["migrate", "--database", "postgres://app:pw-in-url@[::1:5432/x"]);
+    let all = text(&out);
+    assert!(!out.status.success());
+    assert!(!all.contains("pw-in-url"), "password leaked:\n{all}");
+    assert!(!all.contains("panicked"), "{all}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("x.db").display());
+    let out = herald(&["migrate", "--database", &url, "--table", "outbox; drop table users"]);
+    let all = text(&out);
+    assert!(!out.status.success());
+    assert!(all.contains("not a valid SQL identifier"), "{all}");
+}

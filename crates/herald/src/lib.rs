@@ -1,0 +1,27 @@
+#![doc = include_str!("../README.md")]
+
+pub use herald_core::*;
+
+/// The outbox relay.
+#[cfg(feature = "relay")]
+pub mod relay {
+    pub use herald_relay::*;
+}
+
+/// The PostgreSQL outbox store.
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    pub use herald_postgres::*;
+}
+
+/// The SQLite outbox store.
+#[cfg(feature = "sqlite")]
+pub mod sqlite {
+    pub use herald_sqlite::*;
+}
+
+/// The in-memory transport.
+#[cfg(feature = "memory")]
+pub mod memory {
+    pub use herald_memory::*;
+}
