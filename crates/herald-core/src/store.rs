@@ -60,8 +60,9 @@ pub struct Failure {
 /// An outbox a relay can drain.
 ///
 /// Rows are claimed in `seq` order. A store must never hand out a row while an earlier row
-/// with the same partition key is claimed by a live lease or waiting for a retry: that is how
-/// per-key order survives several relays. Rows without a key have no such constraint.
+/// with the same partition key is leased by *another* relay or waiting for a retry: that is how
+/// per-key order survives several relays. A relay's own live leases do not block it (it
+/// publishes its batches in order itself). Rows without a key have no such constraint.
 pub trait OutboxStore: Send + Sync + 'static {
     /// Claims up to `request.limit` rows, oldest first, skipping keys that are blocked.
     /// Each claimed row's attempt count goes up by one.

@@ -1,0 +1,14 @@
+#![doc = include_str!("../README.md")]
+
+mod admin;
+mod claim;
+mod config;
+mod error;
+mod migrate;
+mod notify;
+mod outbox;
+
+pub use config::PgOutboxConfig;
+pub use outbox::PgOutbox;
+
+pub use sqlx::{PgConnection, PgPool, Postgres, Transaction};

@@ -1,0 +1,202 @@
+//! Cross-process wake-ups with LISTEN/NOTIFY, kept out of the writers' transactions.
+//!
+//! A `NOTIFY` inside the writing transaction takes a global lock at commit and serializes every
+//! writer. Instead, [`PgOutbox::notify`](crate::PgOutbox::notify) (called after commit) asks a
+//! background task to send `pg_notify` on a pooled connection of its own, at most once per
+//! [`THROTTLE`] however many commits happen meanwhile. A relay in another process
+//! [`listen`]s and rings its [`Signal`]; the poll interval stays the fallback when a
+//! notification is lost.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herald_core::{Backoff, Signal};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::scrub_all;
+
+/// Shortest time between two NOTIFYs from one handle (and its clones).
+pub(crate) const THROTTLE: Duration = Duration::from_millis(5);
+
+/// Sends the NOTIFYs that [`request`](Notifier::request) asks for, from a background task.
+pub(crate) struct Notifier {
+    shared: Arc<Shared>,
+    pool: PgPool,
+    channel: Arc<str>,
+    secrets: Arc<[String]>,
+    /// The sender task, started on the first request (a handle may be built outside a runtime).
+    task: Mutex<Option<JoinHandle<()>>>,
+    /// Stops the task when the last clone of the handle is dropped.
+    stop: CancellationToken,
+}
+
+struct Shared {
+    /// Whether a NOTIFY was asked for since the last one was sent.
+    pending: AtomicBool,
+    wake: Notify,
+}
+
+impl Notifier {
+    pub(crate) fn new(pool: PgPool, channel: Arc<str>, secrets: Vec<String>) -> Self {
+        Notifier {
+            shared: Arc::new(Shared {
+                pending: AtomicBool::new(false),
+                wake: Notify::new(),
+            }),
+            pool,
+            channel,
+            secrets: secrets.into(),
+            task: Mutex::new(None),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// Asks for a NOTIFY soon. Never blocks, never fails: without a Tokio runtime it only
+    /// logs (the relays' poll interval then finds the work).
+    pub(crate) fn request(&self) {
+        self.shared.pending.store(true, Ordering::Release);
+        self.ensure_task();
+        self.shared.wake.notify_one();
+    }
+
+    fn ensure_task(&self) {
+        let Ok(mut task) = self.task.lock() else {
+            return;
+        };
+        if task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::debug!("no tokio runtime: outbox notification not sent");
+            return;
+        };
+        *task = Some(runtime.spawn(send_notifications(
+            self.shared.clone(),
+            self.pool.clone(),
+            self.channel.clone(),
+            self.secrets.clone(),
+            self.stop.clone(),
+        )));
+    }
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The sender task: one NOTIFY as soon as asked, then at most one per [`THROTTLE`].
+async fn send_notifications(
+    shared: Arc<Shared>,
+    pool: PgPool,
+    channel: Arc<str>,
+    secrets: Arc<[String]>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = shared.wake.notified() => {}
+        }
+        // Requests made from here on get a NOTIFY of their own (their commit may come later
+        // than this one is seen).
+        if shared.pending.swap(false, Ordering::AcqRel) {
+            let sent = sqlx::query("SELECT pg_notify($1, '')")
+                .bind(&*channel)
+                .execute(&pool)
+                .await;
+            if let Err(err) = sent {
+                tracing::warn!(
+                    channel = %channel,
+                    error = %scrub_all(&herald_core::error::error_chain(&err), &secrets),
+                    "cannot send outbox notification; relays will find the work by polling"
+                );
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(THROTTLE) => {}
+        }
+    }
+}
+
+/// The listener task behind [`PgOutbox::listen`](crate::PgOutbox::listen).
+pub(crate) async fn listen(
+    pool: PgPool,
+    channel: Arc<str>,
+    signal: Signal,
+    secrets: Vec<String>,
+    shutdown: CancellationToken,
+) {
+    let backoff = Backoff {
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(10),
+        multiplier: 2.0,
+        jitter: 0.5,
+    };
+    let mut failures = 0u32;
+    loop {
+        let connect = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(&channel).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let error = tokio::select! {
+            () = shutdown.cancelled() => return,
+            connected = connect => match connected {
+                Ok(mut listener) => {
+                    tracing::debug!(channel = %channel, "listening for outbox notifications");
+                    failures = 0;
+                    // Notifications sent while nobody listened are lost: look for work now.
+                    signal.ring();
+                    match receive(&mut listener, &signal, &shutdown).await {
+                        Some(error) => error,
+                        None => return,
+                    }
+                }
+                Err(error) => error,
+            },
+        };
+        if pool.is_closed() {
+            tracing::debug!(channel = %channel, "pool closed: stop listening");
+            return;
+        }
+        failures = failures.saturating_add(1);
+        let delay = backoff.delay(failures);
+        tracing::warn!(
+            channel = %channel,
+            error = %scrub_all(&herald_core::error::error_chain(&error), &secrets),
+            retry_in = ?delay,
+            "outbox notification listener failed"
+        );
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Rings `signal` on every notification until shutdown (`None`) or an error.
+async fn receive(
+    listener: &mut PgListener,
+    signal: &Signal,
+    shutdown: &CancellationToken,
+) -> Option<sqlx::Error> {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            received = listener.try_recv() => match received {
+                Ok(Some(_)) => signal.ring(),
+                // The connection was lost and re-established: notifications may be lost.
+                Ok(None) => signal.ring(),
+                Err(error) => return Some(error),
+            },
+        }
+    }
+}

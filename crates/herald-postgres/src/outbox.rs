@@ -1,0 +1,353 @@
+//! The write path and the [`PgOutbox`] handle.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_core::error::Message;
+use herald_core::redact::redact_url;
+use herald_core::{Envelope, Error, Event, Headers, Metadata, Result, Signal, TraceContext};
+use sqlx::postgres::{PgBindIterExt, PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres, Row, Transaction};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::admin::AdminSql;
+use crate::claim::ClaimSql;
+use crate::config::PgOutboxConfig;
+use crate::error::{ResultExt, is_transient, scrub_all, url_secrets};
+use crate::notify::Notifier;
+
+/// How long [`PgOutbox::connect`] waits for the first connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The envelope columns, in the order [`envelope_from_row`] and the inserts use them.
+pub(crate) const ENVELOPE_COLUMNS: &str = "id, event_type, version, occurred_at, \
+     correlation_id, causation_id, partition_key, content_type, traceparent, tracestate, \
+     headers, payload";
+
+/// [`ENVELOPE_COLUMNS`] qualified with a table alias (`o.id, o.event_type, …`).
+pub(crate) fn envelope_columns(alias: &str) -> String {
+    ENVELOPE_COLUMNS
+        .split(", ")
+        .map(|column| format!("{alias}.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A PostgreSQL outbox: records events in the caller's transaction, and serves relays
+/// ([`OutboxStore`](herald_core::OutboxStore)) and operators
+/// ([`OutboxAdmin`](herald_core::OutboxAdmin)).
+///
+/// Cheap to clone: clones share the pool, the prepared SQL and the [`Signal`].
+#[derive(Clone)]
+pub struct PgOutbox {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// What clones of a [`PgOutbox`] share.
+pub(crate) struct Inner {
+    pub(crate) pool: PgPool,
+    pub(crate) config: PgOutboxConfig,
+    /// The connection password, when known, scrubbed from every error.
+    pub(crate) secrets: Vec<String>,
+    pub(crate) signal: Signal,
+    pub(crate) notifier: Notifier,
+    pub(crate) channel: Arc<str>,
+    pub(crate) record: RecordSql,
+    pub(crate) claim: ClaimSql,
+    pub(crate) admin: AdminSql,
+}
+
+/// The statements of the write path.
+pub(crate) struct RecordSql {
+    one: Arc<str>,
+    many: Arc<str>,
+}
+
+impl RecordSql {
+    fn new(config: &PgOutboxConfig) -> Self {
+        let outbox = config.qualified("");
+        RecordSql {
+            one: format!(
+                "INSERT INTO {outbox} ({ENVELOPE_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+            )
+            .into(),
+            // WITH ORDINALITY + ORDER BY: identity values follow the slice order.
+            many: format!(
+                "INSERT INTO {outbox} ({ENVELOPE_COLUMNS}) \
+                 SELECT {ENVELOPE_COLUMNS} FROM UNNEST(\
+                     $1::uuid[], $2::text[], $3::int4[], $4::timestamptz[], $5::uuid[], \
+                     $6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[], \
+                     $11::jsonb[], $12::bytea[]\
+                 ) WITH ORDINALITY AS e({ENVELOPE_COLUMNS}, ord) \
+                 ORDER BY ord"
+            )
+            .into(),
+        }
+    }
+}
+
+impl PgOutbox {
+    /// An outbox on `pool`. Run [`migrate`](Self::migrate) once before use.
+    pub fn new(pool: PgPool, config: PgOutboxConfig) -> Self {
+        Self::with_secrets(pool, config, Vec::new())
+    }
+
+    fn with_secrets(pool: PgPool, config: PgOutboxConfig, secrets: Vec<String>) -> Self {
+        let channel: Arc<str> = config.channel().into();
+        PgOutbox {
+            inner: Arc::new(Inner {
+                notifier: Notifier::new(pool.clone(), channel.clone(), secrets.clone()),
+                record: RecordSql::new(&config),
+                claim: ClaimSql::new(&config),
+                admin: AdminSql::new(&config),
+                signal: Signal::new(),
+                channel,
+                secrets,
+                pool,
+                config,
+            }),
+        }
+    }
+
+    /// Connects to `url` (`postgres://user:password@host/db`) with a pool of default size.
+    ///
+    /// A malformed URL is [`Error::Config`]; a server that cannot be reached is a transient
+    /// store error (`connect`). No error carries the password.
+    pub async fn connect(url: &str, config: PgOutboxConfig) -> Result<Self> {
+        let secrets = url_secrets(url);
+        // Text that is not a URL is never echoed: it may be a key=value DSN with a password.
+        let Some((scheme, _)) = url.split_once("://") else {
+            return Err(Error::Config(
+                "database url is not a url (expected postgres://user@host/database)".into(),
+            ));
+        };
+        if !matches!(scheme, "postgres" | "postgresql") {
+            return Err(Error::Config(format!(
+                "database url scheme {:?} is not postgres",
+                scrub_all(scheme, &secrets)
+            )));
+        }
+        let options = PgConnectOptions::from_str(url).map_err(|err| {
+            Error::Config(format!(
+                "invalid database url {}: {}",
+                redact_url(url),
+                scrub_all(&herald_core::error::error_chain(&err), &secrets)
+            ))
+        })?;
+
+        // One direct attempt first: a pool retries a refused connection until its acquire
+        // timeout and then reports only that it timed out.
+        let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+            .await
+            .map_err(|_| {
+                Error::store(
+                    "connect",
+                    true,
+                    Message(format!(
+                        "no connection to {} within {CONNECT_TIMEOUT:?}",
+                        redact_url(url)
+                    )),
+                )
+            })?
+            .map_err(|err| {
+                let transient = is_transient(&err);
+                let text = scrub_all(&herald_core::error::error_chain(&err), &secrets);
+                Error::store(
+                    "connect",
+                    transient,
+                    Message(format!("{}: {text}", redact_url(url))),
+                )
+            })?;
+        if let Err(err) = probe.close().await {
+            tracing::debug!(error = %scrub_all(&err.to_string(), &secrets), "closing probe connection");
+        }
+
+        let pool = PgPoolOptions::new()
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(options);
+        Ok(Self::with_secrets(pool, config, secrets))
+    }
+
+    /// The connection pool (to begin the transactions that record events).
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PgOutboxConfig {
+        &self.inner.config
+    }
+
+    /// The LISTEN/NOTIFY channel of this outbox.
+    pub fn channel(&self) -> &str {
+        &self.inner.channel
+    }
+
+    /// Creates or upgrades the schema and tables. Idempotent and safe to run concurrently.
+    pub async fn migrate(&self) -> Result<()> {
+        crate::migrate::run(&self.inner.pool, &self.inner.config, &self.inner.secrets).await
+    }
+
+    /// Records `event` in the caller's transaction (pass `&mut *tx`): one INSERT. Returns the
+    /// event's id. The event is published only if the transaction commits.
+    pub async fn record<E: Event>(&self, conn: &mut PgConnection, event: &E) -> Result<Uuid> {
+        self.record_with(conn, event, Metadata::default()).await
+    }
+
+    /// Like [`record`](Self::record), with correlation, causation, key, trace or headers.
+    pub async fn record_with<E: Event>(
+        &self,
+        conn: &mut PgConnection,
+        event: &E,
+        metadata: Metadata,
+    ) -> Result<Uuid> {
+        let envelope = Envelope::from_event(event, metadata)?;
+        self.insert_one(conn, &envelope).await?;
+        Ok(envelope.id)
+    }
+
+    /// Records `envelopes` in the caller's transaction with one multi-row INSERT; they get
+    /// increasing positions in slice order.
+    pub async fn record_all(&self, conn: &mut PgConnection, envelopes: &[Envelope]) -> Result<()> {
+        match envelopes {
+            [] => Ok(()),
+            [one] => self.insert_one(conn, one).await,
+            many => self.insert_many(conn, many).await,
+        }
+    }
+
+    /// Commits `tx`, then [`notify`](Self::notify)s the relays.
+    pub async fn commit(&self, tx: Transaction<'_, Postgres>) -> Result<()> {
+        tx.commit().await.store_err("commit", &self.inner.secrets)?;
+        self.notify();
+        Ok(())
+    }
+
+    /// Tells relays that work was committed: rings this process's [`Signal`] at once, and has a
+    /// background task send one `NOTIFY` on a pooled connection for other processes (at most
+    /// one per few milliseconds, however often this is called). Call it after committing;
+    /// it never touches the caller's transaction.
+    pub fn notify(&self) {
+        self.inner.signal.ring();
+        self.inner.notifier.request();
+    }
+
+    /// Listens for other processes' notifications on this outbox's channel and rings
+    /// [`signal`](herald_core::OutboxStore::signal) on each, until `shutdown` is cancelled.
+    /// Reconnects with backoff after errors, and rings once after every (re)connection,
+    /// since notifications may have been missed meanwhile. Holds one pooled connection.
+    pub fn listen(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(crate::notify::listen(
+            self.inner.pool.clone(),
+            self.inner.channel.clone(),
+            self.inner.signal.clone(),
+            self.inner.secrets.clone(),
+            shutdown,
+        ))
+    }
+
+    async fn insert_one(&self, conn: &mut PgConnection, e: &Envelope) -> Result<()> {
+        sqlx::query(AssertSqlSafe(self.inner.record.one.clone()))
+            .bind(e.id)
+            .bind(&e.event_type)
+            .bind(version_column(e.version)?)
+            .bind(e.occurred_at)
+            .bind(e.correlation_id)
+            .bind(e.causation_id)
+            .bind(e.partition_key.as_deref())
+            .bind(&e.content_type)
+            .bind(e.trace.traceparent.as_deref())
+            .bind(e.trace.tracestate.as_deref())
+            .bind(Json(&e.headers))
+            .bind(&e.payload[..])
+            .execute(conn)
+            .await
+            .store_err("record", &self.inner.secrets)?;
+        Ok(())
+    }
+
+    async fn insert_many(&self, conn: &mut PgConnection, envs: &[Envelope]) -> Result<()> {
+        let versions = envs
+            .iter()
+            .map(|e| version_column(e.version))
+            .collect::<Result<Vec<i32>>>()?;
+        sqlx::query(AssertSqlSafe(self.inner.record.many.clone()))
+            .bind(envs.iter().map(|e| e.id).bind_iter())
+            .bind(envs.iter().map(|e| e.event_type.as_str()).bind_iter())
+            .bind(versions)
+            .bind(envs.iter().map(|e| e.occurred_at).bind_iter())
+            .bind(envs.iter().map(|e| e.correlation_id).bind_iter())
+            .bind(envs.iter().map(|e| e.causation_id).bind_iter())
+            .bind(envs.iter().map(|e| e.partition_key.as_deref()).bind_iter())
+            .bind(envs.iter().map(|e| e.content_type.as_str()).bind_iter())
+            .bind(
+                envs.iter()
+                    .map(|e| e.trace.traceparent.as_deref())
+                    .bind_iter(),
+            )
+            .bind(
+                envs.iter()
+                    .map(|e| e.trace.tracestate.as_deref())
+                    .bind_iter(),
+            )
+            .bind(envs.iter().map(|e| Json(&e.headers)).bind_iter())
+            .bind(envs.iter().map(|e| &e.payload[..]).bind_iter())
+            .execute(conn)
+            .await
+            .store_err("record", &self.inner.secrets)?;
+        Ok(())
+    }
+}
+
+impl fmt::Debug for PgOutbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgOutbox")
+            .field("schema", &self.inner.config.schema)
+            .field("table", &self.inner.config.table)
+            .field("completion", &self.inner.config.completion)
+            .finish_non_exhaustive()
+    }
+}
+
+fn version_column(version: u32) -> Result<i32> {
+    i32::try_from(version)
+        .map_err(|_| Error::invalid_envelope("version", format!("{version} is too large")))
+}
+
+/// Reads the [`ENVELOPE_COLUMNS`] of a row.
+pub(crate) fn envelope_from_row(row: &PgRow) -> std::result::Result<Envelope, sqlx::Error> {
+    let version: i32 = row.try_get("version")?;
+    let Json(headers): Json<Headers> = row.try_get("headers")?;
+    let payload: Vec<u8> = row.try_get("payload")?;
+    Ok(Envelope {
+        id: row.try_get("id")?,
+        event_type: row.try_get("event_type")?,
+        version: u32::try_from(version).map_err(|err| sqlx::Error::ColumnDecode {
+            index: "version".into(),
+            source: Box::new(err),
+        })?,
+        occurred_at: row.try_get("occurred_at")?,
+        correlation_id: row.try_get("correlation_id")?,
+        causation_id: row.try_get("causation_id")?,
+        partition_key: row.try_get("partition_key")?,
+        content_type: row.try_get("content_type")?,
+        trace: TraceContext {
+            traceparent: row.try_get("traceparent")?,
+            tracestate: row.try_get("tracestate")?,
+        },
+        headers,
+        payload: Bytes::from(payload),
+    })
+}
+
+/// Reads an `integer` count column as `u32`, clamping negative values to 0.
+pub(crate) fn attempts_from_row(row: &PgRow) -> std::result::Result<u32, sqlx::Error> {
+    let attempts: i32 = row.try_get("attempts")?;
+    Ok(u32::try_from(attempts).unwrap_or(0))
+}

@@ -1,0 +1,36 @@
+//! The shared store suite (`herald_testkit::store`) against PostgreSQL.
+
+mod common;
+
+use herald_core::{Completion, Envelope, Error, Result};
+use herald_postgres::PgOutbox;
+use herald_testkit::store::StoreFactory;
+
+/// Each store lives in a schema of its own (`herald_t_<uuid>`) on the test database.
+struct Postgres;
+
+impl StoreFactory for Postgres {
+    type Store = PgOutbox;
+
+    async fn create(&self, completion: Completion) -> PgOutbox {
+        common::outbox(completion).await
+    }
+
+    async fn record(&self, store: &PgOutbox, envelopes: &[Envelope], commit: bool) -> Result<()> {
+        let mut tx = store
+            .pool()
+            .begin()
+            .await
+            .map_err(|e| Error::store("begin", true, e))?;
+        store.record_all(&mut tx, envelopes).await?;
+        if commit {
+            store.commit(tx).await
+        } else {
+            tx.rollback()
+                .await
+                .map_err(|e| Error::store("rollback", true, e))
+        }
+    }
+}
+
+herald_testkit::store_suite!(Postgres);
