@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use herald_core::{
-    DeliveryStream, Envelope, OutboxAdmin, OutboxStore, Publisher, Replay, Result, Subscriber,
+    DeliveryStream, Envelope, OutboxAdmin, Publisher, Replay, Result, Subscriber,
     SubscriptionSpec, Uuid,
 };
 use herald_memory::MemoryTransport;

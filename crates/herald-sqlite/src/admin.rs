@@ -1,0 +1,164 @@
+//! What operators do with the outbox: counts, dead letters, replay, purge.
+
+use std::sync::Arc;
+
+use herald_core::{DeadLetter, OutboxAdmin, OutboxStats, Replay, Result};
+use sqlx::Row;
+
+use crate::error::{ResultExt, corrupt};
+use crate::outbox::{ENVELOPE_COLUMNS, envelope_from_row, now_micros, query, time_column};
+use crate::{SqliteOutbox, SqliteOutboxConfig};
+
+/// The operators' statements, built once per outbox.
+#[derive(Debug)]
+pub(crate) struct AdminSql {
+    /// ?1 now.
+    stats: Arc<str>,
+    /// ?1 limit.
+    dead_letters: Arc<str>,
+    /// ?1 now, ?2 id (the newest dead letter of that id).
+    replay_one: Arc<str>,
+    /// ?1 id.
+    forget_one: Arc<str>,
+    /// ?1 now.
+    replay_all: Arc<str>,
+    forget_all: Arc<str>,
+}
+
+impl AdminSql {
+    pub(crate) fn new(config: &SqliteOutboxConfig) -> Self {
+        let t = config.quoted("");
+        let dead = config.quoted("_dead_letters");
+        let archive = config.quoted("_archive");
+        let cols = ENVELOPE_COLUMNS;
+        // A lease that has expired counts as pending: any relay may take the row.
+        let unleased = "(locked_until IS NULL OR locked_until <= ?1)";
+        let newest_of_id =
+            |param: &str| format!("seq = (SELECT MAX(seq) FROM {dead} WHERE id = {param})");
+        // Replayed rows get a new seq (behind everything pending for their keys), a fresh
+        // attempt count and `recorded_at` = now; the envelope keeps its id and times.
+        let replay = |filter: &str| {
+            format!(
+                "INSERT INTO {t} ({cols}, recorded_at, available_at) \
+                 SELECT {cols}, ?1, ?1 FROM {dead} {filter} ORDER BY seq"
+            )
+        };
+        AdminSql {
+            stats: format!(
+                "SELECT \
+                   (SELECT COUNT(*) FROM {t} WHERE {unleased}) AS pending, \
+                   (SELECT COUNT(*) FROM {t} WHERE {unleased} AND available_at > ?1) AS retrying, \
+                   (SELECT COUNT(*) FROM {t} WHERE locked_until > ?1) AS in_flight, \
+                   (SELECT COUNT(*) FROM {dead}) AS dead_lettered, \
+                   (SELECT COUNT(*) FROM {archive}) AS archived, \
+                   (SELECT MIN(recorded_at) FROM {t} WHERE {unleased}) AS oldest_pending_at"
+            )
+            .into(),
+            dead_letters: format!(
+                "SELECT {cols}, attempts, last_error, dead_lettered_at FROM {dead} \
+                 ORDER BY dead_lettered_at DESC, seq DESC LIMIT ?1"
+            )
+            .into(),
+            replay_one: replay(&format!("WHERE {}", newest_of_id("?2"))).into(),
+            forget_one: format!("DELETE FROM {dead} WHERE {}", newest_of_id("?1")).into(),
+            replay_all: replay("").into(),
+            forget_all: format!("DELETE FROM {dead}").into(),
+        }
+    }
+}
+
+fn count(row: &sqlx::sqlite::SqliteRow, column: &str) -> Result<u64> {
+    let n: i64 = row.try_get(column).store_err("read stats")?;
+    u64::try_from(n).map_err(|_| corrupt("read stats", format!("{column} {n}")))
+}
+
+impl SqliteOutbox {
+    fn admin_sql(&self) -> &AdminSql {
+        &self.inner.admin
+    }
+}
+
+impl OutboxAdmin for SqliteOutbox {
+    async fn stats(&self) -> Result<OutboxStats> {
+        let row = query(&self.admin_sql().stats)
+            .bind(now_micros())
+            .fetch_one(self.pool())
+            .await
+            .store_err("read stats")?;
+        let oldest: Option<i64> = row.try_get("oldest_pending_at").store_err("read stats")?;
+        Ok(OutboxStats {
+            pending: count(&row, "pending")?,
+            retrying: count(&row, "retrying")?,
+            in_flight: count(&row, "in_flight")?,
+            dead_lettered: count(&row, "dead_lettered")?,
+            archived: count(&row, "archived")?,
+            oldest_pending_at: match oldest {
+                Some(_) => Some(time_column(&row, "oldest_pending_at", "read stats")?),
+                None => None,
+            },
+        })
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        let op = "list dead letters";
+        let rows = query(&self.admin_sql().dead_letters)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(self.pool())
+            .await
+            .store_err(op)?;
+        rows.iter()
+            .map(|row| {
+                let attempts: i64 = row.try_get("attempts").store_err(op)?;
+                Ok(DeadLetter {
+                    envelope: envelope_from_row(row, op)?,
+                    attempts: u32::try_from(attempts)
+                        .map_err(|_| corrupt(op, format!("attempts {attempts}")))?,
+                    last_error: row.try_get("last_error").store_err(op)?,
+                    dead_lettered_at: time_column(row, "dead_lettered_at", op)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn replay(&self, which: Replay) -> Result<u64> {
+        let op = "replay dead letters";
+        let sql = self.admin_sql();
+        let mut tx = self
+            .pool()
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .store_err(op)?;
+        let (insert, delete) = match which {
+            Replay::One(id) => {
+                let id = id.hyphenated().to_string();
+                (
+                    query(&sql.replay_one).bind(now_micros()).bind(id.clone()),
+                    query(&sql.forget_one).bind(id),
+                )
+            }
+            Replay::All => (
+                query(&sql.replay_all).bind(now_micros()),
+                query(&sql.forget_all),
+            ),
+        };
+        let replayed = insert
+            .execute(&mut *tx)
+            .await
+            .store_err(op)?
+            .rows_affected();
+        delete.execute(&mut *tx).await.store_err(op)?;
+        tx.commit().await.store_err(op)?;
+        if replayed > 0 {
+            self.notify();
+        }
+        Ok(replayed)
+    }
+
+    async fn purge_dead_letters(&self) -> Result<u64> {
+        let done = query(&self.admin_sql().forget_all)
+            .execute(self.pool())
+            .await
+            .store_err("purge dead letters")?;
+        Ok(done.rows_affected())
+    }
+}

@@ -1,0 +1,277 @@
+//! What a relay does with the outbox: claim, complete, fail, release, prune.
+//!
+//! SQLite lets one connection write at a time, across threads and processes, so a claim is one
+//! `UPDATE … RETURNING` that picks and leases its rows atomically: two relays never get the
+//! same row. Operations of more than one statement (archiving, failing) run in a
+//! `BEGIN IMMEDIATE` transaction, which takes the write lock up front instead of upgrading a
+//! read lock (the upgrade is what fails with `SQLITE_BUSY` without waiting).
+//!
+//! Every change a relay makes to a claimed row is fenced by `locked_by = relay`: a relay whose
+//! lease expired and whose rows were taken over cannot complete or fail them any more.
+
+use std::sync::Arc;
+
+use herald_core::{
+    ClaimRequest, ClaimedEvent, Completion, Disposition, Failure, OutboxStore, Result, Seq, Signal,
+};
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+use uuid::Uuid;
+
+use crate::error::{ResultExt, corrupt, retry_busy};
+use crate::outbox::{ENVELOPE_COLUMNS, duration_micros, envelope_from_row, now_micros, query};
+use crate::{SqliteOutbox, SqliteOutboxConfig};
+
+/// The relay's statements, built once per outbox.
+#[derive(Debug)]
+pub(crate) struct ClaimSql {
+    /// ?1 relay, ?2 locked until, ?3 now, ?4 limit.
+    claim: Arc<str>,
+    /// ?1 relay, ?2 JSON array of seqs.
+    delete: Arc<str>,
+    /// ?1 relay, ?2 JSON array of seqs, ?3 now.
+    archive: Arc<str>,
+    /// ?1 relay, ?2 seq, ?3 available at, ?4 error.
+    retry: Arc<str>,
+    /// ?1 relay, ?2 seq, ?3 error, ?4 now.
+    dead_letter: Arc<str>,
+    /// ?1 relay, ?2 seq.
+    delete_one: Arc<str>,
+    /// ?1 relay, ?2 JSON array of seqs.
+    release: Arc<str>,
+    /// ?1 published before, ?2 limit.
+    prune: Arc<str>,
+}
+
+impl ClaimSql {
+    pub(crate) fn new(config: &SqliteOutboxConfig) -> Self {
+        let t = config.quoted("");
+        let dead = config.quoted("_dead_letters");
+        let archive = config.quoted("_archive");
+        let cols = ENVELOPE_COLUMNS;
+        let owned = "locked_by = ?1 AND seq IN (SELECT value FROM json_each(?2))";
+        ClaimSql {
+            // The inner SELECT walks the table in seq order (NOT INDEXED: by rowid, stopping
+            // after `limit` rows) and skips the keys that have a row under another relay's
+            // live lease or waiting for a retry; those keys come from the two indexes, so the
+            // cost is the batch plus the rows in flight, however long the backlog.
+            //
+            // The claiming relay's own leases do not block it: it holds the earlier rows of
+            // those keys itself and settles its batches in order (the store suite's
+            // `claim_respects_the_limit` asks for exactly this: two claims in a row by one
+            // relay get disjoint batches of the same keys).
+            claim: format!(
+                "UPDATE {t} SET attempts = attempts + 1, locked_by = ?1, locked_until = ?2 \
+                 WHERE seq IN ( \
+                     SELECT seq FROM {t} NOT INDEXED \
+                     WHERE (locked_until IS NULL OR locked_until <= ?3) \
+                       AND available_at <= ?3 \
+                       AND (partition_key IS NULL OR partition_key NOT IN ( \
+                           SELECT partition_key FROM {t} \
+                           WHERE locked_until > ?3 AND locked_by <> ?1 \
+                             AND partition_key IS NOT NULL \
+                           UNION ALL \
+                           SELECT partition_key FROM {t} \
+                           WHERE available_at > ?3 AND partition_key IS NOT NULL)) \
+                     ORDER BY seq LIMIT ?4) \
+                 RETURNING seq, attempts, {cols}"
+            )
+            .into(),
+            delete: format!("DELETE FROM {t} WHERE {owned}").into(),
+            archive: format!(
+                "INSERT INTO {archive} (seq, {cols}, recorded_at, attempts, published_at) \
+                 SELECT seq, {cols}, recorded_at, attempts, ?3 FROM {t} WHERE {owned} ORDER BY seq"
+            )
+            .into(),
+            retry: format!(
+                "UPDATE {t} SET locked_by = NULL, locked_until = NULL, \
+                     available_at = ?3, last_error = ?4 \
+                 WHERE seq = ?2 AND locked_by = ?1"
+            )
+            .into(),
+            dead_letter: format!(
+                "INSERT INTO {dead} \
+                     (seq, {cols}, recorded_at, attempts, last_error, dead_lettered_at) \
+                 SELECT seq, {cols}, recorded_at, attempts, ?3, ?4 FROM {t} WHERE seq = ?2 AND locked_by = ?1"
+            )
+            .into(),
+            delete_one: format!("DELETE FROM {t} WHERE seq = ?2 AND locked_by = ?1").into(),
+            release: format!(
+                "UPDATE {t} SET locked_by = NULL, locked_until = NULL, \
+                     attempts = MAX(attempts - 1, 0) \
+                 WHERE {owned}"
+            )
+            .into(),
+            prune: format!(
+                "DELETE FROM {archive} WHERE seq IN ( \
+                     SELECT seq FROM {archive} WHERE published_at < ?1 \
+                     ORDER BY published_at LIMIT ?2)"
+            )
+            .into(),
+        }
+    }
+}
+
+/// `seqs` as one JSON array parameter (`json_each(?)`).
+fn seq_list(seqs: &[Seq]) -> String {
+    let items: Vec<String> = seqs.iter().map(i64::to_string).collect();
+    format!("[{}]", items.join(","))
+}
+
+fn limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl SqliteOutbox {
+    fn sql(&self) -> &ClaimSql {
+        &self.inner.claim
+    }
+
+    async fn claim_rows(&self, request: &ClaimRequest) -> Result<Vec<SqliteRow>, sqlx::Error> {
+        let now = now_micros();
+        query(&self.sql().claim)
+            .bind(request.relay_id.hyphenated().to_string())
+            .bind(now.saturating_add(duration_micros(request.lease)))
+            .bind(now)
+            .bind(limit(request.limit))
+            .fetch_all(self.pool())
+            .await
+    }
+
+    async fn complete_once(&self, relay: &str, seqs: &str) -> Result<u64, sqlx::Error> {
+        if self.config().completion == Completion::Delete {
+            let done = query(&self.sql().delete)
+                .bind(relay)
+                .bind(seqs)
+                .execute(self.pool())
+                .await?;
+            return Ok(done.rows_affected());
+        }
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        query(&self.sql().archive)
+            .bind(relay)
+            .bind(seqs)
+            .bind(now_micros())
+            .execute(&mut *tx)
+            .await?;
+        let done = query(&self.sql().delete)
+            .bind(relay)
+            .bind(seqs)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn fail_once(&self, relay: &str, failures: &[Failure]) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let now = now_micros();
+        for failure in failures {
+            match failure.disposition {
+                Disposition::Retry { delay } => {
+                    query(&self.sql().retry)
+                        .bind(relay)
+                        .bind(failure.seq)
+                        .bind(now.saturating_add(duration_micros(delay)))
+                        .bind(failure.error.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Disposition::DeadLetter => {
+                    query(&self.sql().dead_letter)
+                        .bind(relay)
+                        .bind(failure.seq)
+                        .bind(failure.error.as_str())
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    query(&self.sql().delete_one)
+                        .bind(relay)
+                        .bind(failure.seq)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        tx.commit().await
+    }
+}
+
+impl OutboxStore for SqliteOutbox {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedEvent>> {
+        if request.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = retry_busy("claim", || self.claim_rows(request)).await?;
+        let mut claimed = rows
+            .iter()
+            .map(|row| {
+                let seq: i64 = row.try_get("seq").store_err("claim")?;
+                let attempts: i64 = row.try_get("attempts").store_err("claim")?;
+                let attempts = u32::try_from(attempts)
+                    .map_err(|_| corrupt("claim", format!("attempts {attempts}")))?;
+                let envelope = envelope_from_row(row, "claim")?;
+                Ok(ClaimedEvent {
+                    seq,
+                    attempts,
+                    envelope,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // RETURNING gives rows in no particular order.
+        claimed.sort_by_key(|c| c.seq);
+        Ok(claimed)
+    }
+
+    async fn complete(&self, relay_id: Uuid, seqs: &[Seq]) -> Result<u64> {
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        let (relay, seqs) = (relay_id.hyphenated().to_string(), seq_list(seqs));
+        retry_busy("complete", || self.complete_once(&relay, &seqs)).await
+    }
+
+    async fn fail(&self, relay_id: Uuid, failures: &[Failure]) -> Result<()> {
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let relay = relay_id.hyphenated().to_string();
+        retry_busy("fail", || self.fail_once(&relay, failures)).await
+    }
+
+    async fn release(&self, relay_id: Uuid, seqs: &[Seq]) -> Result<()> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let (relay, seqs) = (relay_id.hyphenated().to_string(), seq_list(seqs));
+        retry_busy("release", || async {
+            query(&self.sql().release)
+                .bind(&relay)
+                .bind(&seqs)
+                .execute(self.pool())
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn prune(&self, older_than: std::time::Duration, max: usize) -> Result<u64> {
+        if max == 0 {
+            return Ok(0);
+        }
+        let before = now_micros().saturating_sub(duration_micros(older_than));
+        let done = retry_busy("prune", || async {
+            query(&self.sql().prune)
+                .bind(before)
+                .bind(limit(max))
+                .execute(self.pool())
+                .await
+        })
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    fn signal(&self) -> Signal {
+        self.inner.signal.clone()
+    }
+}

@@ -1,0 +1,12 @@
+#![doc = include_str!("../README.md")]
+
+mod admin;
+mod claim;
+mod config;
+mod error;
+mod migrate;
+mod notify;
+mod outbox;
+
+pub use config::SqliteOutboxConfig;
+pub use outbox::SqliteOutbox;

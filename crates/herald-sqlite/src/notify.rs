@@ -1,0 +1,84 @@
+//! Wake-ups: telling relays that work was committed.
+//!
+//! SQLite has no LISTEN/NOTIFY. Inside one process, writers ring the outbox's
+//! [`Signal`](herald_core::Signal) after committing ([`SqliteOutbox::commit`] does it), and
+//! relays built on the same handle wake at once; nothing is added to the writer's transaction.
+//! Commits made by other processes (or through another handle) are seen by
+//! [`SqliteOutbox::watch_commits`], which polls SQLite's `PRAGMA data_version` — a counter
+//! read from shared memory, no table is touched — or else at the relay's next poll.
+
+use std::time::Duration;
+
+use sqlx::{Connection, Row};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::SqliteOutbox;
+use crate::error::ResultExt;
+
+impl SqliteOutbox {
+    /// Rings this outbox's signal: relays waiting on it look for work now. Call it after
+    /// committing a transaction that recorded events (or use [`SqliteOutbox::commit`]).
+    pub fn notify(&self) {
+        self.inner.signal.ring();
+    }
+
+    /// Watches the database file for commits made by any other connection (another process
+    /// included) and rings this outbox's signal when one happens, checking every `every`
+    /// until `shutdown` is cancelled.
+    ///
+    /// It opens one connection of its own (with the pool's options) for as long as it runs. A relay's own claims and
+    /// completions are commits too, so it also wakes for those: a spare look for work, never a
+    /// missed one. Fails if no connection can be had.
+    pub async fn watch_commits(
+        &self,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) -> herald_core::Result<JoinHandle<()>> {
+        let options = self.pool().connect_options();
+        let mut conn = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .store_err("watch commits")?;
+        let mut last = data_version(&mut conn).await.store_err("watch commits")?;
+        let outbox = self.clone();
+        Ok(tokio::spawn(async move {
+            let mut failing = false;
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = ticks.tick() => {}
+                }
+                match data_version(&mut conn).await {
+                    Ok(version) => {
+                        failing = false;
+                        if version != last {
+                            last = version;
+                            outbox.notify();
+                        }
+                    }
+                    Err(error) => {
+                        if !failing {
+                            tracing::warn!(error = %error, "cannot watch the outbox for commits");
+                        }
+                        failing = true;
+                        // Wake the relay rather than risk sleeping through work.
+                        outbox.notify();
+                    }
+                }
+            }
+            if let Err(error) = conn.close().await {
+                tracing::debug!(error = %error, "closing the commit watcher's connection");
+            }
+        }))
+    }
+}
+
+/// SQLite's count of commits seen by this connection from other connections.
+async fn data_version(conn: &mut sqlx::SqliteConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query("PRAGMA data_version")
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)
+}

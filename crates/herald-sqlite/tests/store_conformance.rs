@@ -1,0 +1,106 @@
+//! The store conformance suite of `herald-testkit`, run against SQLite database files.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::{
+    ClaimRequest, ClaimedEvent, Completion, DeadLetter, Envelope, Failure, OutboxAdmin,
+    OutboxStats, OutboxStore, Replay, Result, Seq, Signal, Uuid,
+};
+use herald_sqlite::{SqliteOutbox, SqliteOutboxConfig};
+use herald_testkit::store::StoreFactory;
+use tempfile::TempDir;
+
+/// Makes each store in a fresh database file in its own temp dir.
+struct SqliteFactory;
+
+/// A [`SqliteOutbox`] that owns the temp dir of its database file: the dir is removed when the
+/// last clone is dropped, at the end of each test.
+#[derive(Clone)]
+struct TempStore {
+    outbox: SqliteOutbox,
+    _dir: Arc<TempDir>,
+}
+
+impl StoreFactory for SqliteFactory {
+    type Store = TempStore;
+
+    async fn create(&self, completion: Completion) -> TempStore {
+        let dir = tempfile::Builder::new()
+            .prefix("herald-sqlite-")
+            .tempdir()
+            .expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("outbox.db").display());
+        let config = SqliteOutboxConfig::default().with_completion(completion);
+        let outbox = SqliteOutbox::connect(&url, config)
+            .await
+            .expect("open a fresh database file");
+        outbox.migrate().await.expect("migrate");
+        TempStore {
+            outbox,
+            _dir: Arc::new(dir),
+        }
+    }
+
+    async fn record(&self, store: &TempStore, envelopes: &[Envelope], commit: bool) -> Result<()> {
+        let outbox = &store.outbox;
+        let mut tx = outbox
+            .pool()
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .expect("begin");
+        outbox.record_all(&mut tx, envelopes).await?;
+        if commit {
+            outbox.commit(tx).await
+        } else {
+            tx.rollback().await.expect("rollback");
+            Ok(())
+        }
+    }
+}
+
+impl OutboxStore for TempStore {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedEvent>> {
+        self.outbox.claim(request).await
+    }
+
+    async fn complete(&self, relay_id: Uuid, seqs: &[Seq]) -> Result<u64> {
+        self.outbox.complete(relay_id, seqs).await
+    }
+
+    async fn fail(&self, relay_id: Uuid, failures: &[Failure]) -> Result<()> {
+        self.outbox.fail(relay_id, failures).await
+    }
+
+    async fn release(&self, relay_id: Uuid, seqs: &[Seq]) -> Result<()> {
+        self.outbox.release(relay_id, seqs).await
+    }
+
+    async fn prune(&self, older_than: Duration, limit: usize) -> Result<u64> {
+        self.outbox.prune(older_than, limit).await
+    }
+
+    fn signal(&self) -> Signal {
+        self.outbox.signal()
+    }
+}
+
+impl OutboxAdmin for TempStore {
+    async fn stats(&self) -> Result<OutboxStats> {
+        self.outbox.stats().await
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        self.outbox.dead_letters(limit).await
+    }
+
+    async fn replay(&self, which: Replay) -> Result<u64> {
+        self.outbox.replay(which).await
+    }
+
+    async fn purge_dead_letters(&self) -> Result<u64> {
+        self.outbox.purge_dead_letters().await
+    }
+}
+
+herald_testkit::store_suite!(SqliteFactory);
