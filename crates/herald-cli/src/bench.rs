@@ -57,7 +57,10 @@ pub async fn run(command: BenchCommand) -> Result<()> {
     } = command;
     let dir = tempfile::tempdir()?;
     let (url, schema) = match database {
-        Some(url) => (url, format!("herald_bench_{}", herald_core::Uuid::now_v7().simple())),
+        Some(url) => (
+            url,
+            format!("herald_bench_{}", herald_core::Uuid::now_v7().simple()),
+        ),
         None => (
             format!("sqlite://{}", dir.path().join("bench.db").display()),
             "herald".to_owned(),
@@ -95,7 +98,9 @@ pub async fn run(command: BenchCommand) -> Result<()> {
     );
     if let AnyStore::Postgres(pg) = &store {
         let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
-        sqlx::query(sqlx::AssertSqlSafe(drop)).execute(pg.pool()).await?;
+        sqlx::query(sqlx::AssertSqlSafe(drop))
+            .execute(pg.pool())
+            .await?;
     }
     Ok(())
 }

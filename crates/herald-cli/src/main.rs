@@ -24,7 +24,11 @@ use tracing_subscriber::EnvFilter;
 use crate::store::StoreOptions;
 
 #[derive(Parser)]
-#[command(name = "herald", version, about = "Integration events: transactional outbox, relay, broker")]
+#[command(
+    name = "herald",
+    version,
+    about = "Integration events: transactional outbox, relay, broker"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -94,11 +98,15 @@ fn main() -> std::process::ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter)),
+            EnvFilter::try_from_env("HERALD_LOG")
+                .unwrap_or_else(|_| EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use herald_core::{OutboxAdmin, OffsetDateTime, Replay, Uuid};
+use herald_core::{OffsetDateTime, OutboxAdmin, Replay, Uuid};
 
 use crate::DatabaseArgs;
 use crate::store::AnyStore;

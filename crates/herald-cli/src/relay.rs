@@ -139,19 +139,20 @@ pub async fn drive(
     }
     transport.close();
     let _ = consumed.await;
-    let relays = metrics.iter().map(|m| m.snapshot()).fold(
-        RelaySnapshot::default(),
-        |mut acc, s| {
-            acc.batches += s.batches;
-            acc.claimed += s.claimed;
-            acc.published += s.published;
-            acc.retried += s.retried;
-            acc.dead_lettered += s.dead_lettered;
-            acc.released += s.released;
-            acc.store_errors += s.store_errors;
-            acc
-        },
-    );
+    let relays =
+        metrics
+            .iter()
+            .map(|m| m.snapshot())
+            .fold(RelaySnapshot::default(), |mut acc, s| {
+                acc.batches += s.batches;
+                acc.claimed += s.claimed;
+                acc.published += s.published;
+                acc.retried += s.retried;
+                acc.dead_lettered += s.dead_lettered;
+                acc.released += s.released;
+                acc.store_errors += s.store_errors;
+                acc
+            });
     Ok(DrainReport {
         published: relays.published,
         elapsed,

@@ -45,12 +45,16 @@ impl AnyStore {
                 options.table.as_deref().unwrap_or("outbox"),
             )?;
             config.completion = options.completion;
-            Ok(AnyStore::Postgres(PgOutbox::connect(&options.url, config).await?))
+            Ok(AnyStore::Postgres(
+                PgOutbox::connect(&options.url, config).await?,
+            ))
         } else {
             let mut config =
                 SqliteOutboxConfig::new(options.table.as_deref().unwrap_or("herald_outbox"))?;
             config.completion = options.completion;
-            Ok(AnyStore::Sqlite(SqliteOutbox::connect(&options.url, config).await?))
+            Ok(AnyStore::Sqlite(
+                SqliteOutbox::connect(&options.url, config).await?,
+            ))
         }
     }
 

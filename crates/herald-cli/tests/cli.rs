@@ -1,5 +1,7 @@
 //! The `herald` binary, run as an operator would.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::process::{Command, Output};
 
 fn herald(args: &[&str]) -> Output {
@@ -26,7 +28,10 @@ fn demo_runs_end_to_end_and_checks_both_contexts() {
     assert!(out.status.success(), "demo failed:\n{all}");
     assert!(all.contains("Herald demo summary"), "{all}");
     assert!(all.contains("check:"), "consistency check printed:\n{all}");
-    assert!(all.contains("unknown sku"), "the poison order is dead-lettered:\n{all}");
+    assert!(
+        all.contains("unknown sku"),
+        "the poison order is dead-lettered:\n{all}"
+    );
 }
 
 #[test]
@@ -48,7 +53,11 @@ fn outbox_commands_work_on_sqlite() {
         "0190b5a8-0000-7000-8000-000000000000",
     ]);
     assert!(!out.status.success(), "replaying an unknown id is an error");
-    assert!(text(&out).contains("no dead letter with id"), "{}", text(&out));
+    assert!(
+        text(&out).contains("no dead letter with id"),
+        "{}",
+        text(&out)
+    );
     let out = herald(&["outbox", "--database", &url, "purge", "--dead-letters"]);
     assert!(text(&out).contains("purged 0"), "{}", text(&out));
 }
@@ -70,7 +79,11 @@ fn unreachable_database_is_a_clear_error_without_the_password() {
 
 #[test]
 fn malformed_url_and_bad_table_name_are_configuration_errors() {
-    let out = herald(&["migrate", "--database", "postgres://app:pw-in-url@[::1:5432/x"]);
+    let out = herald(&[
+        "migrate",
+        "--database",
+        "postgres://app:pw-in-url@[::1:5432/x",
+    ]);
     let all = text(&out);
     assert!(!out.status.success());
     assert!(!all.contains("pw-in-url"), "password leaked:\n{all}");
@@ -78,7 +91,13 @@ fn malformed_url_and_bad_table_name_are_configuration_errors() {
 
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("x.db").display());
-    let out = herald(&["migrate", "--database", &url, "--table", "outbox; drop table users"]);
+    let out = herald(&[
+        "migrate",
+        "--database",
+        &url,
+        "--table",
+        "outbox; drop table users",
+    ]);
     let all = text(&out);
     assert!(!out.status.success());
     assert!(all.contains("not a valid SQL identifier"), "{all}");

@@ -1,5 +1,7 @@
 //! `MemoryTransport` passes the transport conformance suite.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use herald_core::Envelope;
 use herald_memory::MemoryTransport;
 use herald_testkit::transport::TransportFactory;

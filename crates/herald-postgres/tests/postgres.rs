@@ -1,6 +1,8 @@
 //! PostgreSQL-specific behaviour: the write path in the caller's transaction, migrations,
 //! configuration and connection errors, and cross-process wake-ups.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::time::Duration;

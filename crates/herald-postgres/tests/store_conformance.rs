@@ -1,5 +1,7 @@
 //! The shared store suite (`herald_testkit::store`) against PostgreSQL.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use herald_core::{Completion, Envelope, Error, Result};

@@ -45,7 +45,10 @@ pub(crate) async fn publish<P: Publisher>(
         let (indices, envelopes): (Vec<usize>, Vec<Envelope>) = wave
             .into_iter()
             .filter(|(i, _)| {
-                let blocked = rows[*i].key.as_ref().is_some_and(|k| failed_keys.contains(k));
+                let blocked = rows[*i]
+                    .key
+                    .as_ref()
+                    .is_some_and(|k| failed_keys.contains(k));
                 if blocked {
                     outcome.released.push(rows[*i].seq);
                 }
@@ -57,7 +60,9 @@ pub(crate) async fn publish<P: Publisher>(
         }
         if shutdown.is_cancelled() || Instant::now() + config.publish_timeout > deadline {
             // Shutting down, or the lease would run out mid-round: give the rest back.
-            outcome.released.extend(indices.iter().map(|&i| rows[i].seq));
+            outcome
+                .released
+                .extend(indices.iter().map(|&i| rows[i].seq));
             continue;
         }
         let results = confirm_round(publisher, &envelopes, config).await;

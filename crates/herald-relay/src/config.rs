@@ -77,7 +77,9 @@ impl RelayConfig {
             return Err(Error::Config("relay batch size must be at least 1".into()));
         }
         if self.max_attempts == 0 {
-            return Err(Error::Config("relay max attempts must be at least 1".into()));
+            return Err(Error::Config(
+                "relay max attempts must be at least 1".into(),
+            ));
         }
         if self.publish_timeout >= self.lease {
             return Err(Error::Config(format!(

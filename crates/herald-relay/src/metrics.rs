@@ -65,7 +65,8 @@ impl RelayMetrics {
         let c = &self.inner;
         c.published
             .fetch_add(report.published as u64, Ordering::Relaxed);
-        c.retried.fetch_add(report.retried as u64, Ordering::Relaxed);
+        c.retried
+            .fetch_add(report.retried as u64, Ordering::Relaxed);
         c.dead_lettered
             .fetch_add(report.dead_lettered as u64, Ordering::Relaxed);
         c.released

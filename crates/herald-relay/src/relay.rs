@@ -129,7 +129,8 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         let count = claimed.len();
         // Leave a safety margin: never publish what another relay may already have taken over.
         let deadline = claimed_at + self.config.lease.mul_f64(0.8);
-        let outcome = batch::publish(&self.publisher, claimed, &self.config, deadline, shutdown).await;
+        let outcome =
+            batch::publish(&self.publisher, claimed, &self.config, deadline, shutdown).await;
         let report = self.settle(count, outcome, deadline).await?;
         self.metrics.settled(&report);
         debug!(relay = %self.id, ?report, "batch settled");
@@ -138,7 +139,12 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
 
     /// Writes a batch's outcome back: one statement each for completions, failures and
     /// releases, each retried briefly (a completion lost here means duplicates later).
-    async fn settle(&self, claimed: usize, outcome: Outcome, deadline: Instant) -> Result<BatchReport> {
+    async fn settle(
+        &self,
+        claimed: usize,
+        outcome: Outcome,
+        deadline: Instant,
+    ) -> Result<BatchReport> {
         let mut report = BatchReport {
             claimed,
             published: outcome.completed.len(),
@@ -159,7 +165,9 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         }
         if !outcome.completed.is_empty() {
             let done = self
-                .retrying("complete", deadline, || self.store.complete(self.id, &outcome.completed))
+                .retrying("complete", deadline, || {
+                    self.store.complete(self.id, &outcome.completed)
+                })
                 .await?;
             if (done as usize) < outcome.completed.len() {
                 warn!(
@@ -170,8 +178,10 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
             }
         }
         if !outcome.failures.is_empty() {
-            self.retrying("fail", deadline, || self.store.fail(self.id, &outcome.failures))
-                .await?;
+            self.retrying("fail", deadline, || {
+                self.store.fail(self.id, &outcome.failures)
+            })
+            .await?;
         }
         if !outcome.released.is_empty() {
             self.release(&outcome.released, deadline).await?;

@@ -6,6 +6,8 @@
 //! broker's publisher confirm promises. The parent kills it while it holds claimed rows, starts
 //! another one, and checks that every committed event reached the journal.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::collections::HashSet;
@@ -75,8 +77,25 @@ async fn relay_process() {
     }
 }
 
-fn spawn_relay(database: &str, schema: &str, journal: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
+/// The relay process; killed (SIGKILL) and reaped when dropped, so a failing test leaves no
+/// process behind.
+struct RelayProcess(Child);
+
+impl RelayProcess {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_relay(database: &str, schema: &str, journal: &str) -> RelayProcess {
+    let child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "relay_process", "--nocapture"])
         .env("HERALD_RELAY_CHILD", database)
         .env("HERALD_RELAY_SCHEMA", schema)
@@ -84,7 +103,8 @@ fn spawn_relay(database: &str, schema: &str, journal: &str) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    RelayProcess(child)
 }
 
 fn journal_ids(journal: &str) -> Vec<Uuid> {
@@ -112,14 +132,16 @@ async fn kill_mid_batch_then_restart<S: OutboxAdmin>(
     while std::time::Instant::now() < deadline {
         let published = journal_ids(journal).len();
         if published >= expected.len() / 4 && store.stats().await.unwrap().in_flight > 0 {
-            first.kill().unwrap(); // SIGKILL
-            first.wait().unwrap();
+            first.kill(); // SIGKILL
             killed_with_claims = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    assert!(killed_with_claims, "the relay was killed while holding claims");
+    assert!(
+        killed_with_claims,
+        "the relay was killed while holding claims"
+    );
     let stats = store.stats().await.unwrap();
     assert!(stats.pending + stats.in_flight > 0, "work was left behind");
 
@@ -133,8 +155,7 @@ async fn kill_mid_batch_then_restart<S: OutboxAdmin>(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    second.kill().unwrap();
-    second.wait().unwrap();
+    second.kill();
     let missing = expected.difference(&published).count();
     assert_eq!(missing, 0, "{missing} committed events were lost");
 }

@@ -1,5 +1,7 @@
 //! The relay against real stores (PostgreSQL, SQLite) and the in-memory transport.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::collections::{HashMap, HashSet};
@@ -7,8 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use herald_core::{
-    DeliveryStream, Envelope, OutboxAdmin, Publisher, Replay, Result, Subscriber,
-    SubscriptionSpec, Uuid,
+    DeliveryStream, Envelope, OutboxAdmin, Publisher, Replay, Result, Subscriber, SubscriptionSpec,
+    Uuid,
 };
 use herald_memory::MemoryTransport;
 use herald_relay::{Relay, RelayConfig};
@@ -73,7 +75,11 @@ async fn several_relays_publish_every_event_once_in_key_order_postgres() {
     for relay in relays {
         relay.await.unwrap().unwrap();
     }
-    assert_eq!(delivered.len(), events.len(), "each event published exactly once");
+    assert_eq!(
+        delivered.len(),
+        events.len(),
+        "each event published exactly once"
+    );
     let ids: HashSet<Uuid> = delivered.iter().map(|e| e.id).collect();
     assert_eq!(ids, events.iter().map(|e| e.id).collect());
     assert_key_order(&delivered);
@@ -187,12 +193,23 @@ async fn relay_wakes_on_commit_not_on_the_poll_interval() {
     let started = std::time::Instant::now();
     let mut tx = store.pool().begin().await.unwrap();
     store
-        .record(&mut tx, &TestEvent { key: "k".into(), n: 0, note: String::new() })
+        .record(
+            &mut tx,
+            &TestEvent {
+                key: "k".into(),
+                n: 0,
+                note: String::new(),
+            },
+        )
         .await
         .unwrap();
     store.commit(tx).await.unwrap();
     let delivered = collect(&mut stream, 1, Duration::from_secs(5)).await;
-    assert_eq!(delivered.len(), 1, "woken by the commit, long before the 60 s poll");
+    assert_eq!(
+        delivered.len(),
+        1,
+        "woken by the commit, long before the 60 s poll"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
     shutdown.cancel();
     task.await.unwrap().unwrap();
@@ -260,7 +277,10 @@ async fn shutdown_mid_batch_leaves_nothing_claimed_and_loses_nothing() {
     task.await.unwrap().unwrap();
 
     let stats = store.stats().await.unwrap();
-    assert_eq!(stats.in_flight, 0, "the in-flight batch was finished or released");
+    assert_eq!(
+        stats.in_flight, 0,
+        "the in-flight batch was finished or released"
+    );
     let first = collect(&mut stream, events.len(), Duration::from_millis(300)).await;
     assert!(!first.is_empty() && first.len() < events.len());
     assert_eq!(stats.pending as usize, events.len() - first.len());
@@ -272,7 +292,12 @@ async fn shutdown_mid_batch_leaves_nothing_claimed_and_loses_nothing() {
         let shutdown = shutdown.clone();
         async move { relay.run(shutdown).await }
     });
-    let rest = collect(&mut stream, events.len() - first.len(), Duration::from_secs(30)).await;
+    let rest = collect(
+        &mut stream,
+        events.len() - first.len(),
+        Duration::from_secs(30),
+    )
+    .await;
     shutdown.cancel();
     task.await.unwrap().unwrap();
     let all: Vec<Envelope> = first.into_iter().chain(rest).collect();

@@ -1,6 +1,8 @@
 //! SQLite-specific behaviour of the outbox: the write path inside the caller's transaction,
 //! durability across a crash, migrations, configuration errors, wake-ups and contention.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::str::FromStr;
 use std::time::Duration;
 

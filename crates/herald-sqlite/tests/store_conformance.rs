@@ -1,5 +1,7 @@
 //! The store conformance suite of `herald-testkit`, run against SQLite database files.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -153,10 +153,7 @@ pub async fn batch_is_claimed_in_recorded_order<F: StoreFactory>(factory: &F) {
     let envs = interleaved(10, 100);
     record(factory, &store, &envs).await;
     let claimed = claim(&store, Uuid::now_v7(), 5000).await;
-    assert_eq!(
-        ids(&claimed),
-        envs.iter().map(|e| e.id).collect::<Vec<_>>()
-    );
+    assert_eq!(ids(&claimed), envs.iter().map(|e| e.id).collect::<Vec<_>>());
     let s = seqs(&claimed);
     assert!(s.windows(2).all(|w| w[0] < w[1]), "seq increases");
 }
@@ -182,12 +179,12 @@ pub async fn leased_rows_go_to_another_relay_after_expiry<F: StoreFactory>(facto
     let dead = Uuid::now_v7();
     let alive = Uuid::now_v7();
     let lease = Duration::from_millis(300);
-    let first = store
-        .claim(&request(dead, 10, lease))
-        .await
-        .expect("claim");
+    let first = store.claim(&request(dead, 10, lease)).await.expect("claim");
     assert_eq!(first.len(), 4);
-    assert!(claim(&store, alive, 10).await.is_empty(), "leased rows are held");
+    assert!(
+        claim(&store, alive, 10).await.is_empty(),
+        "leased rows are held"
+    );
 
     tokio::time::sleep(lease + Duration::from_millis(200)).await;
     let taken = claim(&store, alive, 10).await;
@@ -196,7 +193,10 @@ pub async fn leased_rows_go_to_another_relay_after_expiry<F: StoreFactory>(facto
 
     let late = store.complete(dead, &seqs(&first)).await.expect("complete");
     assert_eq!(late, 0, "a lost lease cannot complete");
-    let done = store.complete(alive, &seqs(&taken)).await.expect("complete");
+    let done = store
+        .complete(alive, &seqs(&taken))
+        .await
+        .expect("complete");
     assert_eq!(done, 4);
 }
 
@@ -207,7 +207,10 @@ pub async fn completed_rows_leave_the_claim_path<F: StoreFactory>(factory: &F) {
     let relay = Uuid::now_v7();
     let claimed = claim(&store, relay, 100).await;
     assert_eq!(
-        store.complete(relay, &seqs(&claimed)).await.expect("complete"),
+        store
+            .complete(relay, &seqs(&claimed))
+            .await
+            .expect("complete"),
         20
     );
     assert!(
@@ -304,19 +307,32 @@ pub async fn failed_row_blocks_only_its_own_key_until_backoff<F: StoreFactory>(f
         )
         .await
         .expect("fail");
-    store.release(relay, &[claimed[1].seq]).await.expect("release");
-    store.complete(relay, &[claimed[2].seq]).await.expect("complete");
+    store
+        .release(relay, &[claimed[1].seq])
+        .await
+        .expect("release");
+    store
+        .complete(relay, &[claimed[2].seq])
+        .await
+        .expect("complete");
 
     assert!(claim(&store, relay, 10).await.is_empty(), "key a waits");
     let b1 = envelope("b", 1);
     record(factory, &store, std::slice::from_ref(&b1)).await;
     let other = claim(&store, relay, 10).await;
     assert_eq!(ids(&other), vec![b1.id], "other keys keep flowing");
-    store.complete(relay, &seqs(&other)).await.expect("complete");
+    store
+        .complete(relay, &seqs(&other))
+        .await
+        .expect("complete");
 
     tokio::time::sleep(backoff + Duration::from_millis(200)).await;
     let again = claim(&store, relay, 10).await;
-    assert_eq!(ids(&again), vec![a0.id, a1.id], "order kept after the retry");
+    assert_eq!(
+        ids(&again),
+        vec![a0.id, a1.id],
+        "order kept after the retry"
+    );
     assert_eq!(again[0].attempts, 2);
     assert_eq!(again[1].attempts, 1);
 }
@@ -347,7 +363,10 @@ pub async fn dead_letter_then_replay<F: StoreFactory>(factory: &F) {
         )
         .await
         .expect("fail");
-    store.release(relay, &[claimed[1].seq]).await.expect("release");
+    store
+        .release(relay, &[claimed[1].seq])
+        .await
+        .expect("release");
 
     let stats = store.stats().await.expect("stats");
     assert_eq!((stats.pending, stats.dead_lettered), (1, 2));
@@ -359,15 +378,28 @@ pub async fn dead_letter_then_replay<F: StoreFactory>(factory: &F) {
     assert_eq!(by_id[&p0.id].envelope.payload, p0.payload);
 
     let next = claim(&store, relay, 10).await;
-    assert_eq!(ids(&next), vec![p1.id], "a dead letter no longer blocks its key");
+    assert_eq!(
+        ids(&next),
+        vec![p1.id],
+        "a dead letter no longer blocks its key"
+    );
     store.complete(relay, &seqs(&next)).await.expect("complete");
 
     assert_eq!(store.replay(Replay::One(p0.id)).await.expect("replay"), 1);
-    assert_eq!(store.replay(Replay::One(Uuid::now_v7())).await.expect("replay"), 0);
+    assert_eq!(
+        store
+            .replay(Replay::One(Uuid::now_v7()))
+            .await
+            .expect("replay"),
+        0
+    );
     let replayed = claim(&store, relay, 10).await;
     assert_eq!(ids(&replayed), vec![p0.id]);
     assert_eq!(replayed[0].attempts, 1, "replay starts a fresh count");
-    store.complete(relay, &seqs(&replayed)).await.expect("complete");
+    store
+        .complete(relay, &seqs(&replayed))
+        .await
+        .expect("complete");
 
     assert_eq!(store.replay(Replay::All).await.expect("replay all"), 1);
     assert_eq!(ids(&claim(&store, relay, 10).await), vec![q0.id]);
@@ -390,7 +422,13 @@ pub async fn dead_letter_then_replay<F: StoreFactory>(factory: &F) {
         .await
         .expect("fail");
     assert_eq!(store.purge_dead_letters().await.expect("purge"), 1);
-    assert!(store.dead_letters(10).await.expect("dead letters").is_empty());
+    assert!(
+        store
+            .dead_letters(10)
+            .await
+            .expect("dead letters")
+            .is_empty()
+    );
 }
 
 /// Rows released by a relay shutting down are claimable at once, and the claim that was given
@@ -400,7 +438,10 @@ pub async fn release_does_not_count_an_attempt<F: StoreFactory>(factory: &F) {
     record(factory, &store, &interleaved(3, 1)).await;
     let relay = Uuid::now_v7();
     let claimed = claim(&store, relay, 10).await;
-    store.release(relay, &seqs(&claimed)).await.expect("release");
+    store
+        .release(relay, &seqs(&claimed))
+        .await
+        .expect("release");
     let again = claim(&store, Uuid::now_v7(), 10).await;
     assert_eq!(ids(&again), ids(&claimed));
     assert!(again.iter().all(|c| c.attempts == 1));
@@ -412,24 +453,36 @@ pub async fn archive_is_pruned_by_retention<F: StoreFactory>(factory: &F) {
     record(factory, &store, &interleaved(4, 5)).await;
     let relay = Uuid::now_v7();
     let claimed = claim(&store, relay, 100).await;
-    store.complete(relay, &seqs(&claimed)).await.expect("complete");
+    store
+        .complete(relay, &seqs(&claimed))
+        .await
+        .expect("complete");
     let stats = store.stats().await.expect("stats");
     assert_eq!((stats.pending, stats.archived), (0, 20));
     assert!(claim(&store, relay, 100).await.is_empty());
 
     assert_eq!(
-        store.prune(Duration::from_secs(3600), 100).await.expect("prune"),
+        store
+            .prune(Duration::from_secs(3600), 100)
+            .await
+            .expect("prune"),
         0,
         "nothing older than an hour"
     );
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
-        store.prune(Duration::from_millis(1), 15).await.expect("prune"),
+        store
+            .prune(Duration::from_millis(1), 15)
+            .await
+            .expect("prune"),
         15,
         "bounded batch"
     );
     assert_eq!(
-        store.prune(Duration::from_millis(1), 100).await.expect("prune"),
+        store
+            .prune(Duration::from_millis(1), 100)
+            .await
+            .expect("prune"),
         5
     );
     assert_eq!(store.stats().await.expect("stats").archived, 0);
@@ -447,7 +500,10 @@ pub async fn claim_is_correct_with_many_finished_rows<F: StoreFactory>(factory: 
             if claimed.is_empty() {
                 break;
             }
-            store.complete(relay, &seqs(&claimed)).await.expect("complete");
+            store
+                .complete(relay, &seqs(&claimed))
+                .await
+                .expect("complete");
         }
     }
     assert_eq!(store.stats().await.expect("stats").archived, 5000);

@@ -45,7 +45,13 @@ impl Event for OrderCancelled {
 
 /// The products the inventory context stocks.
 pub const SKUS: [&str; 8] = [
-    "SKU-APPLE", "SKU-BREAD", "SKU-CHEESE", "SKU-DATES", "SKU-EGGS", "SKU-FLOUR", "SKU-GRAPES",
+    "SKU-APPLE",
+    "SKU-BREAD",
+    "SKU-CHEESE",
+    "SKU-DATES",
+    "SKU-EGGS",
+    "SKU-FLOUR",
+    "SKU-GRAPES",
     "SKU-HONEY",
 ];
 

@@ -122,14 +122,12 @@ impl Inventory {
         }
         match command {
             Command::Reserve(order) => {
-                let known = sqlx::query(
-                    "UPDATE stock SET reserved = reserved + ? WHERE sku = ?",
-                )
-                .bind(i64::from(order.quantity))
-                .bind(&order.sku)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
+                let known = sqlx::query("UPDATE stock SET reserved = reserved + ? WHERE sku = ?")
+                    .bind(i64::from(order.quantity))
+                    .bind(&order.sku)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
                     == 1;
                 if !known {
                     tx.rollback().await?;

@@ -108,10 +108,14 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let outcome = pipeline(&args, &store, &ordering, &inventory).await;
     if let AnyStore::Postgres(pg) = &store {
         let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
-        sqlx::query(sqlx::AssertSqlSafe(drop)).execute(pg.pool()).await?;
+        sqlx::query(sqlx::AssertSqlSafe(drop))
+            .execute(pg.pool())
+            .await?;
     }
     let report = outcome?;
-    report.print(&store.backend().to_string(), &ordering, &inventory).await
+    report
+        .print(store.backend(), &ordering, &inventory)
+        .await
 }
 
 /// Runs producers, relays and the consumer until every recorded event was handled or
@@ -130,7 +134,10 @@ async fn pipeline(
         });
     }
     let mut stream = transport
-        .subscribe(&SubscriptionSpec::new("inventory", ordering::published_types()))
+        .subscribe(&SubscriptionSpec::new(
+            "inventory",
+            ordering::published_types(),
+        ))
         .await?;
 
     let counters = Arc::new(Counters::default());
@@ -166,7 +173,9 @@ async fn pipeline(
                         }
                     }
                     Handled::Retry(_) => {
-                        counters.consumer_retries.fetch_add(1, AtomicOrdering::Relaxed);
+                        counters
+                            .consumer_retries
+                            .fetch_add(1, AtomicOrdering::Relaxed);
                     }
                 }
             }
@@ -267,7 +276,11 @@ async fn produce(
                 }
                 // The last order asks for a product the inventory no longer stocks: a poison
                 // message that must end in the dead letters without stopping anything.
-                let sku = if i + 1 == orders { RETIRED_SKU } else { SKUS[(i % 8) as usize] };
+                let sku = if i + 1 == orders {
+                    RETIRED_SKU
+                } else {
+                    SKUS[(i % 8) as usize]
+                };
                 let order = OrderCreated {
                     order_id: Uuid::now_v7(),
                     customer: format!("customer-{}", i % 97),

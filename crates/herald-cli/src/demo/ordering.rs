@@ -35,7 +35,9 @@ impl Ordering {
                      total_cents bigint NOT NULL, status text NOT NULL, \
                      created_at timestamptz NOT NULL DEFAULT now())"
                 );
-                sqlx::query(sqlx::AssertSqlSafe(ddl)).execute(outbox.pool()).await?;
+                sqlx::query(sqlx::AssertSqlSafe(ddl))
+                    .execute(outbox.pool())
+                    .await?;
             }
             Ordering::Sqlite { outbox } => {
                 sqlx::query(
@@ -141,5 +143,8 @@ impl Ordering {
 
 /// Names the event types this context publishes.
 pub fn published_types() -> Vec<String> {
-    vec![OrderCreated::TYPE.to_owned(), OrderCancelled::TYPE.to_owned()]
+    vec![
+        OrderCreated::TYPE.to_owned(),
+        OrderCancelled::TYPE.to_owned(),
+    ]
 }

@@ -48,13 +48,15 @@ impl Report {
         elapsed: Duration,
     ) -> Self {
         latencies.sort_unstable();
-        let relays = relays.into_iter().fold(RelaySnapshot::default(), |mut a, s| {
-            a.published += s.published;
-            a.retried += s.retried;
-            a.dead_lettered += s.dead_lettered;
-            a.batches += s.batches;
-            a
-        });
+        let relays = relays
+            .into_iter()
+            .fold(RelaySnapshot::default(), |mut a, s| {
+                a.published += s.published;
+                a.retried += s.retried;
+                a.dead_lettered += s.dead_lettered;
+                a.batches += s.batches;
+                a
+            });
         let load = |c: &AtomicU64| c.load(AtomicOrdering::Relaxed);
         Report {
             orders,
@@ -79,7 +81,12 @@ impl Report {
     }
 
     /// Prints the table and checks that both contexts agree; fails if they don't.
-    pub async fn print(&self, backend: &str, ordering: &Ordering, inventory: &Inventory) -> Result<()> {
+    pub async fn print(
+        &self,
+        backend: &str,
+        ordering: &Ordering,
+        inventory: &Inventory,
+    ) -> Result<()> {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         let rows: Vec<(&str, String)> = vec![
             ("orders placed", self.orders.to_string()),
@@ -93,12 +100,21 @@ impl Report {
                 ),
             ),
             ("events published", self.relays.published.to_string()),
-            ("publish retries (injected faults)", self.relays.retried.to_string()),
+            (
+                "publish retries (injected faults)",
+                self.relays.retried.to_string(),
+            ),
             ("events handled", self.handled.to_string()),
-            ("duplicates skipped by the inbox", self.duplicates.to_string()),
+            (
+                "duplicates skipped by the inbox",
+                self.duplicates.to_string(),
+            ),
             ("dead-lettered", self.rejected.to_string()),
             ("elapsed", format!("{secs:.2} s")),
-            ("throughput (handled)", format!("{:.0} events/s", self.handled as f64 / secs)),
+            (
+                "throughput (handled)",
+                format!("{:.0} events/s", self.handled as f64 / secs),
+            ),
             ("commit → handled p50", fmt_ms(self.percentile(50.0))),
             ("commit → handled p99", fmt_ms(self.percentile(99.0))),
         ];
