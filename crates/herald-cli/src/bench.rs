@@ -78,6 +78,7 @@ pub async fn run(command: BenchCommand) -> Result<()> {
     eprintln!("seeded {events} events over {keys} keys; draining…");
     let report = crate::relay::drive(
         store.clone(),
+        crate::transport::AnyTransport::connect("memory").await?,
         RelayConfig {
             batch_size,
             ..RelayConfig::default()

@@ -13,6 +13,7 @@ mod demo;
 mod outbox;
 mod relay;
 mod store;
+mod transport;
 
 use std::time::Duration;
 

@@ -2,22 +2,22 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 use herald_core::{DeliveryStream, OutboxAdmin, Subscriber, SubscriptionSpec};
-use herald_memory::MemoryTransport;
 use herald_relay::{Relay, RelayConfig, RelaySnapshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::DatabaseArgs;
 use crate::store::AnyStore;
+use crate::transport::AnyTransport;
 
 #[derive(Args)]
 pub struct RelayArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// Broker to publish to. `memory` is an in-process broker whose messages a built-in sink
-    /// consumes: for smoke tests and drain measurements (broker transports plug in here).
+    /// consumes: for smoke tests and drain measurements.
     #[arg(long, env = "HERALD_TRANSPORT", default_value = "memory")]
     pub transport: String,
     /// Relay instances to run in this process.
@@ -48,12 +48,7 @@ pub struct DrainReport {
 }
 
 pub async fn run(args: RelayArgs) -> Result<()> {
-    if args.transport != "memory" {
-        bail!(
-            "unknown transport {:?}: this build knows `memory`",
-            herald_core::redact::redact_url(&args.transport)
-        );
-    }
+    let transport = AnyTransport::connect(&args.transport).await?;
     let store = AnyStore::connect(&args.database.store_options()).await?;
     if args.migrate {
         store.migrate().await?;
@@ -65,7 +60,15 @@ pub async fn run(args: RelayArgs) -> Result<()> {
     };
     let shutdown = CancellationToken::new();
     crate::cancel_on_signal(shutdown.clone());
-    let report = drive(store, config, args.instances, args.until_empty, shutdown).await?;
+    let report = drive(
+        store,
+        transport,
+        config,
+        args.instances,
+        args.until_empty,
+        shutdown,
+    )
+    .await?;
     println!(
         "published {} events in {:.2} s ({:.0} events/s); retried {}, dead-lettered {}",
         report.published,
@@ -77,32 +80,34 @@ pub async fn run(args: RelayArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs `instances` relays from `store` into an in-memory broker drained by a sink, until
-/// `shutdown` or, with `until_empty`, until the outbox is empty.
+/// Runs `instances` relays from `store` into `transport` until `shutdown` or, with
+/// `until_empty`, until the outbox is empty. On the in-memory broker a sink consumes
+/// everything (there is nobody else to).
 pub async fn drive(
     store: AnyStore,
+    transport: AnyTransport,
     config: RelayConfig,
     instances: usize,
     until_empty: bool,
     shutdown: CancellationToken,
 ) -> Result<DrainReport> {
-    let transport = MemoryTransport::new();
-    let mut sink = transport
-        .subscribe(&SubscriptionSpec {
-            prefetch: 10_000,
-            ..SubscriptionSpec::new("herald-relay-sink", Vec::<String>::new())
-        })
-        .await?;
-    let consumed = tokio::spawn(async move {
-        let mut n = 0u64;
-        while let Some(Ok(delivery)) = sink.next().await {
-            n += 1;
-            if delivery.ack().await.is_err() {
-                break;
-            }
+    let consumed = match &transport {
+        AnyTransport::Memory(_) => {
+            let mut sink = transport
+                .subscribe(&SubscriptionSpec {
+                    prefetch: 10_000,
+                    ..SubscriptionSpec::new("herald-relay-sink", Vec::<String>::new())
+                })
+                .await?;
+            Some(tokio::spawn(async move {
+                while let Some(Ok(delivery)) = sink.next().await {
+                    if delivery.ack().await.is_err() {
+                        break;
+                    }
+                }
+            }))
         }
-        n
-    });
+    };
     let listener = match &store {
         AnyStore::Postgres(pg) => Some(pg.listen(shutdown.clone())),
         AnyStore::Sqlite(_) => None,
@@ -137,8 +142,10 @@ pub async fn drive(
     if let Some(listener) = listener {
         listener.await?;
     }
-    transport.close();
-    let _ = consumed.await;
+    transport.close().await;
+    if let Some(consumed) = consumed {
+        let _ = consumed.await;
+    }
     let relays =
         metrics
             .iter()

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use herald_core::{Backoff, DeliveryStream, Subscriber, SubscriptionSpec, Uuid};
-use herald_memory::MemoryTransport;
 use herald_relay::{Relay, RelayConfig, RelayMetrics};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{AnyStore, StoreOptions, is_postgres};
+use crate::transport::{AnyTransport, Flaky};
 use events::{OrderCancelled, OrderCreated, RETIRED_SKU, SKUS};
 use inventory::{Handled, Inventory};
 use ordering::Ordering;
@@ -48,8 +48,8 @@ pub struct DemoArgs {
     /// dropped afterwards).
     #[arg(long, env = "HERALD_DEMO_DATABASE")]
     database: Option<String>,
-    /// Broker: `memory` (in-process).
-    #[arg(long, default_value = "memory")]
+    /// Broker: `memory` (in-process), or a broker URL.
+    #[arg(long, env = "HERALD_TRANSPORT", default_value = "memory")]
     transport: String,
     /// Give up waiting for the pipeline after this many seconds.
     #[arg(long, default_value_t = 120)]
@@ -57,12 +57,6 @@ pub struct DemoArgs {
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
-    if args.transport != "memory" {
-        bail!(
-            "unknown transport {:?}: this build knows `memory`",
-            herald_core::redact::redact_url(&args.transport)
-        );
-    }
     if !(0.0..1.0).contains(&args.failure_rate) {
         bail!("--failure-rate must be in [0, 1)");
     }
@@ -97,15 +91,17 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     };
     ordering.setup().await?;
     let inventory = Inventory::open(&dir.path().join("inventory.db"), 1_000_000).await?;
+    let transport = AnyTransport::connect(&args.transport).await?;
 
     println!(
-        "Herald demo: ordering ({} outbox: {}) → relay ×{} → in-memory broker → inventory (sqlite)",
+        "Herald demo: ordering ({} outbox: {}) → relay ×{} → {} → inventory (sqlite)",
         store.backend(),
         herald_core::redact::redact_url(&url),
-        args.relays
+        args.relays,
+        transport.describe()
     );
 
-    let outcome = pipeline(&args, &store, &ordering, &inventory).await;
+    let outcome = pipeline(&args, &store, &transport, &ordering, &inventory).await;
     if let AnyStore::Postgres(pg) = &store {
         let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
         sqlx::query(sqlx::AssertSqlSafe(drop))
@@ -114,7 +110,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
     let report = outcome?;
     report
-        .print(store.backend(), &ordering, &inventory)
+        .print(
+            store.backend(),
+            &transport.describe(),
+            &ordering,
+            &inventory,
+        )
         .await
 }
 
@@ -123,22 +124,15 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 async fn pipeline(
     args: &DemoArgs,
     store: &AnyStore,
+    transport: &AnyTransport,
     ordering: &Ordering,
     inventory: &Inventory,
 ) -> Result<Report> {
-    let transport = MemoryTransport::new();
-    if args.failure_rate > 0.0 {
-        let rate = args.failure_rate;
-        transport.fail_publishes_when(move |_| {
-            (fastrand::f64() < rate).then(|| "injected broker hiccup".to_owned())
-        });
-    }
-    let mut stream = transport
-        .subscribe(&SubscriptionSpec::new(
-            "inventory",
-            ordering::published_types(),
-        ))
-        .await?;
+    // A queue of its own per run, so that a shared broker carries no leftovers between runs.
+    let queue = format!("herald-demo-inventory-{}", Uuid::now_v7().simple());
+    let subscription = SubscriptionSpec::new(queue.clone(), ordering::published_types());
+    transport.declare(&subscription).await?;
+    let mut stream = transport.subscribe(&subscription).await?;
 
     let counters = Arc::new(Counters::default());
     let committed: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
@@ -197,7 +191,8 @@ async fn pipeline(
     let mut relays = Vec::new();
     let mut relay_metrics: Vec<RelayMetrics> = Vec::new();
     for _ in 0..args.relays.max(1) {
-        let relay = Relay::new(store.clone(), transport.clone(), relay_config.clone())?;
+        let publisher = Flaky::new(transport.clone(), args.failure_rate);
+        let relay = Relay::new(store.clone(), publisher, relay_config.clone())?;
         relay_metrics.push(relay.metrics());
         let shutdown = shutdown.clone();
         relays.push(tokio::spawn(async move { relay.run(shutdown).await }));
@@ -228,12 +223,21 @@ async fn pipeline(
     for relay in relays {
         relay.await??;
     }
-    transport.close();
+    // Give the broker a moment to move the rejected message to its dead letters.
+    let mut dead_letters = transport.dead_letters(&queue).await?;
+    let expected_dead = counters.rejected.load(AtomicOrdering::Relaxed) as usize;
+    for _ in 0..100 {
+        if dead_letters.len() >= expected_dead {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        dead_letters = transport.dead_letters(&queue).await?;
+    }
+    transport.close().await;
     let latencies = consumer.await??;
     if !finished {
         bail!("the pipeline did not finish within {} s", args.timeout);
     }
-    let dead_letters = transport.dead_letters("inventory");
     Ok(Report::new(
         args.orders,
         counters,

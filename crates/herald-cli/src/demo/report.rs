@@ -5,12 +5,12 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use herald_memory::MemoryDeadLetter;
 use herald_relay::RelaySnapshot;
 
 use super::inventory::Inventory;
 use super::ordering::Ordering;
 use crate::fmt_ms;
+use crate::transport::DeadMessage;
 
 /// Counters shared by the demo's tasks.
 #[derive(Default)]
@@ -33,7 +33,7 @@ pub struct Report {
     duplicates: u64,
     rejected: u64,
     relays: RelaySnapshot,
-    dead_letters: Vec<MemoryDeadLetter>,
+    dead_letters: Vec<DeadMessage>,
     latencies: Vec<Duration>,
     elapsed: Duration,
 }
@@ -43,7 +43,7 @@ impl Report {
         orders: u64,
         counters: std::sync::Arc<Counters>,
         relays: Vec<RelaySnapshot>,
-        dead_letters: Vec<MemoryDeadLetter>,
+        dead_letters: Vec<DeadMessage>,
         mut latencies: Vec<Duration>,
         elapsed: Duration,
     ) -> Self {
@@ -84,6 +84,7 @@ impl Report {
     pub async fn print(
         &self,
         backend: &str,
+        broker: &str,
         ordering: &Ordering,
         inventory: &Inventory,
     ) -> Result<()> {
@@ -119,7 +120,7 @@ impl Report {
             ("commit → handled p99", fmt_ms(self.percentile(99.0))),
         ];
         println!();
-        println!("  Herald demo summary ({backend} outbox, in-memory broker)");
+        println!("  Herald demo summary ({backend} outbox, {broker})");
         println!("  {}", "─".repeat(58));
         for (name, value) in rows {
             println!("  {name:<36}{value}");
@@ -127,8 +128,8 @@ impl Report {
         println!("  {}", "─".repeat(58));
         for dead in &self.dead_letters {
             println!(
-                "  dead letter: {} {} after {} attempt(s): {}",
-                dead.envelope.event_type, dead.envelope.id, dead.attempts, dead.reason
+                "  dead letter: {} {}: {}",
+                dead.envelope.event_type, dead.envelope.id, dead.reason
             );
         }
 

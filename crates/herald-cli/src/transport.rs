@@ -1,0 +1,160 @@
+//! Picking a transport by name or URL at run time, and the demo's fault injection.
+
+use anyhow::{Result, bail};
+use herald_core::{
+    Delivery, DeliveryStream, Envelope, Error, Publisher, Subscriber, SubscriptionSpec,
+};
+use herald_memory::{MemoryStream, MemoryTransport};
+
+/// A broker connection on whichever transport `--transport` names.
+#[derive(Clone)]
+pub enum AnyTransport {
+    /// The in-process broker.
+    Memory(MemoryTransport),
+}
+
+/// A dead letter as any transport reports it.
+#[derive(Debug, Clone)]
+pub struct DeadMessage {
+    /// The message.
+    pub envelope: Envelope,
+    /// Why it was given up on.
+    pub reason: String,
+}
+
+impl AnyTransport {
+    /// Connects to the transport named by `spec`: `memory`, or a broker URL.
+    pub async fn connect(spec: &str) -> Result<Self> {
+        match spec {
+            "memory" => Ok(AnyTransport::Memory(MemoryTransport::new())),
+            other => bail!(
+                "unknown transport {:?}: this build knows `memory`",
+                herald_core::redact::redact_url(other)
+            ),
+        }
+    }
+
+    /// What to print about this transport (never a password).
+    pub fn describe(&self) -> String {
+        match self {
+            AnyTransport::Memory(_) => "in-memory broker".to_owned(),
+        }
+    }
+
+    /// Declares a subscription's queue and bindings ahead of publishing, so that nothing
+    /// published before its consumer starts is unroutable.
+    pub async fn declare(&self, spec: &SubscriptionSpec) -> Result<()> {
+        match self {
+            AnyTransport::Memory(t) => t.declare(spec),
+        }
+        Ok(())
+    }
+
+    /// The dead letters of a subscription.
+    pub async fn dead_letters(&self, subscription: &str) -> Result<Vec<DeadMessage>> {
+        match self {
+            AnyTransport::Memory(t) => Ok(t
+                .dead_letters(subscription)
+                .into_iter()
+                .map(|d| DeadMessage {
+                    envelope: d.envelope,
+                    reason: d.reason,
+                })
+                .collect()),
+        }
+    }
+
+    /// Closes the connection; open streams end.
+    pub async fn close(&self) {
+        match self {
+            AnyTransport::Memory(t) => t.close(),
+        }
+    }
+}
+
+impl Publisher for AnyTransport {
+    async fn publish(&self, batch: &[Envelope]) -> Vec<herald_core::Result<()>> {
+        match self {
+            AnyTransport::Memory(t) => t.publish(batch).await,
+        }
+    }
+}
+
+/// The deliveries of an [`AnyTransport`] subscription.
+pub enum AnyStream {
+    /// In-memory.
+    Memory(MemoryStream),
+}
+
+impl DeliveryStream for AnyStream {
+    async fn next(&mut self) -> Option<herald_core::Result<Delivery>> {
+        match self {
+            AnyStream::Memory(s) => s.next().await,
+        }
+    }
+}
+
+impl Subscriber for AnyTransport {
+    type Stream = AnyStream;
+
+    async fn subscribe(&self, spec: &SubscriptionSpec) -> herald_core::Result<AnyStream> {
+        match self {
+            AnyTransport::Memory(t) => Ok(AnyStream::Memory(t.subscribe(spec).await?)),
+        }
+    }
+}
+
+/// A publisher that refuses a random share of messages before they reach the broker, as a
+/// flaky network would (transient errors): the demo's way to show retries with backoff on
+/// any transport.
+#[derive(Clone)]
+pub struct Flaky<P> {
+    inner: P,
+    failure_rate: f64,
+}
+
+impl<P> Flaky<P> {
+    /// Fails each message with probability `failure_rate`.
+    pub fn new(inner: P, failure_rate: f64) -> Self {
+        Flaky {
+            inner,
+            failure_rate,
+        }
+    }
+}
+
+impl<P: Publisher> Publisher for Flaky<P> {
+    async fn publish(&self, batch: &[Envelope]) -> Vec<herald_core::Result<()>> {
+        let refused: Vec<bool> = batch
+            .iter()
+            .map(|_| fastrand::f64() < self.failure_rate)
+            .collect();
+        let passed: Vec<Envelope> = batch
+            .iter()
+            .zip(&refused)
+            .filter(|(_, refused)| !**refused)
+            .map(|(env, _)| env.clone())
+            .collect();
+        let mut results = self.inner.publish(&passed).await.into_iter();
+        refused
+            .into_iter()
+            .map(|refused| {
+                if refused {
+                    Err(Error::transport(
+                        "publish",
+                        true,
+                        herald_core::error::Message("injected network fault".into()),
+                    ))
+                } else {
+                    results.next().unwrap_or_else(|| {
+                        Err(Error::transport(
+                            "publish",
+                            true,
+                            herald_core::error::Message("missing publish result".into()),
+                        ))
+                    })
+                }
+            })
+            .collect()
+    }
+}
