@@ -14,6 +14,7 @@ pub mod ident;
 pub mod redact;
 pub mod signal;
 pub mod store;
+pub mod transaction;
 pub mod transport;
 
 pub use backoff::Backoff;
@@ -27,6 +28,7 @@ pub use store::{
     ClaimRequest, ClaimedEvent, Completion, DeadLetter, Disposition, Failure, OutboxAdmin,
     OutboxStats, OutboxStore, Replay, Seq,
 };
+pub use transaction::TransactionalOutbox;
 pub use transport::{
     Acknowledger, BoxFuture, Delivery, DeliveryStream, Publisher, Settlement, Subscriber,
     SubscriptionSpec,

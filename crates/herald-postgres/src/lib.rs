@@ -7,6 +7,7 @@ mod error;
 mod migrate;
 mod notify;
 mod outbox;
+mod transaction;
 
 pub use config::PgOutboxConfig;
 pub use outbox::PgOutbox;

@@ -7,6 +7,7 @@ mod error;
 mod migrate;
 mod notify;
 mod outbox;
+mod transaction;
 
 pub use config::SqliteOutboxConfig;
 pub use outbox::SqliteOutbox;
