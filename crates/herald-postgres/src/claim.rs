@@ -17,7 +17,7 @@ use std::time::Duration;
 use herald_core::{
     ClaimRequest, ClaimedEvent, Completion, Disposition, Failure, OutboxStore, Result, Seq, Signal,
 };
-use sqlx::AssertSqlSafe;
+use sqlx::{AssertSqlSafe, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::config::PgOutboxConfig;
@@ -156,6 +156,28 @@ fn error_text(error: &str) -> String {
     error.replace('\0', "\u{fffd}")
 }
 
+impl PgOutbox {
+    /// A transaction for the relay's own bookkeeping (claims, completions, failures, releases),
+    /// committed without waiting for the WAL flush (`synchronous_commit = off`). That is safe:
+    /// if the database crashes before the flush, the bookkeeping is lost, not an event — the
+    /// rows come back as pending and are published again (at least once). It spares each relay
+    /// cycle two fsyncs: on this project's machine a flushed commit costs about 3 ms.
+    async fn bookkeeping(&self, operation: &'static str) -> Result<Transaction<'static, Postgres>> {
+        let secrets = &self.inner.secrets;
+        let mut tx = self
+            .inner
+            .pool
+            .begin()
+            .await
+            .store_err(operation, secrets)?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await
+            .store_err(operation, secrets)?;
+        Ok(tx)
+    }
+}
+
 impl OutboxStore for PgOutbox {
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedEvent>> {
         if request.limit == 0 {
@@ -164,11 +186,13 @@ impl OutboxStore for PgOutbox {
         let inner = &self.inner;
         let secrets = &inner.secrets;
         let mut tx = inner.pool.begin().await.store_err("claim", secrets)?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(inner.claim.lock_key)
-            .execute(&mut *tx)
-            .await
-            .store_err("claim", secrets)?;
+        sqlx::query(
+            "SELECT set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock($1)",
+        )
+        .bind(inner.claim.lock_key)
+        .execute(&mut *tx)
+        .await
+        .store_err("claim", secrets)?;
         let rows = sqlx::query(AssertSqlSafe(inner.claim.claim.clone()))
             .bind(request.relay_id)
             .bind(limit_param(request.limit))
@@ -197,10 +221,14 @@ impl OutboxStore for PgOutbox {
         if seqs.is_empty() {
             return Ok(0);
         }
+        let mut tx = self.bookkeeping("complete").await?;
         let done = sqlx::query(AssertSqlSafe(self.inner.claim.complete.clone()))
             .bind(seqs)
             .bind(relay_id)
-            .execute(&self.inner.pool)
+            .execute(&mut *tx)
+            .await
+            .store_err("complete", &self.inner.secrets)?;
+        tx.commit()
             .await
             .store_err("complete", &self.inner.secrets)?;
         Ok(done.rows_affected())
@@ -217,6 +245,7 @@ impl OutboxStore for PgOutbox {
                 Disposition::DeadLetter => None,
             })
             .collect();
+        let mut tx = self.bookkeeping("fail").await?;
         sqlx::query(AssertSqlSafe(self.inner.claim.fail.clone()))
             .bind(relay_id)
             .bind(failures.iter().map(|f| f.seq).collect::<Vec<_>>())
@@ -227,9 +256,10 @@ impl OutboxStore for PgOutbox {
                     .collect::<Vec<_>>(),
             )
             .bind(delays)
-            .execute(&self.inner.pool)
+            .execute(&mut *tx)
             .await
             .store_err("fail", &self.inner.secrets)?;
+        tx.commit().await.store_err("fail", &self.inner.secrets)?;
         Ok(())
     }
 
@@ -237,10 +267,14 @@ impl OutboxStore for PgOutbox {
         if seqs.is_empty() {
             return Ok(());
         }
+        let mut tx = self.bookkeeping("release").await?;
         sqlx::query(AssertSqlSafe(self.inner.claim.release.clone()))
             .bind(seqs)
             .bind(relay_id)
-            .execute(&self.inner.pool)
+            .execute(&mut *tx)
+            .await
+            .store_err("release", &self.inner.secrets)?;
+        tx.commit()
             .await
             .store_err("release", &self.inner.secrets)?;
         Ok(())
