@@ -17,4 +17,4 @@ mod relay;
 
 pub use config::{RelayConfig, Retention};
 pub use metrics::{RelayMetrics, RelaySnapshot};
-pub use relay::{BatchReport, DRAIN_POLL, Relay};
+pub use relay::{BatchReport, Relay};

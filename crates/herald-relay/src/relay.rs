@@ -1,7 +1,5 @@
 //! The relay loop.
 
-use std::time::Duration;
-
 use herald_core::{ClaimRequest, OutboxStore, Publisher, Result, Seq, Uuid};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -218,6 +216,3 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         }
     }
 }
-
-/// Short pause used by callers polling for a relay to drain (tests, the demo).
-pub const DRAIN_POLL: Duration = Duration::from_millis(5);
