@@ -25,3 +25,9 @@ pub mod sqlite {
 pub mod memory {
     pub use herald_memory::*;
 }
+
+/// Domain events, their conversion into integration events, and the unit of work.
+#[cfg(feature = "domain")]
+pub mod domain {
+    pub use herald_domain::*;
+}
