@@ -11,7 +11,8 @@ use crate::store::{AnyStore, StoreOptions};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// Pre-fill an outbox, then drain it through the relay into the in-memory broker.
+    /// Pre-fill an outbox, then drain it through the relay into a broker (the in-memory one by
+    /// default). On RabbitMQ, also time a bare publish loop of the same events, the ceiling.
     Relay {
         /// Events to pre-fill.
         #[arg(long, default_value_t = 100_000)]
@@ -28,6 +29,10 @@ pub enum BenchCommand {
         /// Rows claimed per batch.
         #[arg(long, default_value_t = 256)]
         batch_size: usize,
+        /// Broker: `memory`, or `amqp://…` (a queue of the run's own receives the events and is
+        /// deleted afterwards).
+        #[arg(long, default_value = "memory")]
+        transport: String,
     },
 }
 
@@ -54,7 +59,15 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         database,
         instances,
         batch_size,
+        transport,
     } = command;
+    let transport_url = transport;
+    let transport = crate::transport::AnyTransport::connect(&transport_url).await?;
+    let sink = format!("herald-bench-{}", herald_core::Uuid::now_v7().simple());
+    let sink_spec = herald_core::SubscriptionSpec::new(sink.clone(), Vec::<String>::new());
+    if let crate::transport::AnyTransport::Amqp(_) = &transport {
+        transport.declare(&sink_spec).await?;
+    }
     let dir = tempfile::tempdir()?;
     let (url, schema) = match database {
         Some(url) => (
@@ -78,7 +91,7 @@ pub async fn run(command: BenchCommand) -> Result<()> {
     eprintln!("seeded {events} events over {keys} keys; draining…");
     let report = crate::relay::drive(
         store.clone(),
-        crate::transport::AnyTransport::connect("memory").await?,
+        transport.clone(),
         RelayConfig {
             batch_size,
             ..RelayConfig::default()
@@ -97,6 +110,16 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         report.elapsed.as_secs_f64(),
         report.published as f64 / report.elapsed.as_secs_f64().max(1e-9)
     );
+    if let crate::transport::AnyTransport::Amqp(_) = &transport {
+        // The relay closed its transport: the same broker, a fresh connection.
+        let again = crate::transport::AnyTransport::connect(&transport_url).await?;
+        let measured = ceiling(&again, events, keys, batch_size).await;
+        if let crate::transport::AnyTransport::Amqp(amqp) = &again {
+            amqp.delete_subscription(&sink).await?;
+        }
+        again.close().await;
+        measured?;
+    }
     if let AnyStore::Postgres(pg) = &store {
         let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
         sqlx::query(sqlx::AssertSqlSafe(drop))
@@ -106,16 +129,45 @@ pub async fn run(command: BenchCommand) -> Result<()> {
     Ok(())
 }
 
+/// The same events published in batches straight from memory, no store: what the broker and
+/// the transport allow.
+async fn ceiling(
+    transport: &crate::transport::AnyTransport,
+    events: usize,
+    keys: usize,
+    batch_size: usize,
+) -> Result<()> {
+    let envelopes = (0..events)
+        .map(|i| Envelope::from_event(&event(i, keys), Metadata::default()))
+        .collect::<herald_core::Result<Vec<_>>>()?;
+    let started = std::time::Instant::now();
+    for batch in envelopes.chunks(batch_size.max(1)) {
+        for result in herald_core::Publisher::publish(transport, batch).await {
+            result?;
+        }
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "publish loop (ceiling): {events} events, batches of {batch_size}: {:.2} s, {:.0} events/s",
+        elapsed.as_secs_f64(),
+        events as f64 / elapsed.as_secs_f64().max(1e-9)
+    );
+    Ok(())
+}
+
+fn event(i: usize, keys: usize) -> BenchEvent {
+    BenchEvent {
+        order_id: format!("order-{}", i % keys.max(1)),
+        customer: format!("customer-{}", i % 997),
+        lines: vec![("SKU-1".into(), 2, 1999), ("SKU-2".into(), 1, 4999)],
+        note: "x".repeat(160),
+    }
+}
+
 async fn seed(store: &AnyStore, events: usize, keys: usize) -> Result<()> {
     let mut batch = Vec::with_capacity(1000);
     for i in 0..events {
-        let event = BenchEvent {
-            order_id: format!("order-{}", i % keys.max(1)),
-            customer: format!("customer-{}", i % 997),
-            lines: vec![("SKU-1".into(), 2, 1999), ("SKU-2".into(), 1, 4999)],
-            note: "x".repeat(160),
-        };
-        batch.push(Envelope::from_event(&event, Metadata::default())?);
+        batch.push(Envelope::from_event(&event(i, keys), Metadata::default())?);
         if batch.len() == 1000 || i + 1 == events {
             match store {
                 AnyStore::Postgres(pg) => {

@@ -8,6 +8,7 @@
 //! herald bench relay                drain a pre-filled outbox and report events per second
 //! ```
 
+mod amqp;
 mod bench;
 mod demo;
 mod outbox;
@@ -56,6 +57,11 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: bench::BenchCommand,
+    },
+    /// RabbitMQ administration: declare the topology from configuration.
+    Amqp {
+        #[command(subcommand)]
+        command: amqp::AmqpCommand,
     },
 }
 
@@ -139,6 +145,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Relay(args) => relay::run(args).await,
         Command::Outbox { database, command } => outbox::run(&database, command).await,
         Command::Bench { command } => bench::run(command).await,
+        Command::Amqp { command } => amqp::run(command).await,
     }
 }
 

@@ -16,8 +16,9 @@ use crate::transport::AnyTransport;
 pub struct RelayArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
-    /// Broker to publish to. `memory` is an in-process broker whose messages a built-in sink
-    /// consumes: for smoke tests and drain measurements.
+    /// Broker to publish to: `amqp://user:password@host:5672/vhost` (or `amqps://…`) for
+    /// RabbitMQ, or `memory`, an in-process broker whose messages a built-in sink consumes (for
+    /// smoke tests and drain measurements).
     #[arg(long, env = "HERALD_TRANSPORT", default_value = "memory")]
     pub transport: String,
     /// Relay instances to run in this process.
@@ -107,6 +108,8 @@ pub async fn drive(
                 }
             }))
         }
+        // Messages go to the queues consumers (or `herald amqp declare`) bound.
+        AnyTransport::Amqp(_) => None,
     };
     let listener = match &store {
         AnyStore::Postgres(pg) => Some(pg.listen(shutdown.clone())),

@@ -1,6 +1,7 @@
 //! Picking a transport by name or URL at run time, and the demo's fault injection.
 
 use anyhow::{Result, bail};
+use herald_amqp::{AmqpConfig, AmqpStream, AmqpTransport};
 use herald_core::{
     Delivery, DeliveryStream, Envelope, Error, Publisher, Subscriber, SubscriptionSpec,
 };
@@ -11,6 +12,8 @@ use herald_memory::{MemoryStream, MemoryTransport};
 pub enum AnyTransport {
     /// The in-process broker.
     Memory(MemoryTransport),
+    /// RabbitMQ.
+    Amqp(AmqpTransport),
 }
 
 /// A dead letter as any transport reports it.
@@ -23,12 +26,16 @@ pub struct DeadMessage {
 }
 
 impl AnyTransport {
-    /// Connects to the transport named by `spec`: `memory`, or a broker URL.
+    /// Connects to the transport named by `spec`: `memory`, or a broker URL
+    /// (`amqp://…`, `amqps://…`).
     pub async fn connect(spec: &str) -> Result<Self> {
         match spec {
             "memory" => Ok(AnyTransport::Memory(MemoryTransport::new())),
+            url if is_amqp(url) => Ok(AnyTransport::Amqp(
+                AmqpTransport::connect(amqp_config(url)?).await?,
+            )),
             other => bail!(
-                "unknown transport {:?}: this build knows `memory`",
+                "unknown transport {:?}: this build knows `memory`, `amqp://…` and `amqps://…`",
                 herald_core::redact::redact_url(other)
             ),
         }
@@ -38,6 +45,11 @@ impl AnyTransport {
     pub fn describe(&self) -> String {
         match self {
             AnyTransport::Memory(_) => "in-memory broker".to_owned(),
+            AnyTransport::Amqp(t) => format!(
+                "RabbitMQ {} (exchange {})",
+                herald_core::redact::redact_url(&t.config().url),
+                t.config().exchange
+            ),
         }
     }
 
@@ -46,6 +58,9 @@ impl AnyTransport {
     pub async fn declare(&self, spec: &SubscriptionSpec) -> Result<()> {
         match self {
             AnyTransport::Memory(t) => t.declare(spec),
+            AnyTransport::Amqp(t) => {
+                t.declare(spec).await?;
+            }
         }
         Ok(())
     }
@@ -61,6 +76,19 @@ impl AnyTransport {
                     reason: d.reason,
                 })
                 .collect()),
+            AnyTransport::Amqp(t) => Ok(t
+                .dead_letters(subscription, 10_000)
+                .await?
+                .into_iter()
+                .filter_map(|d| {
+                    let reason = if d.error.is_empty() {
+                        d.reason
+                    } else {
+                        d.error
+                    };
+                    d.envelope.map(|envelope| DeadMessage { envelope, reason })
+                })
+                .collect()),
         }
     }
 
@@ -68,6 +96,7 @@ impl AnyTransport {
     pub async fn close(&self) {
         match self {
             AnyTransport::Memory(t) => t.close(),
+            AnyTransport::Amqp(t) => t.close().await,
         }
     }
 }
@@ -76,6 +105,7 @@ impl Publisher for AnyTransport {
     async fn publish(&self, batch: &[Envelope]) -> Vec<herald_core::Result<()>> {
         match self {
             AnyTransport::Memory(t) => t.publish(batch).await,
+            AnyTransport::Amqp(t) => t.publish(batch).await,
         }
     }
 }
@@ -84,12 +114,15 @@ impl Publisher for AnyTransport {
 pub enum AnyStream {
     /// In-memory.
     Memory(MemoryStream),
+    /// RabbitMQ.
+    Amqp(AmqpStream),
 }
 
 impl DeliveryStream for AnyStream {
     async fn next(&mut self) -> Option<herald_core::Result<Delivery>> {
         match self {
             AnyStream::Memory(s) => s.next().await,
+            AnyStream::Amqp(s) => s.next().await,
         }
     }
 }
@@ -100,8 +133,36 @@ impl Subscriber for AnyTransport {
     async fn subscribe(&self, spec: &SubscriptionSpec) -> herald_core::Result<AnyStream> {
         match self {
             AnyTransport::Memory(t) => Ok(AnyStream::Memory(t.subscribe(spec).await?)),
+            AnyTransport::Amqp(t) => Ok(AnyStream::Amqp(t.subscribe(spec).await?)),
         }
     }
+}
+
+/// Whether `spec` names a RabbitMQ broker.
+pub fn is_amqp(spec: &str) -> bool {
+    spec.starts_with("amqp://") || spec.starts_with("amqps://")
+}
+
+/// The AMQP settings for `url`: the defaults, with the overrides operators set in the
+/// environment (`HERALD_AMQP_EXCHANGE`, `HERALD_AMQP_EXCHANGE_KIND`, `HERALD_AMQP_QUEUE_KIND`,
+/// `HERALD_AMQP_CONNECTION_NAME`).
+pub fn amqp_config(url: &str) -> Result<AmqpConfig> {
+    let mut config = AmqpConfig::new(url);
+    config.connection_name = format!("herald {}", std::process::id());
+    if let Ok(exchange) = std::env::var("HERALD_AMQP_EXCHANGE") {
+        config.exchange = exchange;
+    }
+    if let Ok(kind) = std::env::var("HERALD_AMQP_EXCHANGE_KIND") {
+        config.exchange_kind = herald_amqp::ExchangeKind::parse(&kind)?;
+    }
+    if let Ok(kind) = std::env::var("HERALD_AMQP_QUEUE_KIND") {
+        config.queue_kind = herald_amqp::QueueKind::parse(&kind)?;
+    }
+    if let Ok(name) = std::env::var("HERALD_AMQP_CONNECTION_NAME") {
+        config.connection_name = name;
+    }
+    config.validate()?;
+    Ok(config)
 }
 
 /// A publisher that refuses a random share of messages before they reach the broker, as a

@@ -11,6 +11,7 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod ident;
+pub mod inbox;
 pub mod redact;
 pub mod signal;
 pub mod store;
@@ -23,6 +24,7 @@ pub use envelope::{Envelope, Headers, Metadata, TraceContext};
 pub use error::{BoxError, Error, Result};
 pub use event::Event;
 pub use ident::Identifier;
+pub use inbox::Inbox;
 pub use signal::{Signal, Wakeups};
 pub use store::{
     ClaimRequest, ClaimedEvent, Completion, DeadLetter, Disposition, Failure, OutboxAdmin,

@@ -202,17 +202,34 @@ impl OutboxStore for PgOutbox {
             .store_err("claim", secrets)?;
         tx.commit().await.store_err("claim", secrets)?;
 
-        let mut claimed = rows
-            .iter()
-            .map(|row| {
-                Ok(ClaimedEvent {
-                    seq: sqlx::Row::try_get(row, "seq")?,
-                    attempts: attempts_from_row(row)?,
-                    envelope: envelope_from_row(row)?,
+        // A row another writer filled with something no envelope can hold (a negative
+        // version, headers that are not an object of strings) is dead-lettered with the
+        // reason, not returned: failing the whole claim would block every row of the batch
+        // and bring the bad one back at each lease expiry, for ever.
+        let mut claimed = Vec::with_capacity(rows.len());
+        let mut malformed = Vec::new();
+        for row in &rows {
+            let seq: Seq = sqlx::Row::try_get(row, "seq").store_err("claim", secrets)?;
+            let decoded = attempts_from_row(row).and_then(|attempts| {
+                envelope_from_row(row).map(|envelope| ClaimedEvent {
+                    seq,
+                    attempts,
+                    envelope,
                 })
-            })
-            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
-            .store_err("claim", secrets)?;
+            });
+            match decoded {
+                Ok(event) => claimed.push(event),
+                Err(err) => {
+                    tracing::warn!(seq, error = %err, "dead-lettering a malformed outbox row");
+                    malformed.push(Failure {
+                        seq,
+                        error: format!("malformed row: {err}"),
+                        disposition: Disposition::DeadLetter,
+                    });
+                }
+            }
+        }
+        self.fail(request.relay_id, &malformed).await?;
         claimed.sort_by_key(|c| c.seq);
         Ok(claimed)
     }

@@ -19,11 +19,18 @@ struct Migration {
 }
 
 /// Every migration, in order.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "outbox",
-    template: include_str!("../migrations/0001_outbox.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "outbox",
+        template: include_str!("../migrations/0001_outbox.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "inbox",
+        template: include_str!("../migrations/0002_inbox.sql"),
+    },
+];
 
 /// Fills a template's placeholders.
 fn render(template: &str, config: &PgOutboxConfig) -> String {
@@ -145,10 +152,12 @@ mod tests {
         for migration in MIGRATIONS {
             let sql = render(migration.template, &config);
             assert!(!sql.contains("{schema}") && !sql.contains("{table}"));
-            assert!(sql.contains("\"s\".\"t\""));
-            assert!(sql.contains("\"s\".\"t_dead_letters\""));
-            assert!(sql.contains("\"s\".\"t_archive\""));
         }
-        assert_eq!(latest_version(), 1);
+        let outbox = render(MIGRATIONS[0].template, &config);
+        assert!(outbox.contains("\"s\".\"t\""));
+        assert!(outbox.contains("\"s\".\"t_dead_letters\""));
+        assert!(outbox.contains("\"s\".\"t_archive\""));
+        assert!(render(MIGRATIONS[1].template, &config).contains("\"s\".\"t_inbox\""));
+        assert_eq!(latest_version(), 2);
     }
 }

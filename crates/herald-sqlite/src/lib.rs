@@ -4,6 +4,7 @@ mod admin;
 mod claim;
 mod config;
 mod error;
+mod inbox;
 mod migrate;
 mod notify;
 mod outbox;

@@ -25,11 +25,18 @@ struct Migration {
 }
 
 /// Every migration, oldest first.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "outbox, dead letters and archive",
-    template: include_str!("../migrations/0001_outbox.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "outbox, dead letters and archive",
+        template: include_str!("../migrations/0001_outbox.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "inbox",
+        template: include_str!("../migrations/0002_inbox.sql"),
+    },
+];
 
 impl SqliteOutbox {
     /// Creates or upgrades the outbox tables. Idempotent: safe to call at every start, from
@@ -113,5 +120,8 @@ mod tests {
         assert!(sql.contains("CREATE TABLE IF NOT EXISTS \"orders_outbox\" ("));
         assert!(sql.contains("\"orders_outbox_dead_letters\""));
         assert!(sql.contains("\"orders_outbox_archive\""));
+        let inbox = render(MIGRATIONS[1].template, "orders_outbox");
+        assert!(!inbox.contains("{table}"));
+        assert!(inbox.contains("CREATE TABLE IF NOT EXISTS \"orders_outbox_inbox\" ("));
     }
 }

@@ -20,10 +20,22 @@ pub mod sqlite {
     pub use herald_sqlite::*;
 }
 
+/// The consumer: typed handlers, the inbox, retries and dead letters, per-key order.
+#[cfg(feature = "consumer")]
+pub mod consumer {
+    pub use herald_consumer::*;
+}
+
 /// The in-memory transport.
 #[cfg(feature = "memory")]
 pub mod memory {
     pub use herald_memory::*;
+}
+
+/// The RabbitMQ transport.
+#[cfg(feature = "amqp")]
+pub mod amqp {
+    pub use herald_amqp::*;
 }
 
 /// Domain events, their conversion into integration events, and the unit of work.

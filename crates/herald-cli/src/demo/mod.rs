@@ -2,6 +2,7 @@
 
 mod events;
 mod inventory;
+mod lost_confirms;
 mod ordering;
 mod report;
 
@@ -13,14 +14,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use herald_core::{Backoff, DeliveryStream, Subscriber, SubscriptionSpec, Uuid};
+use herald_consumer::{Consumer, ConsumerConfig, ConsumerMetrics, RetryPolicy};
+use herald_core::{Backoff, Uuid};
 use herald_relay::{Relay, RelayConfig, RelayMetrics};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{AnyStore, StoreOptions, is_postgres};
 use crate::transport::{AnyTransport, Flaky};
 use events::{OrderCancelled, OrderCreated, RETIRED_SKU, SKUS};
-use inventory::{Handled, Inventory};
+use inventory::{Inventory, Meter};
+use lost_confirms::{ConfirmCounters, LostConfirms};
 use ordering::Ordering;
 use report::{Counters, Report};
 
@@ -44,6 +47,13 @@ pub struct DemoArgs {
     /// Share of publishes the broker refuses (transient), to show retries with backoff.
     #[arg(long, default_value_t = 0.02)]
     failure_rate: f64,
+    /// Share of publishes the broker accepts but whose confirm is lost on the way back: the
+    /// relay publishes them again, and the inventory's inbox skips the duplicates.
+    #[arg(long, default_value_t = 0.01)]
+    lost_confirm_rate: f64,
+    /// Messages the inventory handles at the same time.
+    #[arg(long, default_value_t = 8)]
+    consumer_concurrency: usize,
     /// Ordering database: default a fresh SQLite file; or `postgres://…` (a schema of its own,
     /// dropped afterwards).
     #[arg(long, env = "HERALD_DEMO_DATABASE")]
@@ -59,6 +69,12 @@ pub struct DemoArgs {
 pub async fn run(args: DemoArgs) -> Result<()> {
     if !(0.0..1.0).contains(&args.failure_rate) {
         bail!("--failure-rate must be in [0, 1)");
+    }
+    if !(0.0..1.0).contains(&args.lost_confirm_rate) {
+        bail!("--lost-confirm-rate must be in [0, 1)");
+    }
+    if args.consumer_concurrency == 0 {
+        bail!("--consumer-concurrency must be at least 1");
     }
     let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
     let (url, schema) = match &args.database {
@@ -101,26 +117,31 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         transport.describe()
     );
 
-    let outcome = pipeline(&args, &store, &transport, &ordering, &inventory).await;
+    let outcome = match pipeline(&args, &store, &transport, &ordering, &inventory).await {
+        // The closing check reads the ordering tables: before the schema is dropped.
+        Ok(report) => {
+            report
+                .print(
+                    store.backend(),
+                    &transport.describe(),
+                    &ordering,
+                    &inventory,
+                )
+                .await
+        }
+        Err(error) => Err(error),
+    };
     if let AnyStore::Postgres(pg) = &store {
         let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
         sqlx::query(sqlx::AssertSqlSafe(drop))
             .execute(pg.pool())
             .await?;
     }
-    let report = outcome?;
-    report
-        .print(
-            store.backend(),
-            &transport.describe(),
-            &ordering,
-            &inventory,
-        )
-        .await
+    outcome
 }
 
 /// Runs producers, relays and the consumer until every recorded event was handled or
-/// dead-lettered.
+/// dead-lettered, and every copy the broker accepted was settled.
 async fn pipeline(
     args: &DemoArgs,
     store: &AnyStore,
@@ -128,53 +149,40 @@ async fn pipeline(
     ordering: &Ordering,
     inventory: &Inventory,
 ) -> Result<Report> {
-    // A queue of its own per run, so that a shared broker carries no leftovers between runs.
-    let queue = format!("herald-demo-inventory-{}", Uuid::now_v7().simple());
-    let subscription = SubscriptionSpec::new(queue.clone(), ordering::published_types());
-    transport.declare(&subscription).await?;
-    let mut stream = transport.subscribe(&subscription).await?;
-
     let counters = Arc::new(Counters::default());
-    let committed: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
+    let meter = Meter::default();
+    let confirms = Arc::new(ConfirmCounters::default());
     let shutdown = CancellationToken::new();
     crate::cancel_on_signal(shutdown.clone());
     let started = Instant::now();
 
-    // The inventory context.
-    let consumer = {
-        let inventory = inventory.clone();
-        let counters = counters.clone();
-        let committed = committed.clone();
-        tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while let Some(delivery) = stream.next().await {
-                let delivery = delivery?;
-                let id = delivery.envelope.id;
-                match inventory.handle(delivery).await? {
-                    Handled::Applied => {
-                        counters.handled.fetch_add(1, AtomicOrdering::Relaxed);
-                        if let Some(at) = committed.lock().ok().and_then(|m| m.get(&id).copied()) {
-                            latencies.push(at.elapsed());
-                        }
-                    }
-                    Handled::Duplicate => {
-                        counters.duplicates.fetch_add(1, AtomicOrdering::Relaxed);
-                    }
-                    Handled::Rejected(reason) => {
-                        counters.rejected.fetch_add(1, AtomicOrdering::Relaxed);
-                        if let Ok(mut r) = counters.reject_reasons.lock() {
-                            r.push(reason);
-                        }
-                    }
-                    Handled::Retry(_) => {
-                        counters
-                            .consumer_retries
-                            .fetch_add(1, AtomicOrdering::Relaxed);
-                    }
-                }
-            }
-            anyhow::Ok(latencies)
-        })
+    // The inventory context: a consumer with the transactional inbox, on a queue of its own
+    // per run (so that a shared broker carries no leftovers between runs).
+    let queue = format!("herald-demo-inventory-{}", Uuid::now_v7().simple());
+    let consumer = Consumer::new(
+        transport.clone(),
+        queue.clone(),
+        inventory.router(meter.clone()),
+        ConsumerConfig {
+            concurrency: args.consumer_concurrency,
+            retry: RetryPolicy {
+                backoff: Backoff {
+                    initial: Duration::from_millis(50),
+                    max: Duration::from_secs(1),
+                    multiplier: 2.0,
+                    jitter: 0.5,
+                },
+                ..RetryPolicy::default()
+            },
+            shutdown_timeout: Duration::from_secs(5),
+            ..ConsumerConfig::default()
+        },
+    )?;
+    transport.declare(consumer.subscription()).await?;
+    let consumer_metrics = consumer.metrics();
+    let consuming = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { consumer.run(shutdown).await })
     };
 
     // The relays.
@@ -191,7 +199,9 @@ async fn pipeline(
     let mut relays = Vec::new();
     let mut relay_metrics: Vec<RelayMetrics> = Vec::new();
     for _ in 0..args.relays.max(1) {
-        let publisher = Flaky::new(transport.clone(), args.failure_rate);
+        // Refused before the broker (transient), or accepted with the confirm lost.
+        let broker = LostConfirms::new(transport.clone(), args.lost_confirm_rate, confirms.clone());
+        let publisher = Flaky::new(broker, args.failure_rate);
         let relay = Relay::new(store.clone(), publisher, relay_config.clone())?;
         relay_metrics.push(relay.metrics());
         let shutdown = shutdown.clone();
@@ -199,8 +209,14 @@ async fn pipeline(
     }
 
     // The ordering context.
-    let producers = produce(args, ordering, &counters, &committed, &shutdown);
-    let progress = progress(&counters, &relay_metrics, started);
+    let producers = produce(args, ordering, &counters, &meter.committed, &shutdown);
+    let progress = progress(
+        &counters,
+        &meter,
+        &consumer_metrics,
+        &relay_metrics,
+        started,
+    );
     tokio::select! {
         result = producers => result?,
         () = shutdown.cancelled() => bail!("interrupted"),
@@ -209,9 +225,13 @@ async fn pipeline(
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut finished = false;
     while Instant::now() < deadline && !shutdown.is_cancelled() {
-        let settled = counters.handled.load(AtomicOrdering::Relaxed)
-            + counters.rejected.load(AtomicOrdering::Relaxed);
-        if settled >= recorded {
+        // Every row published (its last copy confirmed), every copy the broker accepted
+        // settled by the consumer, and every event handled or dead-lettered.
+        let published: u64 = relay_metrics.iter().map(|m| m.snapshot().published).sum();
+        let copies = confirms.accepted.load(AtomicOrdering::Relaxed);
+        let consumed = consumer_metrics.snapshot();
+        let settled = meter.handled.load(AtomicOrdering::Relaxed) + consumed.dead_lettered;
+        if published >= recorded && consumed.finished() >= copies && settled >= recorded {
             finished = true;
             break;
         }
@@ -223,24 +243,23 @@ async fn pipeline(
     for relay in relays {
         relay.await??;
     }
-    // Give the broker a moment to move the rejected message to its dead letters.
-    let mut dead_letters = transport.dead_letters(&queue).await?;
-    let expected_dead = counters.rejected.load(AtomicOrdering::Relaxed) as usize;
-    for _ in 0..100 {
-        if dead_letters.len() >= expected_dead {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        dead_letters = transport.dead_letters(&queue).await?;
-    }
+    consuming.await??;
+    let dead_letters = transport.dead_letters(&queue).await?;
     transport.close().await;
-    let latencies = consumer.await??;
     if !finished {
         bail!("the pipeline did not finish within {} s", args.timeout);
     }
+    let latencies = meter
+        .latencies
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
     Ok(Report::new(
         args.orders,
-        counters,
+        &counters,
+        &meter,
+        &confirms,
+        consumer_metrics.snapshot(),
         relay_metrics.iter().map(|m| m.snapshot()).collect(),
         dead_letters,
         latencies,
@@ -323,10 +342,14 @@ fn note_commit(committed: &Mutex<HashMap<Uuid, Instant>>, id: Uuid) {
 /// Prints a progress line every half second until aborted.
 fn progress(
     counters: &Arc<Counters>,
+    meter: &Meter,
+    consumer: &ConsumerMetrics,
     relays: &[RelayMetrics],
     started: Instant,
 ) -> tokio::task::JoinHandle<()> {
     let counters = counters.clone();
+    let handled = meter.handled.clone();
+    let consumer = consumer.clone();
     let relays = relays.to_vec();
     let tty = std::io::stderr().is_terminal();
     tokio::spawn(async move {
@@ -334,14 +357,16 @@ fn progress(
             tokio::time::sleep(Duration::from_millis(500)).await;
             let published: u64 = relays.iter().map(|m| m.snapshot().published).sum();
             let retried: u64 = relays.iter().map(|m| m.snapshot().retried).sum();
+            let consumed = consumer.snapshot();
             let line = format!(
-                "  {:>5.1} s  recorded {:>6}  published {:>6}  handled {:>6}  retries {:>4}  dead letters {}",
+                "  {:>5.1} s  recorded {:>6}  published {:>6}  handled {:>6}  duplicates {:>3}  retries {:>4}  dead letters {}",
                 started.elapsed().as_secs_f64(),
                 counters.recorded.load(AtomicOrdering::Relaxed),
                 published,
-                counters.handled.load(AtomicOrdering::Relaxed),
+                handled.load(AtomicOrdering::Relaxed),
+                consumed.duplicates,
                 retried,
-                counters.rejected.load(AtomicOrdering::Relaxed),
+                consumed.dead_lettered,
             );
             if tty {
                 eprint!("\r{line}");

@@ -1,7 +1,7 @@
 //! The ordering context: writes orders and records their events in the same transaction.
 
 use anyhow::Result;
-use herald_core::{Event, Uuid};
+use herald_core::Uuid;
 use herald_postgres::PgOutbox;
 use herald_sqlite::SqliteOutbox;
 
@@ -139,12 +139,4 @@ impl Ordering {
             }
         })
     }
-}
-
-/// Names the event types this context publishes.
-pub fn published_types() -> Vec<String> {
-    vec![
-        OrderCreated::TYPE.to_owned(),
-        OrderCancelled::TYPE.to_owned(),
-    ]
 }

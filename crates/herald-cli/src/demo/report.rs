@@ -1,27 +1,25 @@
 //! The demo's closing summary.
 
-use std::sync::Mutex;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
+use herald_consumer::ConsumerSnapshot;
 use herald_relay::RelaySnapshot;
 
-use super::inventory::Inventory;
+use super::events::OrderCreated;
+use super::inventory::{Inventory, Meter};
+use super::lost_confirms::ConfirmCounters;
 use super::ordering::Ordering;
 use crate::fmt_ms;
 use crate::transport::DeadMessage;
 
-/// Counters shared by the demo's tasks.
+/// Counters of the ordering side, shared by the producers.
 #[derive(Default)]
 pub struct Counters {
     pub recorded: AtomicU64,
     pub cancelled: AtomicU64,
-    pub handled: AtomicU64,
-    pub duplicates: AtomicU64,
-    pub rejected: AtomicU64,
-    pub consumer_retries: AtomicU64,
-    pub reject_reasons: Mutex<Vec<String>>,
 }
 
 /// What the demo measured.
@@ -31,7 +29,8 @@ pub struct Report {
     cancelled: u64,
     handled: u64,
     duplicates: u64,
-    rejected: u64,
+    lost_confirms: u64,
+    consumer: ConsumerSnapshot,
     relays: RelaySnapshot,
     dead_letters: Vec<DeadMessage>,
     latencies: Vec<Duration>,
@@ -39,9 +38,13 @@ pub struct Report {
 }
 
 impl Report {
+    #[allow(clippy::too_many_arguments)] // one constructor gathering every measurement
     pub fn new(
         orders: u64,
-        counters: std::sync::Arc<Counters>,
+        counters: &Counters,
+        meter: &Meter,
+        confirms: &ConfirmCounters,
+        consumer: ConsumerSnapshot,
         relays: Vec<RelaySnapshot>,
         dead_letters: Vec<DeadMessage>,
         mut latencies: Vec<Duration>,
@@ -62,9 +65,10 @@ impl Report {
             orders,
             recorded: load(&counters.recorded),
             cancelled: load(&counters.cancelled),
-            handled: load(&counters.handled),
-            duplicates: load(&counters.duplicates),
-            rejected: load(&counters.rejected),
+            handled: load(&meter.handled),
+            duplicates: load(&meter.duplicates),
+            lost_confirms: load(&confirms.lost),
+            consumer,
             relays,
             dead_letters,
             latencies,
@@ -105,12 +109,20 @@ impl Report {
                 "publish retries (injected faults)",
                 self.relays.retried.to_string(),
             ),
+            (
+                "confirms lost (published twice)",
+                self.lost_confirms.to_string(),
+            ),
             ("events handled", self.handled.to_string()),
             (
                 "duplicates skipped by the inbox",
                 self.duplicates.to_string(),
             ),
-            ("dead-lettered", self.rejected.to_string()),
+            (
+                "consumer redeliveries",
+                self.consumer.redeliveries.to_string(),
+            ),
+            ("dead-lettered", self.consumer.dead_lettered.to_string()),
             ("elapsed", format!("{secs:.2} s")),
             (
                 "throughput (handled)",
@@ -136,15 +148,42 @@ impl Report {
         let placed = ordering.count("placed").await?;
         let (reserved_units, live) = inventory.totals().await?;
         let expected_units = inventory.reserved_by_reservations().await?;
-        let expected_live = placed - self.dead_letters.len() as i64;
+        // A dead-lettered order is one whose stock could not be reserved (counted once, even
+        // if the broker held two copies of it).
+        let dead_orders: HashSet<_> = self
+            .dead_letters
+            .iter()
+            .filter(|d| d.envelope.event_type == <OrderCreated as herald_core::Event>::TYPE)
+            .map(|d| d.envelope.id)
+            .collect();
+        let expected_live = placed - dead_orders.len() as i64;
         if live != expected_live || reserved_units != expected_units {
             bail!(
                 "inventory disagrees with ordering: {live} live reservations for {expected_live} \
                  open orders, {reserved_units} units reserved for {expected_units}"
             );
         }
+        let inbox = inventory.inbox_records().await?;
+        if inbox as u64 != self.handled {
+            bail!(
+                "the inbox holds {inbox} records for {} messages handled",
+                self.handled
+            );
+        }
+        // Each lost confirm put a second copy in the broker: the inbox skipped it, unless the
+        // first copy had been dead-lettered (then the second is dead-lettered too).
+        let second_dead_copies = (self.dead_letters.len() - dead_orders.len()) as u64;
+        if self.duplicates + second_dead_copies != self.lost_confirms {
+            bail!(
+                "{} confirms were lost but the inbox skipped {} duplicates",
+                self.lost_confirms,
+                self.duplicates
+            );
+        }
         println!(
-            "  check: {live} open orders ↔ {live} reservations, {reserved_units} units reserved ✔"
+            "  check: {live} open orders ↔ {live} reservations, {reserved_units} units reserved, \
+             {inbox} inbox records for {} handled, {} copies published twice ↔ {} skipped ✔",
+            self.handled, self.lost_confirms, self.duplicates
         );
         Ok(())
     }

@@ -1,0 +1,137 @@
+//! The `herald` binary on RabbitMQ (`HERALD_TEST_AMQP_URL`, default the local broker).
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::process::{Command, Output};
+
+fn amqp_url() -> String {
+    std::env::var("HERALD_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+fn herald(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
+        .env_remove("HERALD_TRANSPORT")
+        .env_remove("HERALD_AMQP_EXCHANGE")
+        .output()
+        .expect("the herald binary runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn amqp_declare_lays_out_the_topology_idempotently() {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let exchange = format!("herald-cli-test-{id}");
+    let queue = format!("herald-cli-test-billing-{id}");
+    let url = amqp_url();
+    let subscription = format!("{queue}=ordering.order_created,ordering.order_cancelled");
+    let args = [
+        "amqp",
+        "declare",
+        "--transport",
+        &url,
+        "--exchange",
+        &exchange,
+        "--retry-delays",
+        "1s,30s",
+        "--subscription",
+        &subscription,
+    ];
+    let dry: Vec<&str> = args.iter().copied().chain(["--dry-run"]).collect();
+    let out = herald(&dry);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{queue}.retry.30000ms")),
+        "{}",
+        text(&out)
+    );
+
+    for _ in 0..2 {
+        let out = herald(&args);
+        let all = text(&out);
+        assert!(out.status.success(), "{all}");
+        assert!(
+            all.contains(&format!(
+                "binding  {exchange} → {queue} (key `ordering.order_created`)"
+            )),
+            "{all}"
+        );
+        assert!(all.contains(&format!("queue    {queue}.dlq")), "{all}");
+        assert!(!all.contains(":guest@"), "password printed:\n{all}");
+    }
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let config = herald_amqp::AmqpConfig {
+            exchange: exchange.clone(),
+            retry_delays: vec![
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_secs(30),
+            ],
+            ..herald_amqp::AmqpConfig::new(&url)
+        };
+        let transport = herald_amqp::AmqpTransport::connect(config).await.unwrap();
+        transport.delete_subscription(&queue).await.unwrap();
+        transport.close().await;
+    });
+}
+
+#[test]
+fn a_conflicting_declaration_is_a_clear_error() {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let exchange = format!("herald-cli-test-{id}");
+    let url = amqp_url();
+    let out = herald(&[
+        "amqp",
+        "declare",
+        "--transport",
+        &url,
+        "--exchange",
+        &exchange,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = herald(&[
+        "amqp",
+        "declare",
+        "--transport",
+        &url,
+        "--exchange",
+        &exchange,
+        "--exchange-kind",
+        "fanout",
+    ]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("exists with other settings"), "{all}");
+}
+
+#[test]
+fn demo_runs_end_to_end_on_rabbitmq() {
+    let url = amqp_url();
+    let out = herald(&[
+        "demo",
+        "--orders",
+        "300",
+        "--rate",
+        "0",
+        "--transport",
+        &url,
+    ]);
+    let all = text(&out);
+    assert!(out.status.success(), "demo failed:\n{all}");
+    assert!(all.contains("RabbitMQ"), "{all}");
+    assert!(all.contains("check:"), "consistency check printed:\n{all}");
+    assert!(
+        all.contains("unknown sku"),
+        "the poison order is dead-lettered:\n{all}"
+    );
+    assert!(!all.contains(":guest@"), "password printed:\n{all}");
+}

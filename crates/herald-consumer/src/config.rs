@@ -1,0 +1,170 @@
+//! Consumer settings. Every default is a production value.
+
+use std::time::Duration;
+
+use herald_core::{Error, Result};
+
+use crate::RetryPolicy;
+
+/// What to do with a message no handler can take: an unknown event type, an unknown version of
+/// a known type, or a payload that does not decode. Never a crash, never a silent loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnhandledPolicy {
+    /// Move it to the dead letters with the reason (the default): nothing is lost, and it can
+    /// be replayed once a consumer that understands it is deployed.
+    #[default]
+    DeadLetter,
+    /// Acknowledge it and log a warning with its id and the reason (counted in
+    /// [`ConsumerSnapshot::unhandled`](crate::ConsumerSnapshot::unhandled)).
+    Acknowledge,
+}
+
+/// Removal of old inbox records, off the hot path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxRetention {
+    /// Keep records this long (default 7 days). A message redelivered or replayed after its
+    /// record was removed runs its handler again, so keep them longer than any redelivery
+    /// or dead-letter replay you expect.
+    pub keep: Duration,
+    /// Prune this often (default 5 min).
+    pub every: Duration,
+    /// Most records deleted per statement (default 1,000); a prune runs statements until one
+    /// deletes fewer, pausing between them.
+    pub batch: usize,
+}
+
+impl Default for InboxRetention {
+    fn default() -> Self {
+        InboxRetention {
+            keep: Duration::from_secs(7 * 24 * 3600),
+            every: Duration::from_secs(300),
+            batch: 1_000,
+        }
+    }
+}
+
+/// How a consumer runs.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Most messages handled at the same time (default 16). Messages of one partition key are
+    /// handled one after another whatever this is.
+    pub concurrency: usize,
+    /// Most deliveries held unsettled: running, waiting for a free slot, or waiting behind an
+    /// earlier message of their key (default 256). Also the subscription's broker prefetch.
+    pub prefetch: usize,
+    /// Most deliveries held back behind an earlier message of their key that is waiting for a
+    /// delayed redelivery (default 64). Beyond that, later messages of such keys are given back
+    /// to the transport to come back after it, so that held messages never fill the prefetch
+    /// and stall unrelated keys. Must be below `prefetch`.
+    pub max_held: usize,
+    /// How long after its delay a message sent for redelivery may take to come back before
+    /// later messages of its key go ahead without it (default 5 min): it may have to travel
+    /// through the queue's backlog again, or a competing consumer may have taken it. Set it
+    /// above the time a message spends in your queue's backlog.
+    pub redelivery_grace: Duration,
+    /// Retries of failed handler runs.
+    pub retry: RetryPolicy,
+    /// Deadline of one handler run (default 30 s); `None` for none.
+    pub handler_timeout: Option<Duration>,
+    /// How long in-flight handlers may run on after shutdown began (default 30 s); those still
+    /// running then are dropped, their transactions roll back, and their messages are
+    /// redelivered.
+    pub shutdown_timeout: Duration,
+    /// Messages of an event type no handler is registered for.
+    pub on_unknown_type: UnhandledPolicy,
+    /// Messages of a known type in a version no handler is registered for.
+    pub on_unknown_version: UnhandledPolicy,
+    /// Messages whose payload cannot be decoded (malformed, wrong content type).
+    pub on_malformed: UnhandledPolicy,
+    /// Removal of old inbox records (default: 7 days kept, pruned every 5 min); `None` leaves
+    /// them alone.
+    pub retention: Option<InboxRetention>,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            concurrency: 16,
+            prefetch: 256,
+            max_held: 64,
+            redelivery_grace: Duration::from_secs(300),
+            retry: RetryPolicy::default(),
+            handler_timeout: Some(Duration::from_secs(30)),
+            shutdown_timeout: Duration::from_secs(30),
+            on_unknown_type: UnhandledPolicy::default(),
+            on_unknown_version: UnhandledPolicy::default(),
+            on_malformed: UnhandledPolicy::default(),
+            retention: Some(InboxRetention::default()),
+        }
+    }
+}
+
+impl ConsumerConfig {
+    /// Checks that the settings make sense together.
+    pub fn validate(&self) -> Result<()> {
+        if self.concurrency == 0 {
+            return Err(Error::Config(
+                "consumer concurrency must be at least 1".into(),
+            ));
+        }
+        if self.prefetch < self.concurrency {
+            return Err(Error::Config(format!(
+                "consumer prefetch ({}) must be at least the concurrency ({})",
+                self.prefetch, self.concurrency
+            )));
+        }
+        if self.max_held >= self.prefetch {
+            return Err(Error::Config(format!(
+                "consumer max_held ({}) must be below the prefetch ({})",
+                self.max_held, self.prefetch
+            )));
+        }
+        if self.handler_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::Config(
+                "handler timeout must be positive (or None)".into(),
+            ));
+        }
+        if let Some(retention) = &self.retention
+            && (retention.batch == 0 || retention.every.is_zero())
+        {
+            return Err(Error::Config(
+                "inbox retention needs a positive batch and interval".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        ConsumerConfig::default().validate().expect("valid");
+    }
+
+    #[test]
+    fn refuses_inconsistent_settings() {
+        for config in [
+            ConsumerConfig {
+                concurrency: 0,
+                ..ConsumerConfig::default()
+            },
+            ConsumerConfig {
+                prefetch: 8,
+                ..ConsumerConfig::default()
+            },
+            ConsumerConfig {
+                max_held: 256,
+                ..ConsumerConfig::default()
+            },
+            ConsumerConfig {
+                handler_timeout: Some(Duration::ZERO),
+                ..ConsumerConfig::default()
+            },
+        ] {
+            assert!(matches!(config.validate(), Err(Error::Config(_))));
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! Concurrency with per-key order: a bounded number of messages in flight, messages of one
+//! partition key strictly one after another.
+//!
+//! Each key with work has a *lane*: the message being handled (`busy`) and, in order, the
+//! messages behind it. A slot of a lane is either a delivery that is here, or a message that
+//! is *away* at the broker: sent for a delayed redelivery (or deferred, below) and expected
+//! back. Later messages of the key wait behind it — that is the choice this consumer makes for
+//! order: a key whose message is retrying is held until that message succeeds or is
+//! dead-lettered; other keys flow.
+//!
+//! Held deliveries stay unsettled, so they use prefetch. Past `max_held` of them, a newly
+//! arrived message of a held key is *deferred*: given back to the transport with a delay that
+//! brings it back after the away message, and its place in the lane kept. So held messages
+//! never fill the prefetch, and the away message can always be received again. A deferral is
+//! not a failure: its delivery does not count as an attempt. An away message that does not
+//! come back within `redelivery_grace` of its due time (a competing consumer took it) stops
+//! holding its key.
+//!
+//! Everything here runs on one task and owns its state; handlers run on spawned tasks that
+//! report back when their delivery is settled.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::{Delivery, Settlement, Uuid};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::router::{Routed, Routes};
+use crate::{ConsumerMetrics, Outcome, UnhandledPolicy};
+
+/// How much later than the away message a deferred one is asked back.
+const DEFER_MARGIN: Duration = Duration::from_millis(50);
+
+/// A delivery taken from the stream, with the prefetch credit it holds until settled.
+pub(crate) struct Job {
+    pub(crate) delivery: Delivery,
+    /// Times this message was deferred (its deliveries that were not attempts).
+    pub(crate) deferrals: u32,
+    pub(crate) credit: OwnedSemaphorePermit,
+}
+
+enum Slot {
+    Here(Box<Job>),
+    Away(Away),
+}
+
+struct Away {
+    id: Uuid,
+    back_at: Instant,
+    give_up_at: Instant,
+    deferrals: u32,
+}
+
+#[derive(Default)]
+struct Lane {
+    /// A message of this key is waiting for a worker or being handled.
+    busy: bool,
+    slots: VecDeque<Slot>,
+    /// Deliveries here behind an away slot (counted against `max_held`).
+    held: usize,
+    /// The give-up time a timer is set for, so that one is set once per away slot.
+    timer: Option<Instant>,
+}
+
+impl Lane {
+    fn count_held(&self) -> usize {
+        let mut away = false;
+        let mut held = 0;
+        for slot in &self.slots {
+            match slot {
+                Slot::Away(_) => away = true,
+                Slot::Here(_) if away => held += 1,
+                Slot::Here(_) => {}
+            }
+        }
+        held
+    }
+}
+
+/// What a worker reports once its delivery is settled.
+pub(crate) struct Finished {
+    key: Option<String>,
+    id: Uuid,
+    deferrals: u32,
+    /// Set when the message was sent for a delayed redelivery.
+    redeliver_after: Option<Duration>,
+}
+
+/// Settings of a [`Dispatcher`].
+pub(crate) struct Limits {
+    pub(crate) concurrency: usize,
+    pub(crate) max_held: usize,
+    pub(crate) redelivery_grace: Duration,
+}
+
+/// Lanes, the queue of runnable deliveries, and the running handlers.
+pub(crate) struct Dispatcher {
+    routes: Arc<Routes>,
+    limits: Limits,
+    metrics: ConsumerMetrics,
+    /// Handed to handlers; cancelled when shutdown begins.
+    cancellation: CancellationToken,
+    lanes: HashMap<String, Lane>,
+    ready: VecDeque<(Option<String>, Job)>,
+    pub(crate) workers: JoinSet<Finished>,
+    /// Deferrals being settled.
+    pub(crate) settling: JoinSet<()>,
+    /// Which key each running worker holds, for workers that end without reporting.
+    running: HashMap<tokio::task::Id, Option<String>>,
+    held: usize,
+    timers: BinaryHeap<Reverse<(Instant, String)>>,
+}
+
+impl Dispatcher {
+    pub(crate) fn new(
+        routes: Arc<Routes>,
+        limits: Limits,
+        metrics: ConsumerMetrics,
+        cancellation: CancellationToken,
+    ) -> Self {
+        Dispatcher {
+            routes,
+            limits,
+            metrics,
+            cancellation,
+            lanes: HashMap::new(),
+            ready: VecDeque::new(),
+            workers: JoinSet::new(),
+            settling: JoinSet::new(),
+            running: HashMap::new(),
+            held: 0,
+            timers: BinaryHeap::new(),
+        }
+    }
+
+    /// Takes a delivery from the stream.
+    pub(crate) fn accept(&mut self, job: Job) {
+        self.metrics.received();
+        let Some(key) = job.delivery.envelope.partition_key.clone() else {
+            self.ready.push_back((None, job));
+            self.fill();
+            return;
+        };
+        let id = job.delivery.envelope.id;
+        let lane = self.lanes.entry(key.clone()).or_default();
+        let returning = lane
+            .slots
+            .iter()
+            .position(|slot| matches!(slot, Slot::Away(away) if away.id == id));
+        match returning {
+            // Back from a redelivery or a deferral: it takes its old place.
+            Some(position) => {
+                let deferrals = match &lane.slots[position] {
+                    Slot::Away(away) => away.deferrals,
+                    Slot::Here(_) => 0,
+                };
+                lane.slots[position] = Slot::Here(Box::new(Job { deferrals, ..job }));
+            }
+            None => lane.slots.push_back(Slot::Here(Box::new(job))),
+        }
+        self.advance(&key);
+        self.fill();
+    }
+
+    /// Moves the lane of `key` forward: hands its next delivery to the ready queue if nothing
+    /// of the key is busy, drops away slots past their grace, keeps the held count, and defers
+    /// the lane's last held deliveries while more than `max_held` are held.
+    fn advance(&mut self, key: &str) {
+        let Some(lane) = self.lanes.get_mut(key) else {
+            return;
+        };
+        let now = Instant::now();
+        while !lane.busy {
+            match lane.slots.front() {
+                None => break,
+                Some(Slot::Here(_)) => {
+                    if let Some(Slot::Here(job)) = lane.slots.pop_front() {
+                        lane.busy = true;
+                        self.ready.push_back((Some(key.to_owned()), *job));
+                    }
+                }
+                Some(Slot::Away(away)) if away.give_up_at <= now => {
+                    tracing::warn!(
+                        key,
+                        message_id = %away.id,
+                        "a message sent for redelivery did not come back in time; later messages of its key go ahead"
+                    );
+                    lane.slots.pop_front();
+                }
+                Some(Slot::Away(away)) => {
+                    if lane.timer != Some(away.give_up_at) {
+                        lane.timer = Some(away.give_up_at);
+                        self.timers.push(Reverse((away.give_up_at, key.to_owned())));
+                    }
+                    break;
+                }
+            }
+        }
+        let held = lane.count_held();
+        self.held = self.held - lane.held + held;
+        lane.held = held;
+        if !lane.busy && lane.slots.is_empty() {
+            self.lanes.remove(key);
+            return;
+        }
+        while self.held > self.limits.max_held && self.defer_last_held(key) {}
+    }
+
+    /// Gives the last held delivery of `key`'s lane back to the transport, asking for it after
+    /// every away message of the lane, and keeps its place. False if the lane holds none.
+    fn defer_last_held(&mut self, key: &str) -> bool {
+        let Some(lane) = self.lanes.get_mut(key) else {
+            return false;
+        };
+        let Some(first_away) = lane.slots.iter().position(|s| matches!(s, Slot::Away(_))) else {
+            return false;
+        };
+        let Some(index) = lane
+            .slots
+            .iter()
+            .rposition(|s| matches!(s, Slot::Here(_)))
+            .filter(|&index| index > first_away)
+        else {
+            return false;
+        };
+        let now = Instant::now();
+        let last_back = lane
+            .slots
+            .iter()
+            .filter_map(|slot| match slot {
+                Slot::Away(away) => Some(away.back_at),
+                Slot::Here(_) => None,
+            })
+            .max()
+            .unwrap_or(now);
+        let delay = last_back.saturating_duration_since(now) + DEFER_MARGIN;
+        let Some(Slot::Here(job)) = lane.slots.remove(index) else {
+            return false;
+        };
+        lane.slots.insert(
+            index,
+            Slot::Away(Away {
+                id: job.delivery.envelope.id,
+                back_at: now + delay,
+                give_up_at: now + delay + self.limits.redelivery_grace,
+                deferrals: job.deferrals.saturating_add(1),
+            }),
+        );
+        lane.held -= 1;
+        self.held -= 1;
+        self.metrics.deferred();
+        let metrics = self.metrics.clone();
+        let reason = format!("waiting behind an earlier message of key `{key}`");
+        self.settling.spawn(async move {
+            let Job {
+                delivery, credit, ..
+            } = *job;
+            if let Err(error) = delivery.retry(delay, reason).await {
+                metrics.settle_error();
+                tracing::warn!(error = %error.chain(), "deferring a delivery failed; the broker will redeliver it");
+            }
+            drop(credit);
+        });
+        true
+    }
+
+    /// Starts handlers for ready deliveries while there are free slots.
+    pub(crate) fn fill(&mut self) {
+        while self.workers.len() < self.limits.concurrency {
+            let Some((key, job)) = self.ready.pop_front() else {
+                return;
+            };
+            let routes = self.routes.clone();
+            let metrics = self.metrics.clone();
+            let cancellation = self.cancellation.clone();
+            let task_key = key.clone();
+            let handle = self
+                .workers
+                .spawn(async move { work(routes, metrics, cancellation, task_key, job).await });
+            self.running.insert(handle.id(), key);
+        }
+    }
+
+    /// A worker ended: reported its result, or panicked or was aborted.
+    pub(crate) fn joined(
+        &mut self,
+        joined: Result<(tokio::task::Id, Finished), tokio::task::JoinError>,
+    ) {
+        let (key, finished) = match joined {
+            Ok((id, finished)) => {
+                self.running.remove(&id);
+                (finished.key.clone(), Some(finished))
+            }
+            Err(error) => {
+                tracing::error!(%error, "a message handling task failed; the broker redelivers its message");
+                (self.running.remove(&error.id()).flatten(), None)
+            }
+        };
+        if let Some(key) = key {
+            if let Some(lane) = self.lanes.get_mut(&key) {
+                lane.busy = false;
+                if let Some(Finished {
+                    id,
+                    deferrals,
+                    redeliver_after: Some(after),
+                    ..
+                }) = finished
+                {
+                    let now = Instant::now();
+                    lane.slots.push_front(Slot::Away(Away {
+                        id,
+                        back_at: now + after,
+                        give_up_at: now + after + self.limits.redelivery_grace,
+                        deferrals,
+                    }));
+                }
+            }
+            self.advance(&key);
+        }
+        self.fill();
+    }
+
+    /// When the next away slot at the front of a lane runs out of grace.
+    pub(crate) fn next_timer(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Advances the lanes whose timers are due.
+    pub(crate) fn expire(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, _))) = self.timers.peek()
+            && *at <= now
+        {
+            if let Some(Reverse((_, key))) = self.timers.pop() {
+                self.advance(&key);
+            }
+        }
+        self.fill();
+    }
+
+    /// Drops every delivery not being handled: the transport hands them out again.
+    pub(crate) fn release_waiting(&mut self) -> usize {
+        let waiting = self.ready.len()
+            + self
+                .lanes
+                .values()
+                .flat_map(|lane| lane.slots.iter())
+                .filter(|slot| matches!(slot, Slot::Here(_)))
+                .count();
+        self.ready.clear();
+        self.lanes.clear();
+        self.timers.clear();
+        self.held = 0;
+        waiting
+    }
+}
+
+/// Handles one delivery and settles it.
+async fn work(
+    routes: Arc<Routes>,
+    metrics: ConsumerMetrics,
+    cancellation: CancellationToken,
+    key: Option<String>,
+    job: Job,
+) -> Finished {
+    let Job {
+        delivery,
+        deferrals,
+        credit,
+    } = job;
+    let id = delivery.envelope.id;
+    let attempt = delivery.attempt.saturating_sub(deferrals).max(1);
+    let envelope = Arc::new(delivery.envelope.clone());
+    let (routed, duplicates) = routes
+        .route(envelope, attempt, delivery.redelivered, &cancellation)
+        .await;
+    for _ in 0..duplicates {
+        metrics.duplicate();
+    }
+    let (settlement, redeliver_after) = match routed {
+        Routed::Handled(Outcome::Done) => {
+            metrics.acked();
+            (Settlement::Ack, None)
+        }
+        Routed::Handled(Outcome::Retry { after, reason }) => {
+            metrics.redelivery();
+            (
+                Settlement::Retry {
+                    delay: after,
+                    reason,
+                },
+                Some(after),
+            )
+        }
+        Routed::Handled(Outcome::Reject { reason }) => {
+            metrics.dead_lettered();
+            (Settlement::Reject { reason }, None)
+        }
+        Routed::Unhandled {
+            reason,
+            policy: UnhandledPolicy::DeadLetter,
+        } => {
+            tracing::warn!(message_id = %id, %reason, "no handler can take this message; dead-lettered");
+            metrics.dead_lettered();
+            (Settlement::Reject { reason }, None)
+        }
+        Routed::Unhandled {
+            reason,
+            policy: UnhandledPolicy::Acknowledge,
+        } => {
+            tracing::warn!(message_id = %id, %reason, "no handler can take this message; acknowledged");
+            metrics.unhandled();
+            (Settlement::Ack, None)
+        }
+    };
+    if let Err(error) = delivery.settle(settlement).await {
+        metrics.settle_error();
+        tracing::warn!(message_id = %id, error = %error.chain(), "settling a delivery failed; the broker will redeliver it");
+    }
+    drop(credit);
+    Finished {
+        key,
+        id,
+        deferrals,
+        redeliver_after,
+    }
+}

@@ -1,0 +1,152 @@
+//! The inbox around a handler: the `(message id, handler)` record that makes a redelivered
+//! message a no-op.
+//!
+//! - [`Transactional`]: opens a transaction, writes the record first (a duplicate is found by
+//!   the table's primary key, not by a read), runs the handler on the same transaction and
+//!   commits both, or rolls both back. Effects in that database happen exactly once.
+//! - [`Deduplicated`]: for handlers whose effects are elsewhere (an e-mail, an HTTP call). It
+//!   checks for a record before running and writes one after the handler succeeded. A crash
+//!   between the effect and the record, or two deliveries racing, runs the effect again:
+//!   effects are at least once, duplicates from the broker are still suppressed in the usual
+//!   case.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use herald_core::{BoxFuture, Event, Inbox};
+
+use crate::handler::{Endpoint, catch_panic, decode};
+use crate::{Context, Handler, HandlerError, HandlerResult, Outcome, TxContext};
+
+/// The transactional inbox around a handler that takes a [`TxContext`].
+pub(crate) struct Transactional<O, E, H> {
+    store: O,
+    handler: H,
+    event: PhantomData<fn() -> E>,
+}
+
+impl<O, E, H> Transactional<O, E, H> {
+    pub(crate) fn new(store: O, handler: H) -> Arc<Self> {
+        Arc::new(Transactional {
+            store,
+            handler,
+            event: PhantomData,
+        })
+    }
+}
+
+impl<O, E, H> Endpoint for Transactional<O, E, H>
+where
+    O: Inbox,
+    E: Event,
+    H: Handler<E, TxContext<O>>,
+{
+    fn call<'a>(&'a self, ctx: &'a mut Context) -> BoxFuture<'a, HandlerResult> {
+        Box::pin(self.run(ctx))
+    }
+}
+
+impl<O, E, H> Transactional<O, E, H>
+where
+    O: Inbox,
+    E: Event,
+    H: Handler<E, TxContext<O>>,
+{
+    async fn run(&self, ctx: &mut Context) -> HandlerResult {
+        let event = decode::<E>(ctx)?;
+        let mut tx = self.store.begin().await?;
+        let fresh = match self
+            .store
+            .mark_handled(&mut tx, ctx.message_id(), ctx.handler())
+            .await
+        {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                self.rollback(tx).await;
+                return Err(error.into());
+            }
+        };
+        if !fresh {
+            self.rollback(tx).await;
+            ctx.mark_duplicate();
+            return Ok(Outcome::Done);
+        }
+
+        let mut tx_ctx = TxContext::new(ctx.clone(), self.store.clone(), tx);
+        let result = catch_panic(self.handler.handle(event, &mut tx_ctx)).await;
+        let (_, tx, recorded) = tx_ctx.into_parts();
+        match result {
+            Ok(Outcome::Done) => {
+                // Only a transaction that recorded events has anything for the relays.
+                let committed = if recorded > 0 {
+                    self.store.commit(tx).await
+                } else {
+                    self.store.commit_quietly(tx).await
+                };
+                committed.map_err(HandlerError::from)?;
+                Ok(Outcome::Done)
+            }
+            // Retry, reject or fail: neither the effects nor the inbox record stay.
+            other => {
+                self.rollback(tx).await;
+                other
+            }
+        }
+    }
+
+    async fn rollback(&self, tx: O::Transaction) {
+        if let Err(error) = self.store.rollback(tx).await {
+            // The transaction is gone either way (a dropped connection rolls it back).
+            tracing::warn!(error = %error.chain(), "inbox rollback failed");
+        }
+    }
+}
+
+/// The non-transactional inbox around a handler whose effects live outside the database.
+pub(crate) struct Deduplicated<O, E, H> {
+    store: O,
+    handler: H,
+    event: PhantomData<fn() -> E>,
+}
+
+impl<O, E, H> Deduplicated<O, E, H> {
+    pub(crate) fn new(store: O, handler: H) -> Arc<Self> {
+        Arc::new(Deduplicated {
+            store,
+            handler,
+            event: PhantomData,
+        })
+    }
+}
+
+impl<O, E, H> Endpoint for Deduplicated<O, E, H>
+where
+    O: Inbox,
+    E: Event,
+    H: Handler<E, Context>,
+{
+    fn call<'a>(&'a self, ctx: &'a mut Context) -> BoxFuture<'a, HandlerResult> {
+        Box::pin(async move {
+            let event = decode::<E>(ctx)?;
+            if self
+                .store
+                .is_handled(ctx.message_id(), ctx.handler())
+                .await?
+            {
+                ctx.mark_duplicate();
+                return Ok(Outcome::Done);
+            }
+            let outcome = catch_panic(self.handler.handle(event, ctx)).await?;
+            if outcome.is_done() {
+                // If this fails the message is retried and the effect happens again: the
+                // at-least-once part of this mode.
+                let mut tx = self.store.begin().await?;
+                self.store
+                    .mark_handled(&mut tx, ctx.message_id(), ctx.handler())
+                    .await?;
+                self.store.commit_quietly(tx).await?;
+            }
+            Ok(outcome)
+        })
+    }
+}

@@ -1,0 +1,326 @@
+//! The router: handlers registered per event type, and the dispatch of one message to them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use herald_core::{BoxFuture, Envelope, Event, Inbox, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::handler::{Endpoint, Plain};
+use crate::layer::{Chain, Deduplicated, DynLayer, Layer, Retry, Timeout, Tracing, Transactional};
+use crate::{
+    ConsumerConfig, ConsumerMetrics, Context, Handler, Outcome, TxContext, UnhandledPolicy,
+};
+
+/// Typed handlers by event type, each under a name of its own, plus the layers around them.
+///
+/// ```no_run
+/// # use herald_consumer::{Context, HandlerError, Layer, Next, HandlerResult, Router, TxContext};
+/// # use herald_postgres::PgOutbox;
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderCreated;
+/// # impl herald_core::Event for OrderCreated { const TYPE: &'static str = "ordering.order_created"; }
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderCancelled;
+/// # impl herald_core::Event for OrderCancelled { const TYPE: &'static str = "ordering.order_cancelled"; }
+/// # async fn reserve(_: OrderCreated, _: &mut TxContext<PgOutbox>) -> Result<(), HandlerError> { Ok(()) }
+/// # async fn release(_: OrderCancelled, _: &mut TxContext<PgOutbox>) -> Result<(), HandlerError> { Ok(()) }
+/// # async fn notify(_: OrderCreated, _: &mut Context) -> Result<(), HandlerError> { Ok(()) }
+/// # async fn audit(_: OrderCreated, _: &mut Context) {}
+/// # struct Metrics;
+/// # impl Layer for Metrics {
+/// #     async fn call(&self, ctx: &mut Context, next: Next<'_>) -> HandlerResult { next.run(ctx).await }
+/// # }
+/// # fn build(db: PgOutbox) -> Router {
+/// let router = Router::new()
+///     .transactional(&db, "inventory.reserve-stock", reserve)   // (OrderCreated, &mut TxContext<_>)
+///     .transactional(&db, "inventory.release-stock", release)   // (OrderCancelled, &mut TxContext<_>)
+///     .deduplicated(&db, "inventory.notify-warehouse", notify)  // (OrderCreated, &mut Context)
+///     .handle("inventory.audit", audit)                         // (OrderCreated, &mut Context)
+///     .layer(Metrics);
+/// # router
+/// # }
+/// ```
+///
+/// The event type (and version) a handler takes is the type of its first argument. Several
+/// handlers may take the same type; each runs, in registration order. A handler's name keys its
+/// inbox records, so it must be unique and stable: rename a handler and it handles again the
+/// messages still in flight. Registration problems (a duplicate or empty name) are reported by
+/// [`Consumer::new`](crate::Consumer::new).
+#[derive(Default)]
+pub struct Router {
+    registrations: Vec<Registration>,
+    layers: Vec<Arc<dyn DynLayer>>,
+    pruners: Vec<Arc<dyn Pruner>>,
+    problems: Vec<String>,
+}
+
+struct Registration {
+    name: Arc<str>,
+    event_type: &'static str,
+    version: u32,
+    check: fn(&Envelope) -> Result<()>,
+    endpoint: Arc<dyn Endpoint>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field(
+                "handlers",
+                &self
+                    .registrations
+                    .iter()
+                    .map(|r| format!("{} ({} v{})", r.name, r.event_type, r.version))
+                    .collect::<Vec<_>>(),
+            )
+            .field("layers", &self.layers.len())
+            .finish()
+    }
+}
+
+impl Router {
+    /// A router without handlers.
+    pub fn new() -> Self {
+        Router::default()
+    }
+
+    /// Registers a plain handler: no inbox, so a message the broker delivers twice is handled
+    /// twice. For idempotent effects, or effects you deduplicate yourself.
+    pub fn handle<E, H>(self, name: &str, handler: H) -> Self
+    where
+        E: Event,
+        H: Handler<E, Context>,
+    {
+        self.register::<E>(name, Plain::<E, H>::new(handler))
+    }
+
+    /// Registers a handler in transactional mode: each run opens a transaction on `store`,
+    /// writes the `(message id, name)` inbox record, runs the handler on that transaction
+    /// ([`TxContext::db`]) and commits both together. A message delivered again is acknowledged
+    /// without running the handler: its effects in that database happen exactly once. Events
+    /// recorded with [`TxContext::record`] commit with them, caused by the handled message.
+    pub fn transactional<O, E, H>(mut self, store: &O, name: &str, handler: H) -> Self
+    where
+        O: Inbox,
+        E: Event,
+        H: Handler<E, TxContext<O>>,
+    {
+        self.pruners.push(Arc::new(store.clone()));
+        self.register::<E>(name, Transactional::<O, E, H>::new(store.clone(), handler))
+    }
+
+    /// Registers a handler whose effects are not in `store`'s database (an e-mail, an HTTP
+    /// call) with a non-transactional inbox: it is skipped if `store` recorded the message
+    /// for `name`, and the record is written once it succeeded. A crash between the effect and
+    /// the record runs the effect again: effects are **at least once**, while the duplicates a
+    /// broker delivers are suppressed.
+    pub fn deduplicated<O, E, H>(mut self, store: &O, name: &str, handler: H) -> Self
+    where
+        O: Inbox,
+        E: Event,
+        H: Handler<E, Context>,
+    {
+        self.pruners.push(Arc::new(store.clone()));
+        self.register::<E>(name, Deduplicated::<O, E, H>::new(store.clone(), handler))
+    }
+
+    /// Adds a layer around every handler, inside the retry layer (it sees every run) and
+    /// outside the timeout and the inbox; layers added first are outermost.
+    pub fn layer<L: Layer>(mut self, layer: L) -> Self {
+        self.layers.push(Arc::new(layer));
+        self
+    }
+
+    /// The event types handlers are registered for (what the consumer subscribes to).
+    pub fn event_types(&self) -> Vec<String> {
+        let mut types: Vec<String> = self
+            .registrations
+            .iter()
+            .map(|r| r.event_type.to_owned())
+            .collect();
+        types.sort();
+        types.dedup();
+        types
+    }
+
+    fn register<E: Event>(mut self, name: &str, endpoint: Arc<dyn Endpoint>) -> Self {
+        if name.trim().is_empty() {
+            self.problems
+                .push(format!("a handler of `{}` has an empty name", E::TYPE));
+        } else if self.registrations.iter().any(|r| &*r.name == name) {
+            self.problems.push(format!(
+                "two handlers are named `{name}` (names key the inbox)"
+            ));
+        }
+        self.registrations.push(Registration {
+            name: name.into(),
+            event_type: E::TYPE,
+            version: E::VERSION,
+            check: |envelope| envelope.decode::<E>().map(|_| ()),
+            endpoint,
+        });
+        self
+    }
+
+    /// The handlers wrapped in their layers, ready to route; the inbox stores to prune.
+    pub(crate) fn build(
+        self,
+        config: &ConsumerConfig,
+        metrics: &ConsumerMetrics,
+    ) -> Result<(Routes, Vec<Arc<dyn Pruner>>)> {
+        if let Some(problem) = self.problems.first() {
+            return Err(herald_core::Error::Config(problem.clone()));
+        }
+        if self.registrations.is_empty() {
+            return Err(herald_core::Error::Config(
+                "the router has no handlers".into(),
+            ));
+        }
+        let mut layers: Vec<Arc<dyn DynLayer>> = vec![
+            Arc::new(Tracing),
+            Arc::new(Retry::new(config.retry.clone(), metrics.clone())),
+        ];
+        layers.extend(self.layers.iter().cloned());
+        if let Some(limit) = config.handler_timeout {
+            layers.push(Arc::new(Timeout::new(limit)));
+        }
+
+        let mut types: HashMap<String, Vec<VersionRoute>> = HashMap::new();
+        for r in self.registrations {
+            let versions = types.entry(r.event_type.to_owned()).or_default();
+            let index = match versions.iter().position(|v| v.version == r.version) {
+                Some(index) => index,
+                None => {
+                    versions.push(VersionRoute {
+                        version: r.version,
+                        check: r.check,
+                        handlers: Vec::new(),
+                    });
+                    versions.len() - 1
+                }
+            };
+            versions[index]
+                .handlers
+                .push((r.name, Chain::new(layers.clone(), r.endpoint)));
+        }
+        let routes = Routes {
+            types,
+            on_unknown_type: config.on_unknown_type,
+            on_unknown_version: config.on_unknown_version,
+            on_malformed: config.on_malformed,
+        };
+        Ok((routes, self.pruners))
+    }
+}
+
+/// What the router decided about one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Routed {
+    /// Handlers ran; their combined outcome.
+    Handled(Outcome),
+    /// No handler could take it; what the policy says.
+    Unhandled {
+        reason: String,
+        policy: UnhandledPolicy,
+    },
+}
+
+/// The router, built: handler chains by event type and version.
+pub(crate) struct Routes {
+    types: HashMap<String, Vec<VersionRoute>>,
+    on_unknown_type: UnhandledPolicy,
+    on_unknown_version: UnhandledPolicy,
+    on_malformed: UnhandledPolicy,
+}
+
+struct VersionRoute {
+    version: u32,
+    check: fn(&Envelope) -> Result<()>,
+    handlers: Vec<(Arc<str>, Chain)>,
+}
+
+impl Routes {
+    /// Routes one delivery: decodes by type and version, runs every handler of the type in
+    /// registration order, and combines their outcomes (any reject rejects; else any retry
+    /// retries, after the longest delay asked for; else done). Returns the handler runs the
+    /// inbox skipped too.
+    pub(crate) async fn route(
+        &self,
+        envelope: Arc<Envelope>,
+        attempt: u32,
+        redelivered: bool,
+        cancellation: &CancellationToken,
+    ) -> (Routed, u32) {
+        let Some(versions) = self.types.get(&envelope.event_type) else {
+            let reason = format!("no handler for event type `{}`", envelope.event_type);
+            return (self.unhandled(reason, self.on_unknown_type), 0);
+        };
+        let Some(route) = versions.iter().find(|v| v.version == envelope.version) else {
+            let known: Vec<String> = versions.iter().map(|v| format!("v{}", v.version)).collect();
+            let reason = format!(
+                "no handler for `{}` v{} (handlers take {})",
+                envelope.event_type,
+                envelope.version,
+                known.join(", ")
+            );
+            return (self.unhandled(reason, self.on_unknown_version), 0);
+        };
+        if let Err(error) = (route.check)(&envelope) {
+            let reason = format!("undecodable message: {}", error.chain());
+            return (self.unhandled(reason, self.on_malformed), 0);
+        }
+
+        let mut duplicates = 0;
+        let mut rejects = Vec::new();
+        let mut retries = Vec::new();
+        let mut longest = std::time::Duration::ZERO;
+        for (name, chain) in &route.handlers {
+            let mut ctx = Context::new(
+                envelope.clone(),
+                name.clone(),
+                attempt,
+                redelivered,
+                cancellation.clone(),
+            );
+            let outcome = match chain.run(&mut ctx).await {
+                Ok(outcome) => outcome,
+                // The retry layer turns every error into an outcome; should one get through,
+                // dead-letter rather than redeliver without bound.
+                Err(error) => Outcome::reject(format!("unclassified error: {}", error.chain())),
+            };
+            if ctx.is_duplicate() {
+                duplicates += 1;
+            }
+            match outcome {
+                Outcome::Done => {}
+                Outcome::Retry { after, reason } => {
+                    longest = longest.max(after);
+                    retries.push(format!("{name}: {reason}"));
+                }
+                Outcome::Reject { reason } => rejects.push(format!("{name}: {reason}")),
+            }
+        }
+        let outcome = if !rejects.is_empty() {
+            Outcome::reject(rejects.join("; "))
+        } else if !retries.is_empty() {
+            Outcome::retry(longest, retries.join("; "))
+        } else {
+            Outcome::Done
+        };
+        (Routed::Handled(outcome), duplicates)
+    }
+
+    fn unhandled(&self, reason: String, policy: UnhandledPolicy) -> Routed {
+        Routed::Unhandled { reason, policy }
+    }
+}
+
+/// An inbox whose old records retention removes.
+pub(crate) trait Pruner: Send + Sync + 'static {
+    fn prune(&self, older_than: std::time::Duration, limit: usize) -> BoxFuture<'_, Result<u64>>;
+}
+
+impl<O: Inbox> Pruner for O {
+    fn prune(&self, older_than: std::time::Duration, limit: usize) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.prune_inbox(older_than, limit))
+    }
+}

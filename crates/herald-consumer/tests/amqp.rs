@@ -1,0 +1,253 @@
+//! The consumer over RabbitMQ (`HERALD_TEST_AMQP_URL`): duplicates absorbed by the inbox,
+//! retries through the broker's delay queues ending in its dead-letter queue, and per-key order
+//! with sixteen handlers at a time. Each test has an exchange and a queue of its own.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use herald_amqp::{AmqpConfig, AmqpTransport};
+use herald_consumer::{
+    Consumer, ConsumerConfig, Context, Handler, HandlerError, HandlerResult, Outcome, Router,
+    TxContext,
+};
+use herald_core::{Envelope, Publisher, Uuid};
+use herald_sqlite::SqliteOutbox;
+use tokio_util::sync::CancellationToken;
+
+fn amqp_url() -> String {
+    std::env::var("HERALD_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// A transport with an exchange of its own, short delay queues, and a topology the broker
+/// removes by itself a while after the test.
+async fn transport() -> AmqpTransport {
+    let config = AmqpConfig {
+        exchange: format!("herald-consumer-test-{}", Uuid::now_v7().simple()),
+        retry_delays: vec![Duration::from_millis(100), Duration::from_millis(300)],
+        expires: Some(Duration::from_secs(120)),
+        ..AmqpConfig::new(amqp_url())
+    };
+    AmqpTransport::connect(config).await.unwrap()
+}
+
+/// Runs `consumer` until the returned token is cancelled; declares its queue first.
+async fn start(consumer: Consumer<AmqpTransport>, transport: &AmqpTransport) -> Running {
+    transport.declare(consumer.subscription()).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move { consumer.run(token).await });
+    Running { shutdown, task }
+}
+
+async fn publish_all(transport: &AmqpTransport, batch: &[Envelope]) {
+    for chunk in batch.chunks(500) {
+        for result in transport.publish(chunk).await {
+            result.unwrap();
+        }
+    }
+}
+
+async fn credit(d: Deposited, ctx: &mut TxContext<SqliteOutbox>) -> Result<(), HandlerError> {
+    sqlx::query(
+        "INSERT INTO accounts (account, balance, deposits) VALUES (?, ?, 1) \
+         ON CONFLICT (account) DO UPDATE \
+         SET balance = balance + excluded.balance, deposits = deposits + 1",
+    )
+    .bind(&d.account)
+    .bind(d.cents)
+    .execute(ctx.db())
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_rabbitmq_delivers_twice_changes_the_tables_once() {
+    let (db, _dir) = sqlite_store().await;
+    let transport = transport().await;
+    let queue = queue();
+    let consumer = Consumer::new(
+        transport.clone(),
+        queue.clone(),
+        Router::new().transactional(&db, "bank.credit", credit),
+        config(),
+    )
+    .unwrap();
+    let metrics = consumer.metrics();
+    let running = start(consumer, &transport).await;
+    let message = deposit("amy", 0);
+    // Published twice, as a relay does when a confirm is lost.
+    publish_all(&transport, &[message.clone(), deposit("amy", 1), message]).await;
+    eventually("three deliveries acknowledged", || async {
+        metrics.snapshot().acked == 3
+    })
+    .await;
+    running.stop().await;
+    let (deposits, balance): (i64, i64) =
+        sqlx::query_as("SELECT deposits, balance FROM accounts WHERE account = 'amy'")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert_eq!((deposits, balance), (2, 200));
+    assert_eq!(metrics.snapshot().duplicates, 1);
+    transport.delete_subscription(&queue).await.unwrap();
+}
+
+struct Failing {
+    runs: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl Handler<Deposited, Context> for Failing {
+    async fn handle(&self, d: Deposited, _ctx: &mut Context) -> HandlerResult {
+        *self
+            .runs
+            .lock()
+            .unwrap()
+            .entry(d.account.clone())
+            .or_default() += 1;
+        if d.account == "poison" {
+            return Err(HandlerError::new("dependency is down"));
+        }
+        Ok(Outcome::Done)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_message_ends_in_rabbitmqs_dead_letter_queue_after_the_configured_attempts() {
+    let transport = transport().await;
+    let queue = queue();
+    let runs = Arc::new(Mutex::new(HashMap::new()));
+    let mut retry = quick_retry(2, 2);
+    retry.backoff.initial = Duration::from_millis(100);
+    retry.backoff.max = Duration::from_millis(100);
+    let config = ConsumerConfig { retry, ..config() };
+    let consumer = Consumer::new(
+        transport.clone(),
+        queue.clone(),
+        Router::new().handle("bank.failing", Failing { runs: runs.clone() }),
+        config,
+    )
+    .unwrap();
+    let metrics = consumer.metrics();
+    let running = start(consumer, &transport).await;
+    let mut batch = vec![deposit("poison", 0)];
+    batch.extend((0..20).map(|i| deposit(&format!("good-{i}"), 0)));
+    publish_all(&transport, &batch).await;
+    eventually("all settled", || async {
+        metrics.snapshot().finished() == 21
+    })
+    .await;
+    running.stop().await;
+
+    assert_eq!(
+        runs.lock().unwrap()["poison"],
+        9,
+        "(1 + 2 immediate) × (1 + 2 delayed)"
+    );
+    assert_eq!(metrics.snapshot().acked, 20);
+    let dead = transport.dead_letters(&queue, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 3);
+    assert!(
+        dead[0].error.contains("gave up after 3 deliveries"),
+        "{}",
+        dead[0].error
+    );
+    assert!(
+        dead[0].error.contains("dependency is down"),
+        "{}",
+        dead[0].error
+    );
+    transport.delete_subscription(&queue).await.unwrap();
+}
+
+/// Records handled deposits per account; fails the first run of the chosen ones.
+struct Recorder {
+    handled: Mutex<HashMap<String, Vec<u64>>>,
+    fail_once: Mutex<HashSet<(String, u64)>>,
+}
+
+impl Handler<Deposited, Context> for Arc<Recorder> {
+    async fn handle(&self, d: Deposited, _ctx: &mut Context) -> HandlerResult {
+        if self
+            .fail_once
+            .lock()
+            .unwrap()
+            .remove(&(d.account.clone(), d.n))
+        {
+            return Err(HandlerError::transient("first run fails"));
+        }
+        self.handled
+            .lock()
+            .unwrap()
+            .entry(d.account)
+            .or_default()
+            .push(d.n);
+        Ok(Outcome::Done)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_rabbitmq_every_keys_messages_are_handled_in_order() {
+    const KEYS: usize = 200;
+    const PER_KEY: u64 = 10;
+    let transport = transport().await;
+    let queue = queue();
+    let fail_once: HashSet<(String, u64)> = (0..KEYS)
+        .step_by(10)
+        .map(|k| (format!("acct-{k}"), (k as u64 / 10) % PER_KEY))
+        .collect();
+    let failures = fail_once.len() as u64;
+    let recorder = Arc::new(Recorder {
+        handled: Mutex::default(),
+        fail_once: Mutex::new(fail_once),
+    });
+    let mut retry = quick_retry(0, 3);
+    retry.backoff.initial = Duration::from_millis(100);
+    retry.backoff.max = Duration::from_millis(100);
+    let config = ConsumerConfig {
+        concurrency: 16,
+        retry,
+        ..config()
+    };
+    let consumer = Consumer::new(
+        transport.clone(),
+        queue.clone(),
+        Router::new().handle("bank.record", recorder.clone()),
+        config,
+    )
+    .unwrap();
+    let metrics = consumer.metrics();
+    let running = start(consumer, &transport).await;
+    let mut batch = Vec::new();
+    for n in 0..PER_KEY {
+        for k in 0..KEYS {
+            batch.push(deposit(&format!("acct-{k}"), n));
+        }
+    }
+    publish_all(&transport, &batch).await;
+    let total = KEYS as u64 * PER_KEY;
+    eventually("every message acknowledged", || async {
+        metrics.snapshot().acked == total
+    })
+    .await;
+    running.stop().await;
+
+    let handled = recorder.handled.lock().unwrap().clone();
+    for k in 0..KEYS {
+        let account = format!("acct-{k}");
+        assert_eq!(
+            handled[&account],
+            (0..PER_KEY).collect::<Vec<_>>(),
+            "deposits of {account} in order"
+        );
+    }
+    assert_eq!(metrics.snapshot().redeliveries, failures);
+    transport.delete_subscription(&queue).await.unwrap();
+}

@@ -1,0 +1,55 @@
+//! The consumer's inbox: which messages each handler has already handled.
+//!
+//! A consumer that records `(message id, handler name)` in the same transaction as the
+//! handler's own writes runs the handler's effects once per message, however often the broker
+//! delivers it. The PostgreSQL and SQLite stores implement [`Inbox`] next to their outbox
+//! (table `{table}_inbox`).
+
+use std::future::Future;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::{Result, TransactionalOutbox};
+
+/// A database that remembers which messages each handler has handled.
+///
+/// An extra ability of a [`TransactionalOutbox`]: the inbox record is written on the same
+/// connection, in the same transaction, as the handler's effects.
+pub trait Inbox: TransactionalOutbox {
+    /// Records, in the transaction behind `conn`, that `handler` handled `message_id`.
+    ///
+    /// Returns `true` if the record is new and `false` if it already existed: the message is a
+    /// duplicate. The duplicate is detected by the table's primary key (`INSERT … ON CONFLICT
+    /// DO NOTHING`), never by a read before the write, so of two transactions racing to handle
+    /// the same message the second waits for the first and, once that one commits, finds its
+    /// record. The record disappears with the transaction if it rolls back.
+    fn mark_handled(
+        &self,
+        conn: &mut Self::Connection,
+        message_id: Uuid,
+        handler: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Commits a transaction in which no event was recorded, without waking the relays (what
+    /// [`TransactionalOutbox::commit`] does after every commit): a handler that only wrote
+    /// business rows and its inbox record has nothing for them.
+    fn commit_quietly(&self, tx: Self::Transaction) -> impl Future<Output = Result<()>> + Send;
+
+    /// Whether a committed record says that `handler` handled `message_id`. For handlers whose
+    /// effects live outside this database, which can only check before they run and record
+    /// after (at-least-once effects).
+    fn is_handled(
+        &self,
+        message_id: Uuid,
+        handler: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Deletes records older than `older_than`, at most `limit` of them in one statement, and
+    /// returns how many. Retention calls it in a loop, off the hot path.
+    fn prune_inbox(
+        &self,
+        older_than: Duration,
+        limit: usize,
+    ) -> impl Future<Output = Result<u64>> + Send;
+}

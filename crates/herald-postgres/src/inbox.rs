@@ -1,0 +1,82 @@
+//! [`Inbox`] for PostgreSQL: `(message id, handler)` records in `"{schema}"."{table}_inbox"`,
+//! written in the handler's transaction.
+//!
+//! A duplicate is detected by the primary key: `INSERT … ON CONFLICT DO NOTHING` inserts
+//! nothing when the pair is already there, and while another open transaction holds the same
+//! pair it waits for that transaction to end, so two deliveries of one message racing each other
+//! cannot both see "new".
+
+use std::time::Duration;
+
+use herald_core::{Inbox, Result};
+use sqlx::{AssertSqlSafe, PgConnection, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::error::ResultExt;
+use crate::outbox::PgOutbox;
+
+/// Longest retention accepted (longer ones are capped): keeps the interval arithmetic in range.
+const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+impl Inbox for PgOutbox {
+    async fn mark_handled(
+        &self,
+        conn: &mut PgConnection,
+        message_id: Uuid,
+        handler: &str,
+    ) -> Result<bool> {
+        let sql = format!(
+            "INSERT INTO {} (message_id, handler) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            self.config().qualified("_inbox")
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(message_id)
+            .bind(handler)
+            .execute(conn)
+            .await
+            .store_err("mark inbox", &self.inner.secrets)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn commit_quietly(&self, tx: Transaction<'static, Postgres>) -> Result<()> {
+        tx.commit().await.store_err("commit", &self.inner.secrets)
+    }
+
+    async fn is_handled(&self, message_id: Uuid, handler: &str) -> Result<bool> {
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE message_id = $1 AND handler = $2)",
+            self.config().qualified("_inbox")
+        );
+        sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(message_id)
+            .bind(handler)
+            .fetch_one(self.pool())
+            .await
+            .store_err("read inbox", &self.inner.secrets)
+    }
+
+    async fn prune_inbox(&self, older_than: Duration, limit: usize) -> Result<u64> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let inbox = self.config().qualified("_inbox");
+        // The inner SELECT walks the `handled_at` index from the oldest row and stops after
+        // `limit`: one bounded statement, however large the table.
+        let sql = format!(
+            "DELETE FROM {inbox} WHERE (message_id, handler) IN ( \
+                 SELECT message_id, handler FROM {inbox} \
+                 WHERE handled_at < now() - $1::float8 * interval '1 microsecond' \
+                 ORDER BY handled_at \
+                 LIMIT $2 \
+             )"
+        );
+        let micros = i64::try_from(older_than.min(MAX_RETENTION).as_micros()).unwrap_or(i64::MAX);
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(micros)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .execute(self.pool())
+            .await
+            .store_err("prune inbox", &self.inner.secrets)?;
+        Ok(done.rows_affected())
+    }
+}

@@ -1,0 +1,182 @@
+//! Rows that something other than Herald wrote into the outbox (another language, a manual
+//! `INSERT`) with values no envelope can hold: the relay dead-letters each with the reason and
+//! keeps publishing the good rows around it, on PostgreSQL and on SQLite.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use herald_core::{DeliveryStream, OutboxAdmin, Subscriber, SubscriptionSpec, Uuid};
+use herald_memory::MemoryTransport;
+use herald_relay::Relay;
+use herald_testkit::{envelope, interleaved};
+use tokio_util::sync::CancellationToken;
+
+fn audit() -> SubscriptionSpec {
+    SubscriptionSpec {
+        prefetch: 100_000,
+        ..SubscriptionSpec::new("audit", Vec::<String>::new())
+    }
+}
+
+/// Acks deliveries until `expected` distinct ids arrived or `within` passed.
+async fn collect_ids<S: DeliveryStream>(
+    stream: &mut S,
+    expected: usize,
+    within: Duration,
+) -> HashSet<Uuid> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut seen = HashSet::new();
+    while seen.len() < expected {
+        let next = tokio::time::timeout_at(deadline, stream.next()).await;
+        let Ok(Some(delivery)) = next else { break };
+        let delivery = delivery.unwrap();
+        seen.insert(delivery.envelope.id);
+        delivery.ack().await.unwrap();
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_postgres_rows_are_dead_lettered_with_the_reason_and_good_rows_flow() {
+    let store = pg_store().await;
+    let table = format!(
+        "{}.{}",
+        store.config().schema.quoted(),
+        store.config().table.quoted()
+    );
+    let before = vec![envelope("k", 0)];
+    record_pg(&store, &before).await;
+    // A negative version, and headers that are not an object of strings, on the same key as
+    // good rows before and after them.
+    for (version, headers) in [(-1, "{}"), (1, r#"{"n": 1}"#), (1, "[1, 2]")] {
+        let sql = format!(
+            "INSERT INTO {table} (id, event_type, version, occurred_at, correlation_id, \
+             partition_key, content_type, headers, payload) \
+             VALUES (gen_random_uuid(), 'bad', $1, now(), gen_random_uuid(), 'k', \
+             'application/json', $2::jsonb, '\\x00ff'::bytea)"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(version)
+            .bind(headers)
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+    let mut after = vec![envelope("k", 1)];
+    after.extend(interleaved(10, 5));
+    record_pg(&store, &after).await;
+
+    let transport = MemoryTransport::new();
+    let mut stream = transport.subscribe(&audit()).await.unwrap();
+    let relay = Relay::new(store.clone(), transport.clone(), fast_config()).unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { relay.run(shutdown).await }
+    });
+
+    let expected: HashSet<Uuid> = before.iter().chain(&after).map(|e| e.id).collect();
+    let seen = collect_ids(&mut stream, expected.len(), Duration::from_secs(60)).await;
+    assert_eq!(seen, expected, "every good row published");
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+
+    let reasons: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT last_error FROM {}.{} ORDER BY seq",
+        store.config().schema.quoted(),
+        herald_core::Identifier::parse("table", &format!("{}_dead_letters", store.config().table))
+            .unwrap()
+            .quoted()
+    )))
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        reasons.len(),
+        3,
+        "each malformed row dead-lettered: {reasons:?}"
+    );
+    for reason in &reasons {
+        assert!(reason.starts_with("malformed row: "), "{reason}");
+    }
+    assert!(reasons[0].contains("version"), "{}", reasons[0]);
+    assert!(reasons[1].contains("headers"), "{}", reasons[1]);
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.pending + stats.in_flight + stats.retrying, 0);
+    assert_eq!(stats.dead_lettered, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_sqlite_rows_are_dead_lettered_with_the_reason_and_good_rows_flow() {
+    let (_dir, store) = sqlite_store().await;
+    let table = store.config().table.quoted();
+    let before = vec![envelope("k", 0)];
+    record_sqlite(&store, &before).await;
+    // An id that is not a UUID, headers that are not JSON, headers of the wrong JSON type,
+    // a version that is text, a negative version.
+    let rows: [(&str, &str, &str); 5] = [
+        ("not-a-uuid", "1", "{}"),
+        ("00000000-0000-7000-8000-000000000001", "1", "{not json"),
+        ("00000000-0000-7000-8000-000000000002", "1", r#"{"n": [1]}"#),
+        ("00000000-0000-7000-8000-000000000003", "'one'", "{}"),
+        ("00000000-0000-7000-8000-000000000004", "-5", "{}"),
+    ];
+    for (id, version, headers) in rows {
+        let sql = format!(
+            "INSERT INTO {table} (id, event_type, version, occurred_at, correlation_id, \
+             partition_key, content_type, headers, payload, recorded_at, available_at) \
+             VALUES ($1, 'bad', {version}, 0, $1, 'k', 'application/json', $2, x'00ff', 0, 0)"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(headers)
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+    let mut after = vec![envelope("k", 1)];
+    after.extend(interleaved(10, 5));
+    record_sqlite(&store, &after).await;
+
+    let transport = MemoryTransport::new();
+    let mut stream = transport.subscribe(&audit()).await.unwrap();
+    let relay = Relay::new(store.clone(), transport.clone(), fast_config()).unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { relay.run(shutdown).await }
+    });
+
+    let expected: HashSet<Uuid> = before.iter().chain(&after).map(|e| e.id).collect();
+    let seen = collect_ids(&mut stream, expected.len(), Duration::from_secs(60)).await;
+    assert_eq!(seen, expected, "every good row published");
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+
+    let dead =
+        herald_core::Identifier::parse("table", &format!("{}_dead_letters", store.config().table))
+            .unwrap()
+            .quoted();
+    let reasons: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT last_error FROM {dead} ORDER BY seq"
+    )))
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        reasons.len(),
+        5,
+        "each malformed row dead-lettered: {reasons:?}"
+    );
+    for reason in &reasons {
+        assert!(reason.starts_with("malformed row: "), "{reason}");
+    }
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.pending + stats.in_flight + stats.retrying, 0);
+    assert_eq!(stats.dead_lettered, 5);
+}

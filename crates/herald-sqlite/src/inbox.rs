@@ -1,0 +1,81 @@
+//! [`Inbox`] for SQLite: `(message id, handler)` records in `"{table}_inbox"`, written in the
+//! handler's transaction.
+//!
+//! A duplicate is detected by the primary key: `INSERT … ON CONFLICT DO NOTHING` inserts
+//! nothing when the pair is already there. SQLite admits one writer at a time and the
+//! handler's transaction holds the write lock from its start (`BEGIN IMMEDIATE`), so two
+//! deliveries of one message cannot both see "new".
+
+use std::time::Duration;
+
+use herald_core::{Inbox, Result};
+use sqlx::{AssertSqlSafe, Sqlite, SqliteConnection, Transaction};
+use uuid::Uuid;
+
+use crate::error::{ResultExt, retry_busy};
+use crate::outbox::{SqliteOutbox, duration_micros, now_micros};
+
+impl Inbox for SqliteOutbox {
+    async fn mark_handled(
+        &self,
+        conn: &mut SqliteConnection,
+        message_id: Uuid,
+        handler: &str,
+    ) -> Result<bool> {
+        let sql = format!(
+            "INSERT INTO {} (message_id, handler, handled_at) VALUES (?, ?, ?) \
+             ON CONFLICT DO NOTHING",
+            self.config().quoted("_inbox")
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(message_id.hyphenated().to_string())
+            .bind(handler)
+            .bind(now_micros())
+            .execute(conn)
+            .await
+            .store_err("mark inbox")?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn commit_quietly(&self, tx: Transaction<'static, Sqlite>) -> Result<()> {
+        tx.commit().await.store_err("commit")
+    }
+
+    async fn is_handled(&self, message_id: Uuid, handler: &str) -> Result<bool> {
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE message_id = ? AND handler = ?)",
+            self.config().quoted("_inbox")
+        );
+        sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(message_id.hyphenated().to_string())
+            .bind(handler)
+            .fetch_one(self.pool())
+            .await
+            .store_err("read inbox")
+    }
+
+    async fn prune_inbox(&self, older_than: Duration, limit: usize) -> Result<u64> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let inbox = self.config().quoted("_inbox");
+        // The inner SELECT walks the `handled_at` index from the oldest row and stops after
+        // `limit`: one bounded statement, however large the table.
+        let sql = format!(
+            "DELETE FROM {inbox} WHERE (message_id, handler) IN ( \
+                 SELECT message_id, handler FROM {inbox} WHERE handled_at < ?1 \
+                 ORDER BY handled_at LIMIT ?2)"
+        );
+        let before = now_micros().saturating_sub(duration_micros(older_than));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let done = retry_busy("prune inbox", || async {
+            sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(before)
+                .bind(limit)
+                .execute(self.pool())
+                .await
+        })
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
