@@ -1,0 +1,169 @@
+//! `herald-chaos`: Herald's fault-injection harness.
+//!
+//! `herald-chaos run` starts, per scenario, two producers, two relays and two consumers (with
+//! the transactional inbox) as processes of this binary against the real PostgreSQL and
+//! RabbitMQ, breaks things on purpose while the producers produce (SIGKILLs, broker restarts,
+//! terminated database sessions, failing and poison handlers), lets the system heal by
+//! itself, and then checks every committed event: handled exactly once in effect, per-key
+//! order held, every poison event (and nothing else) in the dead-letter queue, nothing stuck.
+//! It prints a table and exits non-zero if any check failed.
+
+mod broker;
+mod check;
+mod event;
+mod orchestrator;
+mod procs;
+mod roles;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::orchestrator::{RunSettings, Scenario};
+
+#[derive(Debug, Parser)]
+#[command(name = "herald-chaos", about = "Herald's fault-injection harness")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs scenarios and prints the table.
+    Run(RunArgs),
+    #[command(hide = true)]
+    Producer(roles::ProducerArgs),
+    #[command(hide = true)]
+    Relay(roles::Common),
+    #[command(hide = true)]
+    Consumer(roles::ConsumerArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// PostgreSQL URL.
+    #[arg(
+        long,
+        env = "HERALD_TEST_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    database: String,
+    /// AMQP URL.
+    #[arg(
+        long,
+        env = "HERALD_TEST_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp: String,
+    /// Scenarios to run (default: all of them, one after the other).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    scenarios: Vec<Scenario>,
+    /// Events per run.
+    #[arg(long, default_value_t = 2000)]
+    events: usize,
+    /// Seconds the producers take per run (faults strike meanwhile).
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Runs per scenario.
+    #[arg(long, default_value_t = 1)]
+    runs: u64,
+    /// Share of handler runs that fail transiently.
+    #[arg(long, default_value_t = 0.1)]
+    fail_rate: f64,
+    /// One event in this many is poison.
+    #[arg(long, default_value_t = 200)]
+    poison_every: usize,
+    /// Seconds the system may take to settle after the last fault.
+    #[arg(long, default_value_t = 120)]
+    recovery_timeout: u64,
+    /// Where the processes' logs go.
+    #[arg(long, default_value = "target/herald-chaos")]
+    log_dir: PathBuf,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::Producer(args) => roles::producer(args).await,
+            Command::Relay(args) => roles::relay(args).await,
+            Command::Consumer(args) => roles::consumer(args).await,
+        }
+    })
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let scenarios = if args.scenarios.is_empty() {
+        vec![
+            Scenario::HandlerFaults,
+            Scenario::RelayKill,
+            Scenario::ConsumerKill,
+            Scenario::BrokerRestart,
+            Scenario::DbTerminate,
+            Scenario::All,
+        ]
+    } else {
+        args.scenarios.clone()
+    };
+    orchestrator::log_dir(&args.log_dir)?;
+    let settings = RunSettings {
+        database: args.database.clone(),
+        amqp: args.amqp.clone(),
+        events: args.events,
+        duration: Duration::from_secs(args.duration),
+        fail_rate: args.fail_rate,
+        poison_every: args.poison_every,
+        recovery_timeout: Duration::from_secs(args.recovery_timeout),
+        log_dir: args.log_dir.clone(),
+    };
+    let mut rows = Vec::new();
+    let mut clean = true;
+    for scenario in scenarios {
+        let mut total = check::ScenarioRow {
+            scenario: format!("{scenario:?}"),
+            ..Default::default()
+        };
+        for _ in 0..args.runs {
+            let result = orchestrator::run(scenario, &settings).await;
+            // Whatever happened, the broker must be running when we move on.
+            broker::ensure_running()?;
+            let row = result?;
+            clean &= row.verdict.is_clean() && row.unexpected_exits == 0;
+            eprintln!("herald-chaos: {scenario:?}: {:?}", row.verdict);
+            total.runs += 1;
+            total.verdict.events += row.verdict.events;
+            total.verdict.lost += row.verdict.lost;
+            total.verdict.duplicated += row.verdict.duplicated;
+            total.verdict.order_violations += row.verdict.order_violations;
+            total.verdict.dead_letters += row.verdict.dead_letters;
+            total.verdict.wrong_dead_letters += row.verdict.wrong_dead_letters;
+            total.verdict.stuck += row.verdict.stuck;
+            total.faults += row.faults;
+            total.kills += row.kills;
+            total.unexpected_exits += row.unexpected_exits;
+            total.recovery = total.recovery.max(row.recovery);
+        }
+        rows.push(total);
+    }
+    check::print_table(&rows);
+    if !clean {
+        anyhow::bail!("some checks failed (see above)");
+    }
+    Ok(())
+}
