@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use herald_core::error::{Message, error_chain};
-use herald_core::redact::scrub;
+use herald_core::redact::{scrub_all, url_secrets};
 use herald_core::{Error, Result};
 use lapin::ErrorKind;
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
@@ -14,53 +14,15 @@ use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 pub(crate) struct Secrets(Arc<Vec<String>>);
 
 impl Secrets {
-    /// The password of `url`, as written and percent-decoded.
+    /// The password of `url` (userinfo or `?password=`), as written and percent-decoded.
     pub(crate) fn of_url(url: &str) -> Self {
-        let mut secrets = Vec::new();
-        if let Some(scheme_end) = url.find("://") {
-            let rest = &url[scheme_end + 3..];
-            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            let authority = &rest[..authority_end];
-            if let Some(at) = authority.rfind('@')
-                && let Some((_, password)) = authority[..at].split_once(':')
-                && !password.is_empty()
-            {
-                secrets.push(password.to_owned());
-                let decoded = percent_decode(password);
-                if decoded != password {
-                    secrets.push(decoded);
-                }
-            }
-        }
-        Secrets(Arc::new(secrets))
+        Secrets(Arc::new(url_secrets(url)))
     }
 
     /// `text` without any secret.
     pub(crate) fn scrub(&self, text: &str) -> String {
-        self.0
-            .iter()
-            .fold(text.to_owned(), |text, secret| scrub(&text, Some(secret)))
+        scrub_all(text, &self.0)
     }
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Whether trying the same operation again later may succeed.

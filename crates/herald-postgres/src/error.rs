@@ -1,7 +1,6 @@
 //! sqlx errors as [`herald_core::Error`]s: classified (transient or not) and stripped of secrets.
 
 use herald_core::error::{Message, error_chain};
-use herald_core::redact::scrub;
 use herald_core::{Error, Result};
 
 /// SQLSTATE codes (or classes, when two characters) after which the same operation may succeed.
@@ -66,91 +65,11 @@ impl<T> ResultExt<T> for std::result::Result<T, sqlx::Error> {
     }
 }
 
-/// The password of a connection URL (`scheme://user:password@host/…` or `?password=…`), both
-/// as written and percent-decoded, so that it can be scrubbed from driver messages.
-pub(crate) fn url_secrets(url: &str) -> Vec<String> {
-    let mut secrets = Vec::new();
-    if let Some(scheme_end) = url.find("://") {
-        let rest = &url[scheme_end + 3..];
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let authority = &rest[..authority_end];
-        if let Some(at) = authority.rfind('@')
-            && let Some((_, password)) = authority[..at].split_once(':')
-        {
-            secrets.push(password.to_owned());
-        }
-    }
-    if let Some((_, query)) = url.split_once('?') {
-        for pair in query.split('&') {
-            if let Some((key, value)) = pair.split_once('=')
-                && key.eq_ignore_ascii_case("password")
-            {
-                secrets.push(value.to_owned());
-            }
-        }
-    }
-    let decoded: Vec<String> = secrets.iter().map(|s| percent_decode(s)).collect();
-    secrets.extend(decoded);
-    secrets.retain(|s| !s.is_empty());
-    secrets.sort();
-    secrets.dedup();
-    secrets
-}
-
-/// Removes every secret of `secrets` from `text`.
-pub(crate) fn scrub_all(text: &str, secrets: &[String]) -> String {
-    secrets
-        .iter()
-        .fold(text.to_owned(), |text, secret| scrub(&text, Some(secret)))
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            out.push((hi * 16 + lo) as u8);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+pub(crate) use herald_core::redact::{scrub_all, url_secrets};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_passwords_in_urls() {
-        assert_eq!(url_secrets("postgres://app:s3cret@db/x"), vec!["s3cret"]);
-        assert_eq!(
-            url_secrets("postgres://app:p%40ss@db/x"),
-            vec!["p%40ss", "p@ss"]
-        );
-        assert_eq!(
-            url_secrets("postgres://db/x?user=a&password=hunter2"),
-            vec!["hunter2"]
-        );
-        assert!(url_secrets("postgres://app@db/x").is_empty());
-        assert!(url_secrets("not a url").is_empty());
-    }
-
-    #[test]
-    fn scrubs_every_secret() {
-        let secrets = url_secrets("postgres://app:p%40ss@db/x");
-        assert_eq!(
-            scrub_all("failed for p@ss and p%40ss", &secrets),
-            "failed for *** and ***"
-        );
-    }
 
     #[test]
     fn classifies_driver_errors() {
