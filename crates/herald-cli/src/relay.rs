@@ -126,10 +126,18 @@ pub async fn drive(
         relays.push(tokio::spawn(async move { relay.run(shutdown).await }));
     }
     if until_empty {
+        // Ask the database only when the relays have stopped making progress: polling its
+        // counts while they drain would compete with them (on SQLite, for the one connection).
+        let mut last_published = u64::MAX;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                () = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+            let published: u64 = metrics.iter().map(|m| m.snapshot().published).sum();
+            if published != last_published {
+                last_published = published;
+                continue;
             }
             let stats = store.stats().await?;
             if stats.pending == 0 && stats.in_flight == 0 {
