@@ -57,6 +57,30 @@ pub struct Failure {
     pub disposition: Disposition,
 }
 
+/// Splits the rows of a claim into events to publish, sorted by `seq`, and rows that no
+/// envelope can hold (written by something else, with a negative version, headers that are
+/// not an object of strings…), which become dead-letter [`Failure`]s with the reason. A store
+/// dead-letters those at once instead of failing the whole claim, which would block every
+/// row of the batch and bring the bad one back at each lease expiry, for ever.
+pub fn split_malformed<E: std::fmt::Display>(
+    rows: impl IntoIterator<Item = (Seq, std::result::Result<ClaimedEvent, E>)>,
+) -> (Vec<ClaimedEvent>, Vec<Failure>) {
+    let mut claimed = Vec::new();
+    let mut malformed = Vec::new();
+    for (seq, decoded) in rows {
+        match decoded {
+            Ok(event) => claimed.push(event),
+            Err(error) => malformed.push(Failure {
+                seq,
+                error: format!("malformed row: {error}"),
+                disposition: Disposition::DeadLetter,
+            }),
+        }
+    }
+    claimed.sort_by_key(|c| c.seq);
+    (claimed, malformed)
+}
+
 /// An outbox a relay can drain.
 ///
 /// Rows are claimed in `seq` order. A store must never hand out a row while an earlier row

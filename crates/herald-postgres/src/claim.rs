@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_core::store::split_malformed;
 use herald_core::{
     ClaimRequest, ClaimedEvent, Completion, Disposition, Failure, OutboxStore, Result, Seq, Signal,
 };
@@ -202,35 +203,23 @@ impl OutboxStore for PgOutbox {
             .store_err("claim", secrets)?;
         tx.commit().await.store_err("claim", secrets)?;
 
-        // A row another writer filled with something no envelope can hold (a negative
-        // version, headers that are not an object of strings) is dead-lettered with the
-        // reason, not returned: failing the whole claim would block every row of the batch
-        // and bring the bad one back at each lease expiry, for ever.
-        let mut claimed = Vec::with_capacity(rows.len());
-        let mut malformed = Vec::new();
+        let mut decoded = Vec::with_capacity(rows.len());
         for row in &rows {
             let seq: Seq = sqlx::Row::try_get(row, "seq").store_err("claim", secrets)?;
-            let decoded = attempts_from_row(row).and_then(|attempts| {
+            let event = attempts_from_row(row).and_then(|attempts| {
                 envelope_from_row(row).map(|envelope| ClaimedEvent {
                     seq,
                     attempts,
                     envelope,
                 })
             });
-            match decoded {
-                Ok(event) => claimed.push(event),
-                Err(err) => {
-                    tracing::warn!(seq, error = %err, "dead-lettering a malformed outbox row");
-                    malformed.push(Failure {
-                        seq,
-                        error: format!("malformed row: {err}"),
-                        disposition: Disposition::DeadLetter,
-                    });
-                }
-            }
+            decoded.push((seq, event));
+        }
+        let (claimed, malformed) = split_malformed(decoded);
+        for failure in &malformed {
+            tracing::warn!(seq = failure.seq, error = %failure.error, "dead-lettering an outbox row");
         }
         self.fail(request.relay_id, &malformed).await?;
-        claimed.sort_by_key(|c| c.seq);
         Ok(claimed)
     }
 

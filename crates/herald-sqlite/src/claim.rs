@@ -203,15 +203,10 @@ impl OutboxStore for SqliteOutbox {
             return Ok(Vec::new());
         }
         let rows = retry_busy("claim", || self.claim_rows(request)).await?;
-        // A row another writer filled with something no envelope can hold (an id that is
-        // not a UUID, headers that are not a JSON object of strings) is dead-lettered with the
-        // reason, not returned: failing the whole claim would block every row of the batch
-        // and bring the bad one back at each lease expiry, for ever.
-        let mut claimed = Vec::with_capacity(rows.len());
-        let mut malformed = Vec::new();
+        let mut decoded = Vec::with_capacity(rows.len());
         for row in &rows {
             let seq: i64 = row.try_get("seq").store_err("claim")?;
-            let decoded = (|| {
+            let event = (|| {
                 let attempts: i64 = row.try_get("attempts").store_err("claim")?;
                 let attempts = u32::try_from(attempts)
                     .map_err(|_| corrupt("claim", format!("attempts {attempts}")))?;
@@ -222,21 +217,14 @@ impl OutboxStore for SqliteOutbox {
                     envelope,
                 })
             })();
-            match decoded {
-                Ok(event) => claimed.push(event),
-                Err(err) => {
-                    tracing::warn!(seq, error = %err, "dead-lettering a malformed outbox row");
-                    malformed.push(Failure {
-                        seq,
-                        error: format!("malformed row: {err}"),
-                        disposition: Disposition::DeadLetter,
-                    });
-                }
-            }
+            decoded.push((seq, event));
+        }
+        // Sorted by seq there: RETURNING gives rows in no particular order.
+        let (claimed, malformed) = herald_core::store::split_malformed(decoded);
+        for failure in &malformed {
+            tracing::warn!(seq = failure.seq, error = %failure.error, "dead-lettering an outbox row");
         }
         self.fail(request.relay_id, &malformed).await?;
-        // RETURNING gives rows in no particular order.
-        claimed.sort_by_key(|c| c.seq);
         Ok(claimed)
     }
 
