@@ -10,6 +10,10 @@
 //! claim always sees the leases of the claim before it: `SKIP LOCKED` alone would let two
 //! claimers split the rows of one key between them and break its order. The lock is held for
 //! one short `UPDATE`, not while publishing.
+//!
+//! The claim scans from a low watermark (`crate::watermark`), so the dead rows of published
+//! events that VACUUM cannot remove yet (another session holds a snapshot) are not walked on
+//! every claim.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +22,7 @@ use herald_core::store::split_malformed;
 use herald_core::{
     ClaimRequest, ClaimedEvent, Completion, Disposition, Failure, OutboxStore, Result, Seq, Signal,
 };
-use sqlx::{AssertSqlSafe, Postgres, Transaction};
+use sqlx::{AssertSqlSafe, Connection, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::config::PgOutboxConfig;
@@ -52,6 +56,13 @@ impl ClaimSql {
         // always available, and only a row waiting for a retry (attempts > 0) has its
         // `available_at` in the future. That lets both "blocked" conditions use small partial
         // indexes. `(SELECT ts FROM clock)` is an init plan, usable as an index bound.
+        // `seq >= $4` (the handle's low watermark, see `crate::watermark`) starts the scan of
+        // the primary key past rows that are deleted but not yet vacuumed. As an init plan it
+        // gets the planner's default selectivity: a literal past the histogram (the usual case,
+        // the watermark follows the newest rows) is estimated at one row, which made it pick
+        // a bitmap scan of every pending row plus a sort. The update looks the picked rows up
+        // by `seq = ANY(array)`: as a join, those one-row estimates made it scan the whole
+        // primary key (dead entries included) as the outer side of a nested loop (B5).
         let claim = format!(
             "WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS ts), \
              blocked AS MATERIALIZED ( \
@@ -66,6 +77,7 @@ impl ClaimSql {
                    AND c.available_at <= (SELECT ts FROM clock) \
                    AND (c.partition_key IS NULL \
                         OR c.partition_key NOT IN (SELECT partition_key FROM blocked)) \
+                   AND c.seq >= (SELECT $4::int8) \
                  ORDER BY c.seq \
                  LIMIT $2 \
                  FOR UPDATE OF c SKIP LOCKED \
@@ -74,8 +86,7 @@ impl ClaimSql {
              SET attempts = o.attempts + 1, \
                  locked_by = $1, \
                  locked_until = (SELECT ts FROM clock) + $3::float8 * interval '1 microsecond' \
-             FROM picked \
-             WHERE o.seq = picked.picked_seq \
+             WHERE o.seq = ANY (ARRAY(SELECT picked_seq FROM picked)) \
              RETURNING o.seq, o.attempts, {o_columns}"
         );
 
@@ -186,7 +197,14 @@ impl OutboxStore for PgOutbox {
         }
         let inner = &self.inner;
         let secrets = &inner.secrets;
-        let mut tx = inner.pool.begin().await.store_err("claim", secrets)?;
+        let mut conn = inner.pool.acquire().await.store_err("claim", secrets)?;
+        // Outside the transaction: each maintenance statement needs a snapshot of its own,
+        // and a failure there must not abort the claim.
+        inner.watermark.maintain(&mut conn, secrets).await;
+        let low = inner.watermark.low();
+        let mut tx = Connection::begin(&mut *conn)
+            .await
+            .store_err("claim", secrets)?;
         sqlx::query(
             "SELECT set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock($1)",
         )
@@ -198,6 +216,7 @@ impl OutboxStore for PgOutbox {
             .bind(request.relay_id)
             .bind(limit_param(request.limit))
             .bind(micros(request.lease))
+            .bind(low)
             .fetch_all(&mut *tx)
             .await
             .store_err("claim", secrets)?;

@@ -9,6 +9,7 @@ mod migrate;
 mod notify;
 mod outbox;
 mod transaction;
+mod watermark;
 
 pub use config::PgOutboxConfig;
 pub use outbox::PgOutbox;

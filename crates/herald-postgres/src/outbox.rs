@@ -20,6 +20,7 @@ use crate::claim::ClaimSql;
 use crate::config::PgOutboxConfig;
 use crate::error::{ResultExt, is_transient, scrub_all, url_secrets};
 use crate::notify::Notifier;
+use crate::watermark::Watermark;
 
 /// How long [`PgOutbox::connect`] waits for the first connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,6 +61,8 @@ pub(crate) struct Inner {
     pub(crate) record: RecordSql,
     pub(crate) claim: ClaimSql,
     pub(crate) admin: AdminSql,
+    /// Where the claim's scan starts (see [`crate::watermark`]).
+    pub(crate) watermark: Watermark,
 }
 
 /// The statements of the write path.
@@ -106,6 +109,7 @@ impl PgOutbox {
                 record: RecordSql::new(&config),
                 claim: ClaimSql::new(&config),
                 admin: AdminSql::new(&config),
+                watermark: Watermark::new(&config),
                 signal: Signal::new(),
                 channel,
                 secrets,
