@@ -46,8 +46,12 @@ impl Default for InboxRetention {
 /// How a consumer runs.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
-    /// Most messages handled at the same time (default 16). Messages of one partition key are
-    /// handled one after another whatever this is.
+    /// Most messages handled at the same time (default 64). Messages of one partition key are
+    /// handled one after another whatever this is. A message of a transactional handler counts
+    /// until its transaction committed; those wait mostly for the database's flush, and the more
+    /// of them wait together, the more one commit covers (see `transaction_batch`), so the
+    /// default is generous. It is not the number of database connections: transactional
+    /// handlers use a few per handler, one per group.
     pub concurrency: usize,
     /// Most deliveries held unsettled: running, waiting for a free slot, or waiting behind an
     /// earlier message of their key (default 256). Also the subscription's broker prefetch.
@@ -76,6 +80,13 @@ pub struct ConsumerConfig {
     pub on_unknown_version: UnhandledPolicy,
     /// Messages whose payload cannot be decoded (malformed, wrong content type).
     pub on_malformed: UnhandledPolicy,
+    /// Most messages the transactional inbox commits in one database transaction (default 32;
+    /// 1 gives every message a transaction of its own). Messages running at the same time are
+    /// grouped as they arrive, without waiting for more: one commit (one fsync) then stands
+    /// for many messages. Each message is acknowledged only after its group committed. When one
+    /// handler of a group fails, the group is rolled back, that handler's outcome stands, and
+    /// the others run again, each in a transaction of its own.
+    pub transaction_batch: usize,
     /// Removal of old inbox records (default: 7 days kept, pruned every 5 min); `None` leaves
     /// them alone.
     pub retention: Option<InboxRetention>,
@@ -84,7 +95,7 @@ pub struct ConsumerConfig {
 impl Default for ConsumerConfig {
     fn default() -> Self {
         ConsumerConfig {
-            concurrency: 16,
+            concurrency: 64,
             prefetch: 256,
             max_held: 64,
             redelivery_grace: Duration::from_secs(300),
@@ -94,6 +105,7 @@ impl Default for ConsumerConfig {
             on_unknown_type: UnhandledPolicy::default(),
             on_unknown_version: UnhandledPolicy::default(),
             on_malformed: UnhandledPolicy::default(),
+            transaction_batch: 32,
             retention: Some(InboxRetention::default()),
         }
     }
@@ -118,6 +130,11 @@ impl ConsumerConfig {
                 "consumer max_held ({}) must be below the prefetch ({})",
                 self.max_held, self.prefetch
             )));
+        }
+        if self.transaction_batch == 0 {
+            return Err(Error::Config(
+                "consumer transaction batch must be at least 1".into(),
+            ));
         }
         if self.handler_timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::Config(

@@ -96,6 +96,9 @@ where
 /// Innermost element of every handler's chain of layers.
 pub(crate) trait Endpoint: Send + Sync + 'static {
     fn call<'a>(&'a self, ctx: &'a mut Context) -> BoxFuture<'a, HandlerResult>;
+
+    /// Takes the consumer's settings, once, before the first call.
+    fn configure(&self, _config: &crate::ConsumerConfig) {}
 }
 
 /// Decodes the context's envelope as `E`. The router checked decodability before any handler

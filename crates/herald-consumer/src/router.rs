@@ -186,6 +186,7 @@ impl Router {
 
         let mut types: HashMap<String, Vec<VersionRoute>> = HashMap::new();
         for r in self.registrations {
+            r.endpoint.configure(config);
             let versions = types.entry(r.event_type.to_owned()).or_default();
             let index = match versions.iter().position(|v| v.version == r.version) {
                 Some(index) => index,

@@ -447,6 +447,30 @@ async fn a_duplicate_is_found_by_the_key_not_by_a_read<B: Bank>(bank: &B) {
     );
 }
 
+async fn a_group_is_marked_in_one_call_and_repeats_count_once<B: Bank>(bank: &B) {
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut tx = bank.begin().await.unwrap();
+    assert!(bank.mark_handled(&mut tx, b, "other").await.unwrap());
+    let fresh = bank
+        .mark_all_handled(&mut tx, &[(a, "h"), (b, "h"), (a, "h"), (b, "other")])
+        .await
+        .unwrap();
+    assert_eq!(fresh, vec![true, true, false, false]);
+    bank.commit_quietly(tx).await.unwrap();
+    let mut again = bank.begin().await.unwrap();
+    let fresh = bank
+        .mark_all_handled(&mut again, &[(b, "h"), (a, "h")])
+        .await
+        .unwrap();
+    assert_eq!(
+        fresh,
+        vec![false, false],
+        "committed records are duplicates"
+    );
+    bank.rollback(again).await.unwrap();
+    assert_eq!(bank.inbox_rows().await, 3);
+}
+
 macro_rules! backend_tests {
     ($backend:ident, $setup:expr, $teardown:expr) => {
         mod $backend {
@@ -472,6 +496,7 @@ macro_rules! backend_tests {
             case!(failing_runs_leave_nothing_behind);
             case!(retention_prunes_old_records_in_bounded_batches);
             case!(a_duplicate_is_found_by_the_key_not_by_a_read);
+            case!(a_group_is_marked_in_one_call_and_repeats_count_once);
         }
     };
 }
@@ -514,5 +539,105 @@ async fn a_racing_transaction_waits_for_the_first_and_sees_the_duplicate() {
     store.commit_quietly(first).await.unwrap();
     let fresh = tokio::time::timeout(WAIT, racer).await.unwrap().unwrap();
     assert!(!fresh, "and then sees the duplicate");
+    pg_drop(&store).await;
+}
+
+/// A handler that credits the deposit and notes its transaction's id; it rejects deposits into
+/// `poison` and fails the first run of deposits into `flaky`, both after having written.
+struct GroupProbe {
+    flaky_failures: AtomicU32,
+}
+
+impl Handler<Deposited, TxContext<PgOutbox>> for GroupProbe {
+    async fn handle(&self, d: Deposited, ctx: &mut TxContext<PgOutbox>) -> HandlerResult {
+        pg_write(&d, ctx).await?;
+        let txids = format!("{}.txids", ctx.outbox().config().schema.quoted());
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {txids} (account, txid) VALUES ($1, txid_current())"
+        )))
+        .bind(&d.account)
+        .execute(ctx.db())
+        .await?;
+        if d.account == "poison" {
+            return Ok(Outcome::reject("poison deposit"));
+        }
+        if d.account == "flaky" && self.flaky_failures.fetch_sub(1, Ordering::SeqCst) > 0 {
+            return Err(HandlerError::transient("flaky deposit"));
+        }
+        Ok(Outcome::Done)
+    }
+}
+
+/// Messages handled at the same time share one transaction (group commit), and a handler that
+/// fails in a group takes only its own writes down: the others commit once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_commits_together_and_a_failure_in_it_loses_only_its_own_writes() {
+    let store = pg_store().await;
+    let schema = store.config().schema.quoted();
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE TABLE {schema}.txids (account text NOT NULL, txid bigint NOT NULL)"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let transport = MemoryTransport::new();
+    let router = Router::new().transactional(
+        &store,
+        "bank.group",
+        GroupProbe {
+            flaky_failures: AtomicU32::new(1),
+        },
+    );
+    let consumer = consumer(transport.clone(), router, config());
+    let metrics = consumer.metrics();
+    let queue = consumer.subscription().name.clone();
+    let running = Running::start(consumer, &transport);
+
+    let mut batch: Vec<Envelope> = (0..300).map(|i| deposit(&format!("acc-{i}"), 0)).collect();
+    batch.insert(100, deposit("poison", 0));
+    batch.insert(200, deposit("flaky", 0));
+    publish(&transport, &batch).await;
+    eventually("every deposit settled", || async {
+        metrics.snapshot().finished() == 302
+    })
+    .await;
+    running.stop().await;
+
+    for i in 0..300 {
+        assert_eq!(
+            store.account(&format!("acc-{i}")).await,
+            (1, 100),
+            "acc-{i}"
+        );
+    }
+    assert_eq!(
+        store.account("flaky").await,
+        (1, 100),
+        "committed once, on its retry"
+    );
+    assert_eq!(
+        store.account("poison").await,
+        (0, 0),
+        "its writes rolled back"
+    );
+    let dead = transport.dead_letters(&queue);
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0].reason.contains("poison deposit"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(store.inbox_rows().await, 301);
+    let (rows, transactions): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT count(*), count(DISTINCT txid) FROM {schema}.txids"
+    )))
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(rows, 301, "one committed write per handled message");
+    assert!(
+        transactions < 150,
+        "{transactions} transactions for 301 messages: runs were not grouped"
+    );
     pg_drop(&store).await;
 }

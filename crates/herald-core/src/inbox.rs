@@ -31,6 +31,25 @@ pub trait Inbox: TransactionalOutbox {
         handler: &str,
     ) -> impl Future<Output = Result<bool>> + Send;
 
+    /// Records, in the transaction behind `conn`, that each `(message id, handler)` pair was
+    /// handled; returns, pair by pair, whether the record is new (as
+    /// [`mark_handled`](Self::mark_handled) does for one pair). A pair repeated in `records` is
+    /// new at most once. Backends override it to write every record in one statement (what the
+    /// consumer's group commit uses); the default marks one pair after the other.
+    fn mark_all_handled(
+        &self,
+        conn: &mut Self::Connection,
+        records: &[(Uuid, &str)],
+    ) -> impl Future<Output = Result<Vec<bool>>> + Send {
+        async move {
+            let mut fresh = Vec::with_capacity(records.len());
+            for &(message_id, handler) in records {
+                fresh.push(self.mark_handled(conn, message_id, handler).await?);
+            }
+            Ok(fresh)
+        }
+    }
+
     /// Commits a transaction in which no event was recorded, without waking the relays (what
     /// [`TransactionalOutbox::commit`] does after every commit): a handler that only wrote
     /// business rows and its inbox record has nothing for them.

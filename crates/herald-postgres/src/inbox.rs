@@ -6,6 +6,7 @@
 //! pair it waits for that transaction to end, so two deliveries of one message racing each other
 //! cannot both see "new".
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use herald_core::{Inbox, Result};
@@ -36,6 +37,37 @@ impl Inbox for PgOutbox {
             .await
             .store_err("mark inbox", &self.inner.secrets)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn mark_all_handled(
+        &self,
+        conn: &mut PgConnection,
+        records: &[(Uuid, &str)],
+    ) -> Result<Vec<bool>> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "INSERT INTO {} (message_id, handler) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[]) \
+             ON CONFLICT DO NOTHING \
+             RETURNING message_id, handler",
+            self.config().qualified("_inbox")
+        );
+        let ids: Vec<Uuid> = records.iter().map(|(id, _)| *id).collect();
+        let handlers: Vec<&str> = records.iter().map(|(_, h)| *h).collect();
+        let inserted: Vec<(Uuid, String)> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(ids)
+            .bind(handlers)
+            .fetch_all(conn)
+            .await
+            .store_err("mark inbox", &self.inner.secrets)?;
+        let mut new: HashSet<(Uuid, String)> = inserted.into_iter().collect();
+        // A pair listed twice was inserted once: only its first occurrence is new.
+        Ok(records
+            .iter()
+            .map(|(id, handler)| new.remove(&(*id, (*handler).to_owned())))
+            .collect())
     }
 
     async fn commit_quietly(&self, tx: Transaction<'static, Postgres>) -> Result<()> {

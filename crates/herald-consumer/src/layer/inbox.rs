@@ -11,25 +11,32 @@
 //!   case.
 
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use herald_core::{BoxFuture, Event, Inbox};
 
 use crate::handler::{Endpoint, catch_panic, decode};
+use crate::layer::group::{GroupCommit, Ran, Verdict, Work};
 use crate::{Context, Handler, HandlerError, HandlerResult, Outcome, TxContext};
 
-/// The transactional inbox around a handler that takes a [`TxContext`].
-pub(crate) struct Transactional<O, E, H> {
+/// The transactional inbox around a handler that takes a [`TxContext`]. Runs that arrive
+/// together share a transaction ([`GroupCommit`]), unless the batch size is 1.
+pub(crate) struct Transactional<O: Inbox, E, H> {
     store: O,
-    handler: H,
+    handler: Arc<H>,
+    settings: OnceLock<(usize, usize, Option<Duration>)>,
+    group: OnceLock<GroupCommit<O>>,
     event: PhantomData<fn() -> E>,
 }
 
-impl<O, E, H> Transactional<O, E, H> {
+impl<O: Inbox, E, H> Transactional<O, E, H> {
     pub(crate) fn new(store: O, handler: H) -> Arc<Self> {
         Arc::new(Transactional {
             store,
-            handler,
+            handler: Arc::new(handler),
+            settings: OnceLock::new(),
+            group: OnceLock::new(),
             event: PhantomData,
         })
     }
@@ -44,6 +51,14 @@ where
     fn call<'a>(&'a self, ctx: &'a mut Context) -> BoxFuture<'a, HandlerResult> {
         Box::pin(self.run(ctx))
     }
+
+    fn configure(&self, config: &crate::ConsumerConfig) {
+        let _ = self.settings.set((
+            config.transaction_batch,
+            config.concurrency,
+            config.handler_timeout,
+        ));
+    }
 }
 
 impl<O, E, H> Transactional<O, E, H>
@@ -54,6 +69,36 @@ where
 {
     async fn run(&self, ctx: &mut Context) -> HandlerResult {
         let event = decode::<E>(ctx)?;
+        let (batch, concurrency, timeout) = self.settings.get().copied().unwrap_or((1, 1, None));
+        if batch <= 1 {
+            return self.run_alone(ctx, event).await;
+        }
+        let group = self
+            .group
+            .get_or_init(|| GroupCommit::start(self.store.clone(), batch, concurrency, timeout));
+        let (store, handler, job_ctx) =
+            (self.store.clone(), Arc::clone(&self.handler), ctx.clone());
+        let work: Work<O::Transaction> = Box::new(move |tx| {
+            Box::pin(async move { in_group(store, handler, job_ctx, event, tx).await })
+        });
+        let (message_id, name) = (ctx.message_id(), Arc::from(ctx.handler()));
+        match group.run(message_id, name, work).await {
+            Verdict::Committed { duplicate } => {
+                if duplicate {
+                    ctx.mark_duplicate();
+                }
+                Ok(Outcome::Done)
+            }
+            Verdict::Failed(result) => result,
+            Verdict::Alone => {
+                let event = decode::<E>(ctx)?;
+                self.run_alone(ctx, event).await
+            }
+        }
+    }
+
+    /// One run in a transaction of its own.
+    async fn run_alone(&self, ctx: &mut Context, event: E) -> HandlerResult {
         let mut tx = self.store.begin().await?;
         let fresh = match self
             .store
@@ -62,12 +107,12 @@ where
         {
             Ok(fresh) => fresh,
             Err(error) => {
-                self.rollback(tx).await;
+                rollback(&self.store, tx).await;
                 return Err(error.into());
             }
         };
         if !fresh {
-            self.rollback(tx).await;
+            rollback(&self.store, tx).await;
             ctx.mark_duplicate();
             return Ok(Outcome::Done);
         }
@@ -88,17 +133,41 @@ where
             }
             // Retry, reject or fail: neither the effects nor the inbox record stay.
             other => {
-                self.rollback(tx).await;
+                rollback(&self.store, tx).await;
                 other
             }
         }
     }
+}
 
-    async fn rollback(&self, tx: O::Transaction) {
-        if let Err(error) = self.store.rollback(tx).await {
-            // The transaction is gone either way (a dropped connection rolls it back).
-            tracing::warn!(error = %error.chain(), "inbox rollback failed");
-        }
+/// One run on a group's transaction (its inbox record already written). Hands the
+/// transaction back whatever happened; only [`Ran::Done`] lets the group commit.
+async fn in_group<O, E, H>(
+    store: O,
+    handler: Arc<H>,
+    ctx: Context,
+    event: E,
+    tx: O::Transaction,
+) -> (O::Transaction, Ran)
+where
+    O: Inbox,
+    E: Event,
+    H: Handler<E, TxContext<O>>,
+{
+    let mut tx_ctx = TxContext::new(ctx, store, tx);
+    let result = catch_panic(handler.handle(event, &mut tx_ctx)).await;
+    let (_, tx, recorded) = tx_ctx.into_parts();
+    let ran = match result {
+        Ok(Outcome::Done) => Ran::Done { recorded },
+        other => Ran::Failed(other),
+    };
+    (tx, ran)
+}
+
+async fn rollback<O: Inbox>(store: &O, tx: O::Transaction) {
+    if let Err(error) = store.rollback(tx).await {
+        // The transaction is gone either way (a dropped connection rolls it back).
+        tracing::warn!(error = %error.chain(), "inbox rollback failed");
     }
 }
 

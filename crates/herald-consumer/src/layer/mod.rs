@@ -14,11 +14,14 @@
 //!   a metrics layer timing runs and counting failures belongs here;
 //! - [`Timeout`] bounds each run;
 //! - the inbox (`Router::transactional`, `Router::deduplicated`) opens the transaction, writes
-//!   the `(message id, handler)` record and commits it with the handler's writes.
+//!   the `(message id, handler)` record and commits it with the handler's writes. Runs of a
+//!   transactional handler that arrive together share one transaction and one commit (group
+//!   commit, `ConsumerConfig::transaction_batch`); a failed run takes only its own writes down.
 //!
 //! A layer is a [`Layer`]: it receives the context and a [`Next`] to run the rest of the chain
 //! (zero, one or several times), like axum's `from_fn` middleware.
 
+mod group;
 mod inbox;
 mod retry;
 mod timeout;

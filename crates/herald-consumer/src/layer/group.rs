@@ -1,0 +1,264 @@
+//! Group commit for the transactional inbox: the runs of one transactional handler that arrive
+//! together share one database transaction, so that one commit (one fsync) stands for many
+//! messages.
+//!
+//! Each run is a [`Job`]: it takes the open transaction, runs the handler on it, and hands the
+//! transaction back. The inbox records of a whole group are written first, in one statement
+//! ([`Inbox::mark_all_handled`]): a duplicate is acknowledged without running its handler. A worker takes the first waiting job, then
+//! every job already waiting (up to the batch size) without waiting for more, so a lone message
+//! is never delayed, and runs them one after the other on one transaction. Then:
+//!
+//! - every job done: one commit; each caller learns that its message committed (and only then
+//!   is the message acknowledged);
+//! - a job not done (retry, reject, error, panic, timeout): the transaction is rolled back
+//!   (a failed statement leaves a PostgreSQL transaction unusable anyway); that job's outcome
+//!   stands, and every other job of the group is told to run again in a transaction of its
+//!   own — their writes were rolled back with the group, and the inbox makes a second run safe;
+//! - begin or commit failed: every job runs again on its own. If the commit did happen after
+//!   all, the inbox finds each record and the second run is skipped as a duplicate.
+//!
+//! Messages of one partition key are never in flight together (the dispatcher holds later ones
+//! back), so grouping never reorders a key. Runs of one group take turns on its connection, so
+//! a handler's runs overlap only across groups: [`workers`] groups at once (for the defaults,
+//! concurrency 16 and batch 32: two, one committing while the other runs). Transactional
+//! handlers are meant to be short database work; one that waits on something slow holds up its
+//! group (set `transaction_batch` to 1 for a transaction, and full concurrency, per message).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::{BoxFuture, Inbox, Uuid};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::layer::TimedOut;
+use crate::{HandlerError, HandlerResult};
+
+/// What a job did on the shared transaction.
+pub(crate) enum Ran {
+    /// The handler is done; its writes wait for the commit.
+    Done {
+        /// Events it recorded (the commit then wakes the relays).
+        recorded: usize,
+    },
+    /// Anything else: the group must roll back, and this is the job's result.
+    Failed(HandlerResult),
+}
+
+/// What became of a job.
+pub(crate) enum Verdict {
+    /// Committed with its group.
+    Committed {
+        /// The inbox already had the record: the handler did not run.
+        duplicate: bool,
+    },
+    /// The job's own result; its writes were rolled back.
+    Failed(HandlerResult),
+    /// Not committed through no fault of its own: run it again in a transaction of its own.
+    Alone,
+}
+
+/// One handler run waiting for a group: takes the transaction, gives it back with what it did.
+pub(crate) type Work<T> = Box<dyn FnOnce(T) -> BoxFuture<'static, (T, Ran)> + Send>;
+
+struct Job<T> {
+    message_id: Uuid,
+    handler: Arc<str>,
+    work: Work<T>,
+    reply: oneshot::Sender<Verdict>,
+}
+
+/// The group committer of one transactional handler.
+pub(crate) struct GroupCommit<O: Inbox> {
+    jobs: mpsc::Sender<Job<O::Transaction>>,
+}
+
+impl<O: Inbox> GroupCommit<O> {
+    /// Starts the workers (on the current runtime). They stop once this value is dropped and
+    /// the jobs already sent are done.
+    pub(crate) fn start(
+        store: O,
+        batch: usize,
+        concurrency: usize,
+        timeout: Option<Duration>,
+    ) -> Self {
+        let batch = batch.max(1);
+        let workers = workers(concurrency, batch);
+        let (jobs, receiver) = mpsc::channel(batch * workers);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..workers {
+            tokio::spawn(work(store.clone(), Arc::clone(&receiver), batch, timeout));
+        }
+        GroupCommit { jobs }
+    }
+
+    /// Runs `work` in the next group and waits for the verdict. A job the workers could not
+    /// take (they are gone) runs alone.
+    pub(crate) async fn run(
+        &self,
+        message_id: Uuid,
+        handler: Arc<str>,
+        work: Work<O::Transaction>,
+    ) -> Verdict {
+        let (reply, verdict) = oneshot::channel();
+        let job = Job {
+            message_id,
+            handler,
+            work,
+            reply,
+        };
+        if self.jobs.send(job).await.is_err() {
+            return Verdict::Alone;
+        }
+        verdict.await.unwrap_or(Verdict::Alone)
+    }
+}
+
+/// Transactions (connections) a handler's groups use at once: enough for `concurrency`
+/// messages in groups of `batch`, plus one, so that one group commits while another runs; at
+/// least two.
+pub(crate) fn workers(concurrency: usize, batch: usize) -> usize {
+    (concurrency.div_ceil(batch.max(1)) + 1).max(2)
+}
+
+async fn work<O: Inbox>(
+    store: O,
+    jobs: Arc<Mutex<mpsc::Receiver<Job<O::Transaction>>>>,
+    batch: usize,
+    timeout: Option<Duration>,
+) {
+    let mut group = Vec::with_capacity(batch);
+    loop {
+        {
+            let mut jobs = jobs.lock().await;
+            let Some(first) = jobs.recv().await else {
+                return;
+            };
+            group.push(first);
+            while group.len() < batch {
+                match jobs.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        run_group(&store, &mut group, timeout).await;
+        group.clear();
+    }
+}
+
+/// Runs one group on one transaction and tells every job its verdict.
+async fn run_group<O: Inbox>(
+    store: &O,
+    group: &mut Vec<Job<O::Transaction>>,
+    timeout: Option<Duration>,
+) {
+    // A caller that stopped waiting (its run timed out, the consumer shut down) is not run.
+    group.retain(|job| !job.reply.is_closed());
+    if group.is_empty() {
+        return;
+    }
+    let mut tx = match store.begin().await {
+        Ok(tx) => tx,
+        Err(error) => {
+            tracing::debug!(error = %error.chain(), "inbox group could not begin; running alone");
+            for job in group.drain(..) {
+                let _ = job.reply.send(Verdict::Alone);
+            }
+            return;
+        }
+    };
+    // Every inbox record of the group in one statement; duplicates are known before any
+    // handler runs.
+    let records: Vec<(Uuid, &str)> = group
+        .iter()
+        .map(|job| (job.message_id, &*job.handler))
+        .collect();
+    let fresh = match store.mark_all_handled(&mut tx, &records).await {
+        Ok(fresh) if fresh.len() == group.len() => fresh,
+        outcome => {
+            if let Err(error) = outcome {
+                tracing::debug!(error = %error.chain(), "inbox group could not mark; running alone");
+            }
+            rollback(store, tx).await;
+            for job in group.drain(..) {
+                let _ = job.reply.send(Verdict::Alone);
+            }
+            return;
+        }
+    };
+    let mut recorded = 0;
+    let mut done: Vec<(oneshot::Sender<Verdict>, bool)> = Vec::with_capacity(group.len());
+    let mut jobs = group.drain(..).zip(fresh);
+    while let Some((mut job, fresh)) = jobs.next() {
+        if !fresh {
+            // Handled before: acknowledged without running the handler.
+            done.push((job.reply, true));
+            continue;
+        }
+        let run = async {
+            match timeout {
+                Some(limit) => tokio::time::timeout(limit, (job.work)(tx)).await,
+                None => Ok((job.work)(tx).await),
+            }
+        };
+        // A caller that stops waiting (the consumer's shutdown deadline passed) takes its run
+        // down with it, as a run of its own would be: nothing of it may commit later.
+        let ran = tokio::select! {
+            ran = run => Some(ran),
+            () = job.reply.closed() => None,
+        };
+        let result = match ran {
+            Some(Ok((back, Ran::Done { recorded: r }))) => {
+                tx = back;
+                recorded += r;
+                done.push((job.reply, false));
+                continue;
+            }
+            Some(Ok((back, Ran::Failed(result)))) => {
+                rollback(store, back).await;
+                result
+            }
+            // The run's future, and the transaction in it, were dropped: sqlx rolls it back
+            // when the connection is next used.
+            Some(Err(_)) => Err(HandlerError::transient(TimedOut {
+                limit: timeout.unwrap_or_default(),
+            })),
+            None => Err(HandlerError::transient(herald_core::error::Message(
+                "abandoned by its caller".into(),
+            ))),
+        };
+        let _ = job.reply.send(Verdict::Failed(result));
+        for (reply, _) in done {
+            let _ = reply.send(Verdict::Alone);
+        }
+        for (job, _) in jobs {
+            let _ = job.reply.send(Verdict::Alone);
+        }
+        return;
+    }
+    let committed = if recorded > 0 {
+        store.commit(tx).await
+    } else {
+        store.commit_quietly(tx).await
+    };
+    match committed {
+        Ok(()) => {
+            for (reply, duplicate) in done {
+                let _ = reply.send(Verdict::Committed { duplicate });
+            }
+        }
+        Err(error) => {
+            tracing::warn!(error = %error.chain(), messages = done.len(), "inbox group commit failed; running each alone");
+            for (reply, _) in done {
+                let _ = reply.send(Verdict::Alone);
+            }
+        }
+    }
+}
+
+async fn rollback<O: Inbox>(store: &O, tx: O::Transaction) {
+    if let Err(error) = store.rollback(tx).await {
+        // The transaction is gone either way (a dropped connection rolls it back).
+        tracing::warn!(error = %error.chain(), "inbox group rollback failed");
+    }
+}
