@@ -107,7 +107,12 @@ async fn send_notifications(
         // Requests made from here on get a NOTIFY of their own (their commit may come later
         // than this one is seen).
         if shared.pending.swap(false, Ordering::AcqRel) {
-            let sent = sqlx::query("SELECT pg_notify($1, '')")
+            // Committed without waiting for the WAL flush: a NOTIFY is delivered at commit
+            // either way, and one lost to a crash costs a poll interval. A flushed NOTIFY would
+            // add one fsync'd commit per burst to the writers' own (B1 measured it).
+            let sent = sqlx::query(
+                "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')",
+            )
                 .bind(&*channel)
                 .execute(&pool)
                 .await;
