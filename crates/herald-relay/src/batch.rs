@@ -23,10 +23,11 @@ pub(crate) struct Outcome {
     pub(crate) released: Vec<Seq>,
 }
 
-struct Row {
-    seq: Seq,
-    attempts: u32,
-    key: Option<String>,
+/// What the store needs back about a claimed row once its envelope went to the publisher.
+pub(crate) struct Row {
+    pub(crate) seq: Seq,
+    pub(crate) attempts: u32,
+    pub(crate) key: Option<String>,
 }
 
 /// Publishes `claimed` (sorted by seq) and decides the fate of every row.
@@ -83,7 +84,7 @@ pub(crate) async fn publish<P: Publisher>(
 }
 
 /// One pipelined publish round, bounded by the publish timeout; always one result per envelope.
-async fn confirm_round<P: Publisher>(
+pub(crate) async fn confirm_round<P: Publisher>(
     publisher: &P,
     envelopes: &[Envelope],
     config: &RelayConfig,
@@ -120,7 +121,7 @@ async fn confirm_round<P: Publisher>(
     }
 }
 
-fn failure(row: &Row, error: &Error, config: &RelayConfig) -> Failure {
+pub(crate) fn failure(row: &Row, error: &Error, config: &RelayConfig) -> Failure {
     let disposition = if !error.is_transient() || row.attempts >= config.max_attempts {
         Disposition::DeadLetter
     } else {

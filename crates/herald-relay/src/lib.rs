@@ -1,11 +1,13 @@
 //! The Herald relay (outbox processor).
 //!
 //! A [`Relay`] claims batches of recorded events from an [`OutboxStore`], publishes them through
-//! a [`Publisher`] with a pipelined round per batch, and writes each row's fate back in one
-//! statement per kind: completed (deleted or archived), rescheduled with jittered exponential
-//! backoff, or dead-lettered after [`RelayConfig::max_attempts`]. It wakes when a writer rings
-//! the store's signal and otherwise polls, runs as several instances safely, and keeps
-//! per-partition-key order (see the `batch` module for how).
+//! a [`Publisher`] in pipelined rounds, and writes each row's fate back in one statement per
+//! kind: completed (deleted or archived), rescheduled with jittered exponential backoff, or
+//! dead-lettered after [`RelayConfig::max_attempts`]. [`Relay::run`] overlaps claiming,
+//! publishing and writing back (the next batch publishes while the previous one is confirmed
+//! and settled) so the broker's confirm window stays full. It wakes when a writer rings the
+//! store's signal and otherwise polls, runs as several instances safely, and keeps
+//! per-partition-key order (see the `batch` and `pipeline` modules for how).
 //!
 //! [`OutboxStore`]: herald_core::OutboxStore
 //! [`Publisher`]: herald_core::Publisher
@@ -13,6 +15,7 @@
 mod batch;
 mod config;
 mod metrics;
+mod pipeline;
 mod relay;
 
 pub use config::{RelayConfig, Retention};

@@ -1,11 +1,16 @@
 //! The relay loop.
 
-use herald_core::{ClaimRequest, OutboxStore, Publisher, Result, Seq, Uuid};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use herald_core::{ClaimRequest, ClaimedEvent, OutboxStore, Publisher, Result, Seq, Uuid};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::batch::{self, Outcome};
+use crate::pipeline::{MAX_ROUNDS, PIPELINE_DEPTH, Scheduler, Settlement, Slot};
 use crate::{RelayConfig, RelayMetrics};
 
 /// What one claim-publish-settle cycle did.
@@ -60,52 +65,160 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
     }
 
     /// Runs until `shutdown` is cancelled. Store and broker failures are logged, counted and
-    /// retried with backoff: the relay keeps running. On shutdown the batch in flight is
-    /// finished (its current publish round) and the rest of it released.
+    /// retried with backoff: the relay keeps running. On shutdown the publish calls in flight
+    /// are finished and every other claimed row is released.
+    ///
+    /// Unlike [`Relay::relay_once`], this loop is pipelined so the broker's confirm window
+    /// stays full: the next batch is claimed and published while the previous one is still
+    /// being confirmed, finished batches are written back while others publish, and several
+    /// publish calls may be in flight at once. Per-key order holds across batches: an event
+    /// goes out only after the previous event of its key was confirmed (see the `pipeline`
+    /// module for the rules).
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
         let mut wakeups = self.store.signal().subscribe();
-        let mut consecutive_errors = 0u32;
+        let mut scheduler = Scheduler::new(&self.config);
+        let mut rounds: Vec<Pending<'_, Confirmed>> = Vec::new();
+        let mut claiming: Option<Pending<'_, Claimed>> = None;
+        let mut settling: Option<Pending<'_, (Settlement, Result<BatchReport>)>> = None;
+        let mut stopping = false;
+        // Whether to look for work now, rather than on a wake-up or the poll interval.
+        let mut want_claim = true;
+        let mut next_poll = Instant::now();
+        let mut store_errors = 0u32;
+        let mut claim_after = Instant::now();
         let mut next_prune = Instant::now();
         info!(relay = %self.id, "relay started");
-        while !shutdown.is_cancelled() {
-            wakeups.mark_seen();
-            match self.relay_once(&shutdown).await {
-                Ok(report) => {
-                    consecutive_errors = 0;
-                    if report.claimed > 0 {
-                        // There may be more: claim again right away.
-                        continue;
-                    }
-                }
-                Err(error) => {
-                    consecutive_errors += 1;
-                    self.metrics.store_error();
-                    let delay = self.config.store_backoff.delay(consecutive_errors);
-                    warn!(relay = %self.id, error = %error.chain(), retry_in = ?delay, "relay cycle failed");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(delay) => continue,
-                    }
-                }
+        loop {
+            while rounds.len() < MAX_ROUNDS {
+                let Some(round) = scheduler.take_round(Instant::now(), stopping) else {
+                    break;
+                };
+                rounds.push(Box::pin(async move {
+                    let results =
+                        batch::confirm_round(&self.publisher, &round.envelopes, &self.config).await;
+                    (round.slots, results)
+                }));
             }
-            if let Some(retention) = &self.config.retention
-                && Instant::now() >= next_prune
+            if settling.is_none()
+                && let Some((outcome, settlement)) = scheduler.pop_settleable()
             {
-                next_prune = Instant::now() + retention.every;
-                match self.store.prune(retention.keep, retention.batch).await {
-                    Ok(0) => {}
-                    Ok(n) => debug!(relay = %self.id, pruned = n, "pruned archived events"),
-                    Err(error) => warn!(relay = %self.id, error = %error.chain(), "prune failed"),
-                }
+                settling = Some(Box::pin(async move {
+                    let report = self
+                        .settle(settlement.claimed, outcome, settlement.deadline)
+                        .await;
+                    (settlement, report)
+                }));
             }
+            if stopping
+                && rounds.is_empty()
+                && claiming.is_none()
+                && settling.is_none()
+                && scheduler.is_empty()
+            {
+                break;
+            }
+            let now = Instant::now();
+            if !stopping
+                && want_claim
+                && claiming.is_none()
+                && scheduler.unsettled() < PIPELINE_DEPTH
+                && now >= claim_after
+            {
+                wakeups.mark_seen();
+                claiming = Some(Box::pin(self.claim()));
+            }
+            let backing_off = !stopping && want_claim && claiming.is_none() && claim_after > now;
             tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = wakeups.rung() => {}
-                () = tokio::time::sleep(self.config.poll_interval) => {}
+                (slots, results) = next_done(&mut rounds), if !rounds.is_empty() => {
+                    scheduler.round_done(slots, results);
+                }
+                (settlement, result) = poll_slot(&mut settling) => {
+                    settling = None;
+                    match result {
+                        Ok(report) => {
+                            store_errors = 0;
+                            self.metrics.settled(&report);
+                            debug!(relay = %self.id, ?report, "batch settled");
+                            scheduler.settled(settlement, true);
+                        }
+                        Err(error) => {
+                            // The rows come back after their lease (published rows are
+                            // published again: at least once).
+                            store_errors += 1;
+                            self.metrics.store_error();
+                            let delay = self.config.store_backoff.delay(store_errors);
+                            warn!(relay = %self.id, error = %error.chain(), retry_in = ?delay, "could not write a batch back");
+                            claim_after = Instant::now() + delay;
+                            scheduler.settled(settlement, false);
+                        }
+                    }
+                    // What was settled may have made rows claimable again.
+                    want_claim = true;
+                }
+                (claimed_at, result) = poll_slot(&mut claiming) => {
+                    claiming = None;
+                    match result {
+                        Ok(claimed) if claimed.is_empty() => {
+                            store_errors = 0;
+                            want_claim = false;
+                            next_poll = Instant::now() + self.config.poll_interval;
+                            // Only when nothing else is in flight: the other operations are
+                            // not polled meanwhile, and one may hold the store's only
+                            // connection (SQLite).
+                            if settling.is_none() && rounds.is_empty() && scheduler.unsettled() == 0 {
+                                self.prune_if_due(&mut next_prune).await;
+                            }
+                        }
+                        Ok(claimed) => {
+                            store_errors = 0;
+                            self.metrics.batch(claimed.len());
+                            scheduler.add_batch(claimed, claimed_at, Instant::now());
+                        }
+                        Err(error) => {
+                            store_errors += 1;
+                            self.metrics.store_error();
+                            let delay = self.config.store_backoff.delay(store_errors);
+                            warn!(relay = %self.id, error = %error.chain(), retry_in = ?delay, "claim failed");
+                            claim_after = Instant::now() + delay;
+                        }
+                    }
+                }
+                () = shutdown.cancelled(), if !stopping => stopping = true,
+                () = wakeups.rung(), if !want_claim => want_claim = true,
+                () = tokio::time::sleep_until(next_poll), if !want_claim => want_claim = true,
+                () = tokio::time::sleep_until(claim_after), if backing_off => {}
             }
         }
         info!(relay = %self.id, "relay stopped");
         Ok(())
+    }
+
+    async fn claim(&self) -> Claimed {
+        let claimed_at = Instant::now();
+        let result = self
+            .store
+            .claim(&ClaimRequest {
+                relay_id: self.id,
+                limit: self.config.batch_size,
+                lease: self.config.lease,
+            })
+            .await;
+        (claimed_at, result)
+    }
+
+    async fn prune_if_due(&self, next_prune: &mut Instant) {
+        let Some(retention) = &self.config.retention else {
+            return;
+        };
+        if Instant::now() < *next_prune {
+            return;
+        }
+        *next_prune = Instant::now() + retention.every;
+        match self.store.prune(retention.keep, retention.batch).await {
+            Ok(0) => {}
+            Ok(n) => debug!(relay = %self.id, pruned = n, "pruned archived events"),
+            Err(error) => warn!(relay = %self.id, error = %error.chain(), "prune failed"),
+        }
     }
 
     /// One cycle: claim a batch, publish it, write every row's fate back. Returns what it did;
@@ -214,5 +327,36 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 Err(error) => return Err(error),
             }
         }
+    }
+}
+
+/// A store or publish operation in flight inside [`Relay::run`].
+type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A publish call's events and their results.
+type Confirmed = (Vec<Slot>, Vec<Result<()>>);
+
+/// When a claim was sent, and what it returned.
+type Claimed = (Instant, Result<Vec<ClaimedEvent>>);
+
+/// The first of `futures` to finish (removed from the list); pending while the list is empty.
+async fn next_done<T>(futures: &mut Vec<Pending<'_, T>>) -> T {
+    std::future::poll_fn(|cx| {
+        for i in 0..futures.len() {
+            if let Poll::Ready(value) = futures[i].as_mut().poll(cx) {
+                drop(futures.swap_remove(i));
+                return Poll::Ready(value);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// The output of the operation in `slot`; pending forever if there is none.
+async fn poll_slot<T>(slot: &mut Option<Pending<'_, T>>) -> T {
+    match slot {
+        Some(future) => future.as_mut().await,
+        None => std::future::pending().await,
     }
 }
