@@ -113,9 +113,9 @@ async fn send_notifications(
             let sent = sqlx::query(
                 "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')",
             )
-                .bind(&*channel)
-                .execute(&pool)
-                .await;
+            .bind(&*channel)
+            .execute(&pool)
+            .await;
             if let Err(err) = sent {
                 tracing::warn!(
                     channel = %channel,
