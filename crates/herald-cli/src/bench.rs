@@ -27,7 +27,7 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         instances: usize,
         /// Rows claimed per batch.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 512)]
         batch_size: usize,
         /// Broker: `memory`, or `amqp://…` (a queue of the run's own receives the events and is
         /// deleted afterwards).

@@ -25,7 +25,7 @@ pub struct RelayArgs {
     #[arg(long, default_value_t = 1)]
     pub instances: usize,
     /// Rows claimed per batch.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 512)]
     pub batch_size: usize,
     /// Publish attempts before a row is dead-lettered.
     #[arg(long, default_value_t = 10)]
