@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::*;
 use herald_core::{
-    ClaimRequest, ClaimedEvent, DeliveryStream, Envelope, Error, Failure, OutboxAdmin, OutboxStore,
-    Publisher, Result, Seq, Signal, Subscriber, SubscriptionSpec, Uuid,
+    ClaimRequest, ClaimedEvent, Envelope, Error, Failure, OutboxAdmin, OutboxStore, Publisher,
+    Result, Seq, Signal, Subscriber, SubscriptionSpec, Uuid,
 };
 use herald_memory::MemoryTransport;
 use herald_relay::{Relay, RelayConfig};
@@ -26,27 +26,6 @@ fn audit() -> SubscriptionSpec {
         prefetch: 100_000,
         ..SubscriptionSpec::new("audit", Vec::<String>::new())
     }
-}
-
-/// Every delivery (duplicates included) until `expected` distinct ids arrived or `within`
-/// passed, in arrival order.
-async fn collect<S: DeliveryStream>(
-    stream: &mut S,
-    expected: usize,
-    within: Duration,
-) -> Vec<Envelope> {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    while seen.len() < expected {
-        let next = tokio::time::timeout_at(deadline, stream.next()).await;
-        let Ok(Some(delivery)) = next else { break };
-        let delivery = delivery.unwrap();
-        seen.insert(delivery.envelope.id);
-        out.push(delivery.envelope.clone());
-        delivery.ack().await.unwrap();
-    }
-    out
 }
 
 /// Each key's events arrive as 0, 1, 2, … (first deliveries; `dups` allows repeats).

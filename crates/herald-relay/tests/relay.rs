@@ -9,33 +9,12 @@ use std::time::Duration;
 
 use common::*;
 use herald_core::{
-    DeliveryStream, Envelope, OutboxAdmin, Publisher, Replay, Result, Subscriber, SubscriptionSpec,
-    Uuid,
+    Envelope, OutboxAdmin, Publisher, Replay, Result, Subscriber, SubscriptionSpec, Uuid,
 };
 use herald_memory::MemoryTransport;
 use herald_relay::{Relay, RelayConfig};
 use herald_testkit::{TestEvent, envelope, interleaved};
 use tokio_util::sync::CancellationToken;
-
-/// Reads deliveries until `expected` distinct ids arrived (or `within` passed), acking each.
-async fn collect<S: DeliveryStream>(
-    stream: &mut S,
-    expected: usize,
-    within: Duration,
-) -> Vec<Envelope> {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    while seen.len() < expected {
-        let next = tokio::time::timeout_at(deadline, stream.next()).await;
-        let Ok(Some(delivery)) = next else { break };
-        let delivery = delivery.unwrap();
-        seen.insert(delivery.envelope.id);
-        out.push(delivery.envelope.clone());
-        delivery.ack().await.unwrap();
-    }
-    out
-}
 
 fn assert_key_order(delivered: &[Envelope]) {
     let mut next: HashMap<String, u64> = HashMap::new();

@@ -1,9 +1,10 @@
 //! Shared set-up for the relay's integration tests.
 #![allow(dead_code)]
 
+use std::collections::HashSet;
 use std::time::Duration;
 
-use herald_core::{Backoff, Completion, Envelope};
+use herald_core::{Backoff, Completion, DeliveryStream, Envelope};
 use herald_postgres::{PgOutbox, PgOutboxConfig};
 use herald_relay::{RelayConfig, Retention};
 use herald_sqlite::{SqliteOutbox, SqliteOutboxConfig};
@@ -75,4 +76,25 @@ pub async fn record_sqlite(store: &SqliteOutbox, envelopes: &[Envelope]) {
         store.record_all(&mut tx, chunk).await.unwrap();
         store.commit(tx).await.unwrap();
     }
+}
+
+/// Every delivery (duplicates included) until `expected` distinct ids arrived or `within`
+/// passed, in arrival order; each acknowledged.
+pub async fn collect<S: DeliveryStream>(
+    stream: &mut S,
+    expected: usize,
+    within: Duration,
+) -> Vec<Envelope> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    while seen.len() < expected {
+        let next = tokio::time::timeout_at(deadline, stream.next()).await;
+        let Ok(Some(delivery)) = next else { break };
+        let delivery = delivery.unwrap();
+        seen.insert(delivery.envelope.id);
+        out.push(delivery.envelope.clone());
+        delivery.ack().await.unwrap();
+    }
+    out
 }
