@@ -168,6 +168,7 @@ async fn sigkilled_relay_loses_nothing_postgres() {
     let expected = events.iter().map(|e| e.id).collect();
     let schema = store.config().schema.as_str().to_owned();
     kill_mid_batch_then_restart(&store, &database_url(), &schema, &expected).await;
+    pg_drop(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

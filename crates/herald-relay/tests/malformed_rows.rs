@@ -109,6 +109,7 @@ async fn malformed_postgres_rows_are_dead_lettered_with_the_reason_and_good_rows
     let stats = store.stats().await.unwrap();
     assert_eq!(stats.pending + stats.in_flight + stats.retrying, 0);
     assert_eq!(stats.dead_lettered, 3);
+    pg_drop(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

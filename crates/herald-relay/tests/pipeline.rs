@@ -148,6 +148,7 @@ async fn batches_in_flight_together_keep_every_key_in_order_postgres() {
     );
     let stats = store.stats().await.unwrap();
     assert_eq!(stats.pending + stats.in_flight, 0);
+    pg_drop(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,6 +200,7 @@ async fn shutdown_with_two_batches_in_flight_releases_both_postgres() {
     let all: Vec<Envelope> = first.into_iter().chain(rest).collect();
     assert_eq!(all.len(), events.len(), "nothing lost, nothing twice");
     assert_key_order(&all, false);
+    pg_drop(&store).await;
 }
 
 /// A store whose claims and completions can be made to fail.
@@ -307,4 +309,5 @@ async fn store_outages_while_pipelining_lose_nothing_and_keep_first_deliveries_i
     assert!(metrics.snapshot().store_errors >= 4);
     let stats = store.stats().await.unwrap();
     assert_eq!(stats.pending + stats.in_flight, 0, "the outbox drained");
+    pg_drop(&store).await;
 }

@@ -63,6 +63,7 @@ async fn several_relays_publish_every_event_once_in_key_order_postgres() {
     assert_eq!(ids, events.iter().map(|e| e.id).collect());
     assert_key_order(&delivered);
     assert_eq!(store.stats().await.unwrap().pending, 0);
+    pg_drop(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,6 +224,7 @@ async fn a_relay_in_another_process_is_woken_through_postgres() {
     shutdown.cancel();
     task.await.unwrap().unwrap();
     listener.await.unwrap();
+    pg_drop(&store).await;
 }
 
 /// A publisher that takes its time, so that shutdown lands mid-batch.
@@ -282,4 +284,5 @@ async fn shutdown_mid_batch_leaves_nothing_claimed_and_loses_nothing() {
     let all: Vec<Envelope> = first.into_iter().chain(rest).collect();
     assert_eq!(all.len(), events.len(), "nothing lost, nothing twice");
     assert_key_order(&all);
+    pg_drop(&store).await;
 }

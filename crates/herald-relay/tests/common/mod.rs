@@ -23,6 +23,15 @@ pub async fn pg_store() -> PgOutbox {
     store
 }
 
+/// Drops the schema of a store made by [`pg_store`] (at the end of a test that passed).
+pub async fn pg_drop(store: &PgOutbox) {
+    let schema = store.config().schema.quoted();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(store.pool())
+        .await
+        .unwrap();
+}
+
 /// An SQLite outbox in a file of its own (the directory lives as long as the returned guard).
 pub async fn sqlite_store() -> (tempfile::TempDir, SqliteOutbox) {
     let dir = tempfile::tempdir().unwrap();
