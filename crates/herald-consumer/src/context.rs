@@ -133,6 +133,11 @@ impl Context {
         Metadata::caused_by(&self.envelope)
     }
 
+    /// The handler's name, shared (no copy).
+    pub(crate) fn handler_name(&self) -> Arc<str> {
+        Arc::clone(&self.handler)
+    }
+
     pub(crate) fn set_immediate_retry(&mut self, retry: u32) {
         self.retry = retry;
     }

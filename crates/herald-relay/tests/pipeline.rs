@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -14,35 +14,12 @@ use std::time::Duration;
 use common::*;
 use herald_core::{
     ClaimRequest, ClaimedEvent, Envelope, Error, Failure, OutboxAdmin, OutboxStore, Publisher,
-    Result, Seq, Signal, Subscriber, SubscriptionSpec, Uuid,
+    Result, Seq, Signal, Subscriber, Uuid,
 };
 use herald_memory::MemoryTransport;
 use herald_relay::{Relay, RelayConfig};
-use herald_testkit::{TestEvent, envelope};
+use herald_testkit::envelope;
 use tokio_util::sync::CancellationToken;
-
-fn audit() -> SubscriptionSpec {
-    SubscriptionSpec {
-        prefetch: 100_000,
-        ..SubscriptionSpec::new("audit", Vec::<String>::new())
-    }
-}
-
-/// Each key's events arrive as 0, 1, 2, … (first deliveries; `dups` allows repeats).
-fn assert_key_order(delivered: &[Envelope], dups: bool) {
-    let mut seen = HashSet::new();
-    let mut next: HashMap<String, u64> = HashMap::new();
-    for env in delivered {
-        if !seen.insert(env.id) {
-            assert!(dups, "{} delivered twice", env.id);
-            continue;
-        }
-        let ev: TestEvent = env.decode().unwrap();
-        let expected = next.entry(ev.key.clone()).or_insert(0);
-        assert_eq!(ev.n, *expected, "key {} out of order", ev.key);
-        *expected += 1;
-    }
-}
 
 /// `per_key` events of `keys` keys, interleaved, plus `flaky` events of key `flaky`.
 fn workload(keys: usize, per_key: u64, flaky: u64) -> Vec<Envelope> {

@@ -81,7 +81,7 @@ where
         let work: Work<O::Transaction> = Box::new(move |tx| {
             Box::pin(async move { in_group(store, handler, job_ctx, event, tx).await })
         });
-        let (message_id, name) = (ctx.message_id(), Arc::from(ctx.handler()));
+        let (message_id, name) = (ctx.message_id(), ctx.handler_name());
         match group.run(message_id, name, work).await {
             Verdict::Committed { duplicate } => {
                 if duplicate {

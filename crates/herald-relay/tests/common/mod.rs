@@ -1,13 +1,14 @@
 //! Shared set-up for the relay's integration tests.
 #![allow(dead_code)]
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use herald_core::{Backoff, Completion, DeliveryStream, Envelope};
+use herald_core::{Backoff, Completion, DeliveryStream, Envelope, SubscriptionSpec};
 use herald_postgres::{PgOutbox, PgOutboxConfig};
 use herald_relay::{RelayConfig, Retention};
 use herald_sqlite::{SqliteOutbox, SqliteOutboxConfig};
+use herald_testkit::TestEvent;
 
 pub fn database_url() -> String {
     std::env::var("HERALD_TEST_DATABASE_URL")
@@ -106,4 +107,28 @@ pub async fn collect<S: DeliveryStream>(
         delivery.ack().await.unwrap();
     }
     out
+}
+
+/// Each key's events arrive as 0, 1, 2, … (first deliveries; `dups` allows repeats).
+pub fn assert_key_order(delivered: &[Envelope], dups: bool) {
+    let mut seen = HashSet::new();
+    let mut next: HashMap<String, u64> = HashMap::new();
+    for env in delivered {
+        if !seen.insert(env.id) {
+            assert!(dups, "{} delivered twice", env.id);
+            continue;
+        }
+        let ev: TestEvent = env.decode().unwrap();
+        let expected = next.entry(ev.key.clone()).or_insert(0);
+        assert_eq!(ev.n, *expected, "key {} out of order", ev.key);
+        *expected += 1;
+    }
+}
+
+/// A subscription that sees every event, with room for whole test runs.
+pub fn audit() -> SubscriptionSpec {
+    SubscriptionSpec {
+        prefetch: 100_000,
+        ..SubscriptionSpec::new("audit", Vec::<String>::new())
+    }
 }
