@@ -12,6 +12,6 @@ mod transaction;
 mod watermark;
 
 pub use config::PgOutboxConfig;
-pub use outbox::PgOutbox;
+pub use outbox::{Along, PgOutbox};
 
 pub use sqlx::{PgConnection, PgPool, Postgres, Transaction};
