@@ -22,7 +22,7 @@ use herald_core::store::split_malformed;
 use herald_core::{
     ClaimRequest, ClaimedEvent, Completion, Disposition, Failure, OutboxStore, Result, Seq, Signal,
 };
-use sqlx::{AssertSqlSafe, Connection, Postgres, Transaction};
+use sqlx::{AssertSqlSafe, Connection};
 use uuid::Uuid;
 
 use crate::config::PgOutboxConfig;
@@ -90,13 +90,19 @@ impl ClaimSql {
              RETURNING o.seq, o.attempts, {o_columns}"
         );
 
+        // The relay's write-backs are single statements, each its own transaction (one round
+        // trip instead of BEGIN, SET LOCAL, the statement and COMMIT), committed without
+        // waiting for the WAL flush: `ASYNC` sets `synchronous_commit` for the statement's
+        // transaction, and the commit reads it before the setting is undone. A write-back
+        // lost in a crash only means its rows come back after their lease: published again
+        // (at least once), retried or released again.
         let complete = match config.completion {
             Completion::Delete => {
-                format!("DELETE FROM {outbox} WHERE seq = ANY($1) AND locked_by = $2")
+                format!("DELETE FROM {outbox} WHERE seq = ANY($1) AND locked_by = $2 AND {ASYNC}")
             }
             Completion::Archive => format!(
                 "WITH done AS ( \
-                     DELETE FROM {outbox} WHERE seq = ANY($1) AND locked_by = $2 \
+                     DELETE FROM {outbox} WHERE seq = ANY($1) AND locked_by = $2 AND {ASYNC} \
                      RETURNING seq, {ENVELOPE_COLUMNS}, recorded_at, attempts \
                  ) \
                  INSERT INTO {archive} (seq, {ENVELOPE_COLUMNS}, recorded_at, attempts) \
@@ -115,12 +121,12 @@ impl ClaimSql {
                  SET locked_by = NULL, locked_until = NULL, last_error = f.error, \
                      available_at = now() + f.delay_us::float8 * interval '1 microsecond' \
                  FROM f \
-                 WHERE o.seq = f.seq AND f.delay_us IS NOT NULL AND o.locked_by = $1 \
+                 WHERE o.seq = f.seq AND f.delay_us IS NOT NULL AND o.locked_by = $1 AND {ASYNC} \
                  RETURNING o.seq \
              ), \
              dead AS ( \
                  DELETE FROM {outbox} o USING f \
-                 WHERE o.seq = f.seq AND f.delay_us IS NULL AND o.locked_by = $1 \
+                 WHERE o.seq = f.seq AND f.delay_us IS NULL AND o.locked_by = $1 AND {ASYNC} \
                  RETURNING o.seq, {o_columns}, o.recorded_at, o.attempts, f.error \
              ) \
              INSERT INTO {dead_letters} (seq, {ENVELOPE_COLUMNS}, recorded_at, attempts, last_error) \
@@ -130,7 +136,7 @@ impl ClaimSql {
         let release = format!(
             "UPDATE {outbox} \
              SET locked_by = NULL, locked_until = NULL, attempts = greatest(attempts - 1, 0) \
-             WHERE seq = ANY($1) AND locked_by = $2"
+             WHERE seq = ANY($1) AND locked_by = $2 AND {ASYNC}"
         );
 
         let prune = format!(
@@ -153,6 +159,14 @@ impl ClaimSql {
     }
 }
 
+/// A condition that is always true and, evaluated once per statement (an uncorrelated init
+/// plan), turns off `synchronous_commit` for the statement's own transaction: the relay's
+/// bookkeeping (completions, failures, releases) commits without waiting for the WAL flush.
+/// That is safe: if the database crashes before the flush, the bookkeeping is lost, not an
+/// event — the rows come back as pending and are published again (at least once). The
+/// setting ends with the transaction; the pooled connection keeps its own.
+const ASYNC: &str = "(SELECT set_config('synchronous_commit', 'off', true)) = 'off'";
+
 /// A duration in microseconds, capped at [`MAX_INTERVAL`].
 fn micros(duration: Duration) -> i64 {
     i64::try_from(duration.min(MAX_INTERVAL).as_micros()).unwrap_or(i64::MAX)
@@ -166,28 +180,6 @@ fn limit_param(limit: usize) -> i64 {
 /// PostgreSQL `text` cannot hold NUL characters.
 fn error_text(error: &str) -> String {
     error.replace('\0', "\u{fffd}")
-}
-
-impl PgOutbox {
-    /// A transaction for the relay's own bookkeeping (claims, completions, failures, releases),
-    /// committed without waiting for the WAL flush (`synchronous_commit = off`). That is safe:
-    /// if the database crashes before the flush, the bookkeeping is lost, not an event — the
-    /// rows come back as pending and are published again (at least once). It spares each relay
-    /// cycle two fsyncs: on this project's machine a flushed commit costs about 3 ms.
-    async fn bookkeeping(&self, operation: &'static str) -> Result<Transaction<'static, Postgres>> {
-        let secrets = &self.inner.secrets;
-        let mut tx = self
-            .inner
-            .pool
-            .begin()
-            .await
-            .store_err(operation, secrets)?;
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await
-            .store_err(operation, secrets)?;
-        Ok(tx)
-    }
 }
 
 impl OutboxStore for PgOutbox {
@@ -246,14 +238,10 @@ impl OutboxStore for PgOutbox {
         if seqs.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.bookkeeping("complete").await?;
         let done = sqlx::query(AssertSqlSafe(self.inner.claim.complete.clone()))
             .bind(seqs)
             .bind(relay_id)
-            .execute(&mut *tx)
-            .await
-            .store_err("complete", &self.inner.secrets)?;
-        tx.commit()
+            .execute(&self.inner.pool)
             .await
             .store_err("complete", &self.inner.secrets)?;
         Ok(done.rows_affected())
@@ -270,7 +258,6 @@ impl OutboxStore for PgOutbox {
                 Disposition::DeadLetter => None,
             })
             .collect();
-        let mut tx = self.bookkeeping("fail").await?;
         sqlx::query(AssertSqlSafe(self.inner.claim.fail.clone()))
             .bind(relay_id)
             .bind(failures.iter().map(|f| f.seq).collect::<Vec<_>>())
@@ -281,10 +268,9 @@ impl OutboxStore for PgOutbox {
                     .collect::<Vec<_>>(),
             )
             .bind(delays)
-            .execute(&mut *tx)
+            .execute(&self.inner.pool)
             .await
             .store_err("fail", &self.inner.secrets)?;
-        tx.commit().await.store_err("fail", &self.inner.secrets)?;
         Ok(())
     }
 
@@ -292,14 +278,10 @@ impl OutboxStore for PgOutbox {
         if seqs.is_empty() {
             return Ok(());
         }
-        let mut tx = self.bookkeeping("release").await?;
         sqlx::query(AssertSqlSafe(self.inner.claim.release.clone()))
             .bind(seqs)
             .bind(relay_id)
-            .execute(&mut *tx)
-            .await
-            .store_err("release", &self.inner.secrets)?;
-        tx.commit()
+            .execute(&self.inner.pool)
             .await
             .store_err("release", &self.inner.secrets)?;
         Ok(())

@@ -236,3 +236,74 @@ async fn a_handle_on_another_pool_shares_the_outbox_and_its_doorbell() {
     );
     common::drop_schema(&outbox).await;
 }
+
+#[tokio::test]
+async fn the_relays_write_backs_leave_the_pooled_connection_committing_synchronously() {
+    // One connection: the application's next transaction runs on the very connection the
+    // relay's completion, failure and release statements used.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&common::database_url())
+        .await
+        .unwrap();
+    let outbox = common::outbox(Completion::Delete)
+        .await
+        .with_pool(pool.clone());
+    let mut tx = pool.begin().await.unwrap();
+    for order_id in 0..3 {
+        outbox
+            .record(
+                &mut tx,
+                &OrderPlaced {
+                    order_id,
+                    total_cents: 1,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let relay = Uuid::now_v7();
+    let claimed = outbox
+        .claim(&ClaimRequest {
+            relay_id: relay,
+            limit: 10,
+            lease: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+    let seqs: Vec<_> = claimed.iter().map(|c| c.seq).collect();
+    assert_eq!(outbox.complete(relay, &seqs[..1]).await.unwrap(), 1);
+    outbox
+        .fail(
+            relay,
+            &[herald_core::Failure {
+                seq: seqs[1],
+                error: "nack".into(),
+                disposition: herald_core::Disposition::Retry {
+                    delay: Duration::from_secs(60),
+                },
+            }],
+        )
+        .await
+        .unwrap();
+    outbox.release(relay, &seqs[2..]).await.unwrap();
+    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(setting, "on");
+    let left: Vec<(i64, i32, Option<String>)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT seq, attempts, last_error FROM {} ORDER BY seq",
+        outbox_table(&outbox)
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        left,
+        vec![(seqs[1], 1, Some("nack".to_owned())), (seqs[2], 0, None)],
+        "completed row gone, failed row rescheduled with its error, released row as new"
+    );
+    common::drop_schema(&outbox).await;
+}
