@@ -238,10 +238,24 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         }
         self.metrics.batch(claimed.len());
         let count = claimed.len();
-        // Leave a safety margin: never publish what another relay may already have taken over.
-        let deadline = claimed_at + self.config.lease.mul_f64(0.8);
-        let outcome =
-            batch::publish(&self.publisher, claimed, &self.config, deadline, shutdown).await;
+        // One pass of the pipelined loop's scheduler, one publish call at a time: each call
+        // holds the next event of every key whose previous event was confirmed.
+        let mut scheduler = Scheduler::new(&self.config);
+        scheduler.add_batch(claimed, claimed_at, Instant::now());
+        while let Some(round) = scheduler.take_round(Instant::now(), shutdown.is_cancelled()) {
+            let results =
+                batch::confirm_round(&self.publisher, &round.envelopes, &self.config).await;
+            scheduler.round_done(round.slots, results);
+        }
+        // With no call in flight every row has its fate: the batch is settleable.
+        let Some((outcome, settlement)) = scheduler.pop_settleable() else {
+            warn!(relay = %self.id, "batch left without a fate; its rows come back after their lease");
+            return Ok(BatchReport {
+                claimed: count,
+                ..BatchReport::default()
+            });
+        };
+        let deadline = settlement.deadline;
         let report = self.settle(count, outcome, deadline).await?;
         self.metrics.settled(&report);
         debug!(relay = %self.id, ?report, "batch settled");

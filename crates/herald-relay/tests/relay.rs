@@ -268,3 +268,52 @@ async fn shutdown_mid_batch_leaves_nothing_claimed_and_loses_nothing() {
     assert_key_order(&all, false);
     pg_drop(&store).await;
 }
+
+#[tokio::test]
+async fn one_cycle_publishes_in_key_order_and_gives_back_what_follows_a_failure() {
+    let (_dir, store) = sqlite_store().await;
+    let transport = MemoryTransport::new();
+    let mut stream = transport.subscribe(&audit()).await.unwrap();
+    let events = interleaved(3, 4);
+    // The second event of key-1 fails its first try.
+    let poison_once = events
+        .iter()
+        .filter(|e| e.partition_key.as_deref() == Some("key-1"))
+        .nth(1)
+        .unwrap()
+        .id;
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    transport.fail_publishes_when({
+        let failed = failed.clone();
+        move |env| {
+            (env.id == poison_once && !failed.swap(true, std::sync::atomic::Ordering::SeqCst))
+                .then(|| "injected transient failure".to_owned())
+        }
+    });
+    record_sqlite(&store, &events).await;
+    let relay = Relay::new(store.clone(), transport.clone(), fast_config()).unwrap();
+
+    let first = relay.relay_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!(
+        (
+            first.claimed,
+            first.published,
+            first.retried,
+            first.released
+        ),
+        (12, 9, 1, 2),
+        "key-1's first event went, its second failed, the two behind it were given back"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = relay.relay_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!((second.claimed, second.published), (3, 3));
+
+    let delivered = collect(&mut stream, events.len(), Duration::from_secs(10)).await;
+    assert_eq!(
+        delivered.len(),
+        events.len(),
+        "each event published exactly once"
+    );
+    assert_key_order(&delivered, false);
+    assert_eq!(store.stats().await.unwrap().pending, 0);
+}
