@@ -160,23 +160,7 @@ async fn shutdown_with_two_batches_in_flight_releases_both_postgres() {
     assert!(!first.is_empty() && first.len() < events.len());
     assert_eq!(stats.pending as usize, events.len() - first.len());
 
-    let relay = Relay::new(store.clone(), transport.clone(), config).unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { relay.run(shutdown).await }
-    });
-    let rest = collect(
-        &mut stream,
-        events.len() - first.len(),
-        Duration::from_secs(30),
-    )
-    .await;
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
-    let all: Vec<Envelope> = first.into_iter().chain(rest).collect();
-    assert_eq!(all.len(), events.len(), "nothing lost, nothing twice");
-    assert_key_order(&all, false);
+    finish_with_a_new_relay(&store, &transport, config, &mut stream, first, &events).await;
     pg_drop(&store).await;
 }
 

@@ -249,23 +249,15 @@ async fn shutdown_mid_batch_leaves_nothing_claimed_and_loses_nothing() {
     assert_eq!(stats.pending as usize, events.len() - first.len());
 
     // A new relay picks up exactly where the first stopped.
-    let relay = Relay::new(store.clone(), transport.clone(), fast_config()).unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { relay.run(shutdown).await }
-    });
-    let rest = collect(
+    finish_with_a_new_relay(
+        &store,
+        &transport,
+        fast_config(),
         &mut stream,
-        events.len() - first.len(),
-        Duration::from_secs(30),
+        first,
+        &events,
     )
     .await;
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
-    let all: Vec<Envelope> = first.into_iter().chain(rest).collect();
-    assert_eq!(all.len(), events.len(), "nothing lost, nothing twice");
-    assert_key_order(&all, false);
     pg_drop(&store).await;
 }
 

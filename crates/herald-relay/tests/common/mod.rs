@@ -5,10 +5,12 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use herald_core::{Backoff, Completion, DeliveryStream, Envelope, SubscriptionSpec};
+use herald_memory::MemoryTransport;
 use herald_postgres::{PgOutbox, PgOutboxConfig};
-use herald_relay::{RelayConfig, Retention};
+use herald_relay::{Relay, RelayConfig, Retention};
 use herald_sqlite::{SqliteOutbox, SqliteOutboxConfig};
 use herald_testkit::TestEvent;
+use tokio_util::sync::CancellationToken;
 
 pub fn database_url() -> String {
     std::env::var("HERALD_TEST_DATABASE_URL")
@@ -131,4 +133,28 @@ pub fn audit() -> SubscriptionSpec {
         prefetch: 100_000,
         ..SubscriptionSpec::new("audit", Vec::<String>::new())
     }
+}
+
+/// After a relay stopped having published `first`: a new relay on `store` publishes the rest
+/// of `events`; together they hold every event exactly once, each key in order.
+pub async fn finish_with_a_new_relay<S: DeliveryStream>(
+    store: &PgOutbox,
+    transport: &MemoryTransport,
+    config: RelayConfig,
+    stream: &mut S,
+    first: Vec<Envelope>,
+    events: &[Envelope],
+) {
+    let relay = Relay::new(store.clone(), transport.clone(), config).unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { relay.run(shutdown).await }
+    });
+    let rest = collect(stream, events.len() - first.len(), Duration::from_secs(30)).await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    let all: Vec<Envelope> = first.into_iter().chain(rest).collect();
+    assert_eq!(all.len(), events.len(), "nothing lost, nothing twice");
+    assert_key_order(&all, false);
 }
