@@ -96,11 +96,7 @@ fn along_sql(insert: &str, statement: &str, first: usize) -> Result<String> {
             "record_along: the statement must begin with its first keyword, not a comment".into(),
         ));
     }
-    let placeholders = (first..first + 12)
-        .map(|n| format!("${n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let clause = format!("{ALONG_CLAUSE} AS ({insert}{placeholders}))");
+    let clause = format!("{ALONG_CLAUSE} AS ({insert}{}))", placeholders(first));
     let (word, rest) = split_word(body);
     if !word.eq_ignore_ascii_case("with") {
         return Ok(format!("WITH {clause} {body}"));
@@ -113,6 +109,15 @@ fn along_sql(insert: &str, statement: &str, first: usize) -> Result<String> {
     })
 }
 
+/// `$first, …` : one placeholder per envelope column.
+fn placeholders(first: usize) -> String {
+    let count = ENVELOPE_COLUMNS.split(", ").count();
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The leading word of `text` (letters only) and what follows it, trimmed.
 fn split_word(text: &str) -> (&str, &str) {
     let end = text
@@ -121,7 +126,7 @@ fn split_word(text: &str) -> (&str, &str) {
     (&text[..end], text[end..].trim_start())
 }
 
-/// Binds an envelope's values in [`ENVELOPE_COLUMNS`] order.
+/// Binds an envelope's values in [`ENVELOPE_COLUMNS`] order (after any already in `args`).
 fn bind_envelope(
     args: &mut PgArguments,
     e: &Envelope,
@@ -147,8 +152,8 @@ impl RecordSql {
         let outbox = config.qualified("");
         RecordSql {
             one: format!(
-                "INSERT INTO {outbox} ({ENVELOPE_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                "INSERT INTO {outbox} ({ENVELOPE_COLUMNS}) VALUES ({})",
+                placeholders(1)
             )
             .into(),
             // WITH ORDINALITY + ORDER BY: identity values follow the slice order.
@@ -409,22 +414,15 @@ impl PgOutbox {
     }
 
     async fn insert_one(&self, conn: &mut PgConnection, e: &Envelope) -> Result<()> {
-        sqlx::query(AssertSqlSafe(self.inner.record.one.clone()))
-            .bind(e.id)
-            .bind(&e.event_type)
-            .bind(version_column(e.version)?)
-            .bind(e.occurred_at)
-            .bind(e.correlation_id)
-            .bind(e.causation_id)
-            .bind(e.partition_key.as_deref())
-            .bind(&e.content_type)
-            .bind(e.trace.traceparent.as_deref())
-            .bind(e.trace.tracestate.as_deref())
-            .bind(Json(&e.headers))
-            .bind(&e.payload[..])
+        let secrets = &self.inner.secrets;
+        let mut args = PgArguments::default();
+        bind_envelope(&mut args, e, version_column(e.version)?)
+            .map_err(sqlx::Error::Encode)
+            .store_err("record", secrets)?;
+        sqlx::query_with(AssertSqlSafe(self.inner.record.one.clone()), args)
             .execute(conn)
             .await
-            .store_err("record", &self.inner.secrets)?;
+            .store_err("record", secrets)?;
         Ok(())
     }
 
@@ -555,6 +553,17 @@ mod tests {
         // A word that merely begins with "with" is not the keyword.
         let sql = along_sql(INSERT, "withdraw_all()", 1).unwrap();
         assert!(sql.ends_with(") withdraw_all()"));
+    }
+
+    #[test]
+    fn the_one_row_insert_has_one_placeholder_per_column() {
+        let config = PgOutboxConfig::default();
+        let sql = RecordSql::new(&config);
+        assert!(
+            sql.one
+                .ends_with("VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
+        );
+        assert_eq!(ENVELOPE_COLUMNS.split(", ").count(), 12);
     }
 
     #[test]
