@@ -37,7 +37,7 @@ struct Cli {
     #[arg(
         long,
         env = "HERALD_TEST_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/test"
+        default_value = "postgres://postgres:postgres@127.0.0.1:5432/test"
     )]
     database: String,
     /// RabbitMQ URL (the run declares its own exchange and queues and deletes them).

@@ -48,7 +48,7 @@ struct RunArgs {
     #[arg(
         long,
         env = "HERALD_TEST_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/test"
+        default_value = "postgres://postgres:postgres@127.0.0.1:5432/test"
     )]
     database: String,
     /// AMQP URL.

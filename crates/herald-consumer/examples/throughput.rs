@@ -9,7 +9,7 @@
 //! starts a consumer (concurrency 16) and times it from start until every message is
 //! acknowledged. The inbox handlers write one row per message (an upsert of the key's running
 //! total) next to their inbox record, in one transaction. PostgreSQL is
-//! `HERALD_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`); a schema of
+//! `HERALD_TEST_DATABASE_URL` (default `postgres://postgres:postgres@127.0.0.1:5432/test`); a schema of
 //! its own is created and dropped.
 
 use std::time::{Duration, Instant};
@@ -171,7 +171,7 @@ async fn main() -> Result<(), BoxError> {
     let rounds = args.get(2).copied().unwrap_or(3);
 
     let url = std::env::var("HERALD_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/test".to_owned());
     let schema = format!("herald_bench_{}", Uuid::now_v7().simple());
     let pool = PgPoolOptions::new()
         .max_connections(20)

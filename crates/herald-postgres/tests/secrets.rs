@@ -12,7 +12,7 @@ use proptest::prelude::*;
 
 fn database_url() -> String {
     std::env::var("HERALD_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/test".to_owned())
 }
 
 /// Percent-encodes everything but unreserved characters, as a URL's userinfo needs.

@@ -15,7 +15,7 @@ pub fn amqp_url() -> String {
 /// The PostgreSQL database of the relay tests (`HERALD_TEST_DATABASE_URL`).
 pub fn database_url() -> String {
     std::env::var("HERALD_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/test".to_owned())
 }
 
 /// A name no other test (or run) uses.

@@ -276,7 +276,7 @@ pub mod postgres {
 
     fn database_url() -> String {
         std::env::var("HERALD_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+            .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/test".to_owned())
     }
 
     impl Fixture {

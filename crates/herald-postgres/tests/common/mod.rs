@@ -10,10 +10,10 @@ use herald_postgres::{PgOutbox, PgOutboxConfig, PgPool};
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
-/// The test database URL (`HERALD_TEST_DATABASE_URL`, default: local trust-auth server).
+/// The test database URL (`HERALD_TEST_DATABASE_URL`, default: the server `scripts/services` sets up).
 pub fn database_url() -> String {
     std::env::var("HERALD_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/test".to_owned())
 }
 
 /// A small pool on the test database.

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 pub fn database_url() -> String {
     std::env::var("HERALD_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/test".to_owned())
 }
 
 /// A PostgreSQL outbox in a schema of its own.
