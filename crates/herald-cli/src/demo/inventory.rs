@@ -5,7 +5,7 @@
 //! record `(message id, handler)`, so a message the broker delivers twice changes nothing the
 //! second time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
@@ -65,25 +65,26 @@ impl Inventory {
             .layer(meter)
     }
 
-    /// Total units reserved and the number of live reservations, for the closing check.
-    pub async fn totals(&self) -> Result<(i64, i64)> {
+    /// Total units reserved, the orders with a live reservation, and the units those
+    /// reservations add up to, for the closing check.
+    pub async fn totals(&self) -> Result<(i64, HashSet<Uuid>, i64)> {
         let reserved: i64 = sqlx::query_scalar("SELECT coalesce(sum(reserved), 0) FROM stock")
             .fetch_one(self.db.pool())
             .await?;
-        let live: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM reservations WHERE status = 'reserved'")
-                .fetch_one(self.db.pool())
+        let live: Vec<String> =
+            sqlx::query_scalar("SELECT order_id FROM reservations WHERE status = 'reserved'")
+                .fetch_all(self.db.pool())
                 .await?;
-        Ok((reserved, live))
-    }
-
-    /// Units that the live reservations add up to.
-    pub async fn reserved_by_reservations(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar(
+        let live = live
+            .iter()
+            .map(|id| Uuid::parse_str(id))
+            .collect::<Result<_, _>>()?;
+        let by_reservations: i64 = sqlx::query_scalar(
             "SELECT coalesce(sum(quantity), 0) FROM reservations WHERE status = 'reserved'",
         )
         .fetch_one(self.db.pool())
-        .await?)
+        .await?;
+        Ok((reserved, live, by_reservations))
     }
 
     /// Inbox records, one per message handled.

@@ -1,5 +1,7 @@
 //! The ordering context: writes orders and records their events in the same transaction.
 
+use std::collections::HashSet;
+
 use anyhow::Result;
 use herald_core::Uuid;
 use herald_postgres::PgOutbox;
@@ -121,22 +123,26 @@ impl Ordering {
         }
     }
 
-    /// Orders per status, for the closing check.
-    pub async fn count(&self, status: &str) -> Result<i64> {
-        Ok(match self {
+    /// The ids of the orders in a status, for the closing check.
+    pub async fn ids(&self, status: &str) -> Result<HashSet<Uuid>> {
+        let ids: Vec<Uuid> = match self {
             Ordering::Postgres { outbox, schema } => {
-                let sql = format!("SELECT count(*) FROM {schema}.orders WHERE status = $1");
+                let sql = format!("SELECT id FROM {schema}.orders WHERE status = $1");
                 sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
                     .bind(status)
-                    .fetch_one(outbox.pool())
+                    .fetch_all(outbox.pool())
                     .await?
             }
             Ordering::Sqlite { outbox } => {
-                sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = ?")
+                let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM orders WHERE status = ?")
                     .bind(status)
-                    .fetch_one(outbox.pool())
-                    .await?
+                    .fetch_all(outbox.pool())
+                    .await?;
+                ids.iter()
+                    .map(|id| Uuid::parse_str(id))
+                    .collect::<Result<_, _>>()?
             }
-        })
+        };
+        Ok(ids.into_iter().collect())
     }
 }

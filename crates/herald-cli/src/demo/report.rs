@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use herald_consumer::ConsumerSnapshot;
+use herald_core::Uuid;
 use herald_relay::RelaySnapshot;
 
 use super::events::OrderCreated;
@@ -145,24 +146,54 @@ impl Report {
             );
         }
 
-        let placed = ordering.count("placed").await?;
-        let (reserved_units, live) = inventory.totals().await?;
-        let expected_units = inventory.reserved_by_reservations().await?;
+        let placed = ordering.ids("placed").await?;
+        let cancelled = ordering.ids("cancelled").await?;
+        let (reserved_units, live, expected_units) = inventory.totals().await?;
         // A dead-lettered order is one whose stock could not be reserved (counted once, even
         // if the broker held two copies of it).
-        let dead_orders: HashSet<_> = self
+        let dead_orders: HashSet<Uuid> = self
             .dead_letters
             .iter()
             .filter(|d| d.envelope.event_type == <OrderCreated as herald_core::Event>::TYPE)
-            .map(|d| d.envelope.id)
+            .filter_map(|d| serde_json::from_slice::<OrderCreated>(&d.envelope.payload).ok())
+            .map(|order| order.order_id)
             .collect();
-        let expected_live = placed - dead_orders.len() as i64;
-        if live != expected_live || reserved_units != expected_units {
-            bail!(
-                "inventory disagrees with ordering: {live} live reservations for {expected_live} \
-                 open orders, {reserved_units} units reserved for {expected_units}"
-            );
+        // Each order must be reserved exactly while ordering says it is open: a cancelled order
+        // still reserved means its cancellation was handled before its creation.
+        let mut problems = Vec::new();
+        let mut name = |what: &str, ids: Vec<&Uuid>| {
+            if let Some(first) = ids.first() {
+                problems.push(format!("{} {what} (e.g. order {first})", ids.len()));
+            }
+        };
+        name(
+            "cancelled orders still hold a reservation: their OrderCancelled was handled before \
+             their OrderCreated, per-key order broken",
+            live.intersection(&cancelled).collect(),
+        );
+        name(
+            "open orders hold no reservation: their OrderCreated was lost or never handled",
+            placed
+                .iter()
+                .filter(|id| !live.contains(id) && !dead_orders.contains(id))
+                .collect(),
+        );
+        name(
+            "reservations belong to no open order",
+            live.iter()
+                .filter(|id| !placed.contains(id) && !cancelled.contains(id))
+                .collect(),
+        );
+        if reserved_units != expected_units {
+            problems.push(format!(
+                "the stock counts {reserved_units} units reserved but the live reservations add \
+                 up to {expected_units}"
+            ));
         }
+        if !problems.is_empty() {
+            bail!("inventory disagrees with ordering: {}", problems.join("; "));
+        }
+        let live = live.len();
         let inbox = inventory.inbox_records().await?;
         if inbox as u64 != self.handled {
             bail!(
