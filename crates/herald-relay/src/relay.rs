@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::batch::{self, Outcome};
-use crate::pipeline::{MAX_ROUNDS, PIPELINE_DEPTH, Scheduler, Settlement, Slot};
+use crate::pipeline::{MAX_ROUNDS, PIPELINE_DEPTH, Scheduler, Settlement, Slot, Ticket};
 use crate::{RelayConfig, RelayMetrics};
 
 /// What one claim-publish-settle cycle did.
@@ -125,7 +125,8 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 && now >= claim_after
             {
                 wakeups.mark_seen();
-                claiming = Some(Box::pin(self.claim()));
+                let ticket = scheduler.claim_sent();
+                claiming = Some(Box::pin(async move { (ticket, self.claim().await) }));
             }
             let backing_off = !stopping && want_claim && claiming.is_none() && claim_after > now;
             tokio::select! {
@@ -155,10 +156,11 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                     // What was settled may have made rows claimable again.
                     want_claim = true;
                 }
-                (claimed_at, result) = poll_slot(&mut claiming) => {
+                (ticket, (claimed_at, result)) = poll_slot(&mut claiming) => {
                     claiming = None;
                     match result {
                         Ok(claimed) if claimed.is_empty() => {
+                            scheduler.claim_failed(ticket);
                             store_errors = 0;
                             want_claim = false;
                             next_poll = Instant::now() + self.config.poll_interval;
@@ -172,9 +174,10 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                         Ok(claimed) => {
                             store_errors = 0;
                             self.metrics.batch(claimed.len());
-                            scheduler.add_batch(claimed, claimed_at, Instant::now());
+                            scheduler.add_batch(ticket, claimed, claimed_at, Instant::now());
                         }
                         Err(error) => {
+                            scheduler.claim_failed(ticket);
                             store_errors += 1;
                             self.metrics.store_error();
                             let delay = self.config.store_backoff.delay(store_errors);
@@ -193,7 +196,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         Ok(())
     }
 
-    async fn claim(&self) -> Claimed {
+    async fn claim(&self) -> (Instant, Result<Vec<ClaimedEvent>>) {
         let claimed_at = Instant::now();
         let result = self
             .store
@@ -241,7 +244,8 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         // One pass of the pipelined loop's scheduler, one publish call at a time: each call
         // holds the next event of every key whose previous event was confirmed.
         let mut scheduler = Scheduler::new(&self.config);
-        scheduler.add_batch(claimed, claimed_at, Instant::now());
+        let ticket = scheduler.claim_sent();
+        scheduler.add_batch(ticket, claimed, claimed_at, Instant::now());
         while let Some(round) = scheduler.take_round(Instant::now(), shutdown.is_cancelled()) {
             let results =
                 batch::confirm_round(&self.publisher, &round.envelopes, &self.config).await;
@@ -350,8 +354,8 @@ type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A publish call's events and their results.
 type Confirmed = (Vec<Slot>, Vec<Result<()>>);
 
-/// When a claim was sent, and what it returned.
-type Claimed = (Instant, Result<Vec<ClaimedEvent>>);
+/// A claim's ticket, when it was sent, and what it returned.
+type Claimed = (Ticket, (Instant, Result<Vec<ClaimedEvent>>));
 
 /// The first of `futures` to finish (removed from the list); pending while the list is empty.
 async fn next_done<T>(futures: &mut Vec<Pending<'_, T>>) -> T {
