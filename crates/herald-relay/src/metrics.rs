@@ -17,6 +17,7 @@ struct Counters {
     retried: AtomicU64,
     dead_lettered: AtomicU64,
     released: AtomicU64,
+    abandoned: AtomicU64,
     store_errors: AtomicU64,
 }
 
@@ -35,6 +36,9 @@ pub struct RelaySnapshot {
     pub dead_lettered: u64,
     /// Rows given back unpublished (held behind a failed row of their key, or at shutdown).
     pub released: u64,
+    /// Failed or released rows not written back because their lease was nearly over: they
+    /// come back after it, the claim counted as an attempt.
+    pub abandoned: u64,
     /// Store operations that failed (the relay backs off and keeps going).
     pub store_errors: u64,
 }
@@ -50,6 +54,7 @@ impl RelayMetrics {
             retried: c.retried.load(Ordering::Relaxed),
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
             released: c.released.load(Ordering::Relaxed),
+            abandoned: c.abandoned.load(Ordering::Relaxed),
             store_errors: c.store_errors.load(Ordering::Relaxed),
         }
     }
@@ -71,6 +76,12 @@ impl RelayMetrics {
             .fetch_add(report.dead_lettered as u64, Ordering::Relaxed);
         c.released
             .fetch_add(report.released as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn abandoned(&self, rows: usize) {
+        self.inner
+            .abandoned
+            .fetch_add(rows as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn store_error(&self) {

@@ -63,6 +63,9 @@ pub(crate) struct Settlement {
     pub(crate) claimed: usize,
     /// Last moment to retry the store writes.
     pub(crate) deadline: Instant,
+    /// Last moment to start writing back failures and releases: a safety margin before the
+    /// lease ends (the store also refuses them once it ended).
+    pub(crate) write_back_until: Instant,
     /// One entry per failed or released row with a key.
     held: Vec<(String, Seq)>,
     /// Every key of the batch.
@@ -74,6 +77,7 @@ pub(crate) struct Settlement {
 struct Batch {
     id: u64,
     deadline: Instant,
+    write_back_until: Instant,
     lease_end: Instant,
     rows: Vec<Row>,
     envelopes: Vec<Option<Envelope>>,
@@ -229,6 +233,8 @@ impl Scheduler {
             id,
             // Never publish what another relay may already have taken over.
             deadline: claimed_at + lease.mul_f64(0.8),
+            // The store's lease started after `claimed_at`: this leaves a tenth of it.
+            write_back_until: claimed_at + lease.mul_f64(0.9),
             // A margin past the store's own lease end, which lies between the two instants.
             lease_end: returned_at + lease + lease / 10,
             rows,
@@ -307,6 +313,7 @@ impl Scheduler {
         let settlement = Settlement {
             claimed: batch.rows.len(),
             deadline: batch.deadline,
+            write_back_until: batch.write_back_until,
             held: batch.held,
             keys: batch.rows.into_iter().filter_map(|r| r.key).collect(),
             lease_end: batch.lease_end,

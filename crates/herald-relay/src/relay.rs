@@ -103,9 +103,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 && let Some((outcome, settlement)) = scheduler.pop_settleable()
             {
                 settling = Some(Box::pin(async move {
-                    let report = self
-                        .settle(settlement.claimed, outcome, settlement.deadline)
-                        .await;
+                    let report = self.settle(&settlement, outcome).await;
                     (settlement, report)
                 }));
             }
@@ -259,8 +257,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 ..BatchReport::default()
             });
         };
-        let deadline = settlement.deadline;
-        let report = self.settle(count, outcome, deadline).await?;
+        let report = self.settle(&settlement, outcome).await?;
         self.metrics.settled(&report);
         debug!(relay = %self.id, ?report, "batch settled");
         Ok(report)
@@ -268,14 +265,14 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
 
     /// Writes a batch's outcome back: one statement each for completions, failures and
     /// releases, each retried briefly (a completion lost here means duplicates later).
-    async fn settle(
-        &self,
-        claimed: usize,
-        outcome: Outcome,
-        deadline: Instant,
-    ) -> Result<BatchReport> {
+    /// Failures and releases are not written once the lease is nearly over: another relay may
+    /// soon take the rows over, and a retry scheduled behind its back could put the failed row
+    /// after later rows of its key. They are left to come back after the lease instead (the
+    /// claim counted as an attempt).
+    async fn settle(&self, settlement: &Settlement, outcome: Outcome) -> Result<BatchReport> {
+        let deadline = settlement.deadline;
         let mut report = BatchReport {
-            claimed,
+            claimed: settlement.claimed,
             published: outcome.completed.len(),
             released: outcome.released.len(),
             ..BatchReport::default()
@@ -306,16 +303,30 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 );
             }
         }
-        if !outcome.failures.is_empty() {
+        if !outcome.failures.is_empty() && self.in_time(settlement, outcome.failures.len()) {
             self.retrying("fail", deadline, || {
                 self.store.fail(self.id, &outcome.failures)
             })
             .await?;
         }
-        if !outcome.released.is_empty() {
+        if !outcome.released.is_empty() && self.in_time(settlement, outcome.released.len()) {
             self.release(&outcome.released, deadline).await?;
         }
         Ok(report)
+    }
+
+    /// Whether `rows` failed or released rows of `settlement` may still be written back.
+    fn in_time(&self, settlement: &Settlement, rows: usize) -> bool {
+        if Instant::now() < settlement.write_back_until {
+            return true;
+        }
+        self.metrics.abandoned(rows);
+        warn!(
+            relay = %self.id,
+            rows,
+            "lease nearly over: rows left to come back after it instead of written back"
+        );
+        false
     }
 
     async fn release(&self, seqs: &[Seq], deadline: Instant) -> Result<()> {

@@ -117,3 +117,64 @@ async fn a_claim_overlapping_a_failed_write_back_does_not_let_the_next_event_of_
     );
     pg_drop(&store).await;
 }
+
+/// Makes the first failure write-back of a row slow in the database itself: the statement
+/// holds the row's lock for `seconds` before it commits.
+async fn slow_first_fail(store: &herald_postgres::PgOutbox, seconds: f64) {
+    let schema = store.config().schema.quoted();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE FUNCTION {schema}.slow_fail() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$; \
+         CREATE TRIGGER slow_fail AFTER UPDATE ON {schema}.\"outbox\" FOR EACH ROW \
+         WHEN (NEW.last_error IS NOT NULL AND OLD.last_error IS NULL) \
+         EXECUTE FUNCTION {schema}.slow_fail();"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_written_back_as_the_lease_runs_out_does_not_let_another_relay_pass() {
+    let store = pg_store().await;
+    let transport = MemoryTransport::new();
+    let mut stream = transport.subscribe(&audit()).await.unwrap();
+    let events: Vec<Envelope> = (0..3).map(|n| envelope("k", n)).collect();
+    nack_once(&transport, [events[0].id]);
+    // Relay A's failure of k:0 starts at once but holds the row until well after A's lease on
+    // k:0, k:1 and k:2 ran out; meanwhile relay B claims.
+    slow_first_fail(&store, 1.5).await;
+    record_pg(&store, &events).await;
+
+    let config = RelayConfig {
+        lease: Duration::from_secs(1),
+        publish_timeout: Duration::from_millis(500),
+        ..fast_config()
+    };
+    let shutdown = CancellationToken::new();
+    let a = Relay::new(store.clone(), transport.clone(), config.clone()).unwrap();
+    let a_metrics = a.metrics();
+    let mut tasks = vec![tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { a.run(shutdown).await }
+    })];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b = Relay::new(store.clone(), transport.clone(), config).unwrap();
+    tasks.push(tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { b.run(shutdown).await }
+    }));
+
+    let delivered = collect(&mut stream, events.len(), Duration::from_secs(30)).await;
+    shutdown.cancel();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(a_metrics.snapshot().retried, 1, "A's nack was injected");
+    assert_key_order(&delivered, true);
+    assert_eq!(
+        delivered.iter().map(|e| e.id).collect::<HashSet<_>>().len(),
+        events.len()
+    );
+    pg_drop(&store).await;
+}
