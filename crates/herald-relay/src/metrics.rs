@@ -18,6 +18,7 @@ struct Counters {
     dead_lettered: AtomicU64,
     released: AtomicU64,
     abandoned: AtomicU64,
+    unreachable: AtomicU64,
     store_errors: AtomicU64,
 }
 
@@ -39,6 +40,9 @@ pub struct RelaySnapshot {
     /// Failed or released rows not written back because their lease was nearly over: they
     /// come back after it, the claim counted as an attempt.
     pub abandoned: u64,
+    /// Publish calls that found the broker unreachable (their events were given back without
+    /// an attempt, and the relay paused).
+    pub unreachable: u64,
     /// Store operations that failed (the relay backs off and keeps going).
     pub store_errors: u64,
 }
@@ -55,6 +59,7 @@ impl RelayMetrics {
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
             released: c.released.load(Ordering::Relaxed),
             abandoned: c.abandoned.load(Ordering::Relaxed),
+            unreachable: c.unreachable.load(Ordering::Relaxed),
             store_errors: c.store_errors.load(Ordering::Relaxed),
         }
     }
@@ -82,6 +87,10 @@ impl RelayMetrics {
         self.inner
             .abandoned
             .fetch_add(rows as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn unreachable(&self) {
+        self.inner.unreachable.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn store_error(&self) {

@@ -23,6 +23,8 @@
 //!   picked the next row of its key. So a hold ends only once the write-back returned *and*
 //!   every claim sent before that was merged (or failed). Rows of a held key that come before
 //!   the held row itself (a retried row coming back) are not held back: only later ones are.
+//! - An event whose publish call found the broker unreachable is released like one given back
+//!   (its key held the same way): the outage is not its fault, and the relay pauses.
 //! - If a batch's fate could not be written, every key of it stays held until its lease ran out
 //!   (the rows then come back, and are published again: at least once).
 //! - Batches are written back in claim order, and a new claim waits while
@@ -291,11 +293,14 @@ impl Scheduler {
         (!round.slots.is_empty()).then_some(round)
     }
 
-    /// Takes in the results of a publish call (one per slot, in order).
+    /// Takes in the results of a publish call (one per slot, in order). An event that failed
+    /// because the broker was unreachable is given back (no attempt spent), like one that
+    /// could not go; any other failure counts against it.
     pub(crate) fn round_done(&mut self, slots: Vec<Slot>, results: Vec<Result<()>>) {
         for (slot, result) in slots.into_iter().zip(results) {
             let fate = match result {
                 Ok(()) => Fate::Completed,
+                Err(error) if error.is_unreachable() => Fate::Released,
                 Err(error) => Fate::Failed(error),
             };
             self.decide(slot, fate);

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 
-use herald_core::{ClaimRequest, ClaimedEvent, OutboxStore, Publisher, Result, Seq, Uuid};
+use herald_core::{ClaimRequest, ClaimedEvent, Error, OutboxStore, Publisher, Result, Seq, Uuid};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -65,7 +65,9 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
     }
 
     /// Runs until `shutdown` is cancelled. Store and broker failures are logged, counted and
-    /// retried with backoff: the relay keeps running. On shutdown the publish calls in flight
+    /// retried with backoff: the relay keeps running. A broker that cannot be reached
+    /// ([`Error::is_unreachable`]) spends no attempt of the events it hit: they are given back
+    /// and the relay pauses publishing and claiming with `store_backoff`. On shutdown the publish calls in flight
     /// are finished and every other claimed row is released.
     ///
     /// Unlike [`Relay::relay_once`], this loop is pipelined so the broker's confirm window
@@ -87,10 +89,15 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         let mut store_errors = 0u32;
         let mut claim_after = Instant::now();
         let mut next_prune = Instant::now();
+        // Publish calls in a row that found the broker unreachable, and when to publish again.
+        let mut outages = 0u32;
+        let mut publish_after = Instant::now();
         info!(relay = %self.id, "relay started");
         loop {
+            // While the broker is unreachable, what is ready is given back rather than sent.
+            let paused = Instant::now() < publish_after;
             while rounds.len() < MAX_ROUNDS {
-                let Some(round) = scheduler.take_round(Instant::now(), stopping) else {
+                let Some(round) = scheduler.take_round(Instant::now(), stopping || paused) else {
                     break;
                 };
                 rounds.push(Box::pin(async move {
@@ -129,6 +136,18 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
             let backing_off = !stopping && want_claim && claiming.is_none() && claim_after > now;
             tokio::select! {
                 (slots, results) = next_done(&mut rounds), if !rounds.is_empty() => {
+                    if let Some(error) = results.iter().find_map(|r| r.as_ref().err().filter(|e| e.is_unreachable())) {
+                        // Not the events' fault: they are given back without an attempt, and
+                        // the relay stops publishing and claiming for a while.
+                        outages += 1;
+                        self.metrics.unreachable();
+                        let delay = self.config.store_backoff.delay(outages);
+                        warn!(relay = %self.id, error = %error.chain(), retry_in = ?delay, "broker unreachable; events given back");
+                        publish_after = Instant::now() + delay;
+                        claim_after = claim_after.max(publish_after);
+                    } else if results.iter().any(Result::is_ok) {
+                        outages = 0;
+                    }
                     scheduler.round_done(slots, results);
                 }
                 (settlement, result) = poll_slot(&mut settling) => {
@@ -244,9 +263,20 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         let mut scheduler = Scheduler::new(&self.config);
         let ticket = scheduler.claim_sent();
         scheduler.add_batch(ticket, claimed, claimed_at, Instant::now());
-        while let Some(round) = scheduler.take_round(Instant::now(), shutdown.is_cancelled()) {
+        let mut unreachable = false;
+        while let Some(round) =
+            scheduler.take_round(Instant::now(), shutdown.is_cancelled() || unreachable)
+        {
             let results =
                 batch::confirm_round(&self.publisher, &round.envelopes, &self.config).await;
+            if results
+                .iter()
+                .any(|r| r.as_ref().is_err_and(Error::is_unreachable))
+            {
+                // The rest is given back: no attempt spent on an outage.
+                unreachable = true;
+                self.metrics.unreachable();
+            }
             scheduler.round_done(round.slots, results);
         }
         // With no call in flight every row has its fate: the batch is settleable.
