@@ -24,8 +24,12 @@ impl Publisher for AmqpTransport {
     /// Publishes `batch` to the exchange in order: persistent, `mandatory`, confirmed. A message
     /// that no queue is bound to, or that the broker nacks, fails on its own (transiently: the
     /// relay retries it with backoff, then dead-letters it); a message that cannot be encoded
-    /// fails permanently. A lost connection fails the messages it left unconfirmed
-    /// (transiently) and is re-established on the next publish.
+    /// fails permanently. A broker that cannot be reached, or a connection or channel lost
+    /// mid-call, fails the messages it left unconfirmed with [`Error::Unreachable`] (not their
+    /// fault: the relay gives them back without counting an attempt); the connection is
+    /// re-established on the next publish.
+    ///
+    /// [`Error::Unreachable`]: herald_core::Error::Unreachable
     fn publish(&self, batch: &[Envelope]) -> impl Future<Output = Vec<Result<()>>> + Send {
         let config = &self.shared.config;
         let exchange = ShortString::try_new(config.exchange.as_str()).unwrap_or_default();
@@ -125,11 +129,12 @@ impl Publishing {
         let channel = match self.channel().await {
             Ok(channel) => channel,
             Err(err) => {
-                // Whatever keeps us from the broker is not the messages' fault: they are retried.
+                // Whatever keeps us from the broker is not the messages' fault: they are retried
+                // without counting an attempt.
                 let text = err.chain();
                 return targets
                     .into_iter()
-                    .map(|t| t.and_then(|_| Err(error::transient("publish", text.clone()))))
+                    .map(|t| t.and_then(|_| Err(unreachable(text.clone()))))
                     .collect();
             }
         };
@@ -144,7 +149,7 @@ impl Publishing {
                 }
             };
             if let Some(text) = &broken {
-                results[i] = Some(Err(error::transient("publish", text.clone())));
+                results[i] = Some(Err(unreachable(text.clone())));
                 continue;
             }
             let permit = loop {
@@ -184,7 +189,7 @@ impl Publishing {
                 Poll::Ready(Err(err)) => {
                     let err = error::transport("publish", &err, &self.secrets);
                     broken = Some(err.chain());
-                    results[i] = Some(Err(error::transient("publish", err.chain())));
+                    results[i] = Some(Err(unreachable(err.chain())));
                 }
             }
         }
@@ -197,7 +202,7 @@ impl Publishing {
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(error::transient("publish", "not attempted"))))
+            .map(|r| r.unwrap_or_else(|| Err(unreachable("not attempted".into()))))
             .collect()
     }
 
@@ -243,9 +248,15 @@ impl Publishing {
     }
 }
 
-/// A lost confirmation is always worth retrying, whatever the channel died of.
+/// A lost confirmation is always worth retrying, whatever the channel died of, and never the
+/// message's fault.
 fn transient(err: &lapin::Error, secrets: &Secrets) -> herald_core::Error {
-    error::transient("publish", error::transport("publish", err, secrets).chain())
+    unreachable(error::transport("publish", err, secrets).chain())
+}
+
+/// The broker cannot be reached or the connection was lost: not the message's fault.
+fn unreachable(text: String) -> herald_core::Error {
+    herald_core::Error::unreachable("publish", herald_core::error::Message(text))
 }
 
 fn target_of(targets: &[Result<Target>], i: usize) -> Option<&Target> {

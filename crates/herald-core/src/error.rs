@@ -102,6 +102,19 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// The transport's broker could not be reached, or the connection to it was lost (or
+    /// stopped answering) during the call: nothing is known to be wrong with the messages of
+    /// the call. Always transient. A relay gives such messages back without counting an
+    /// attempt and pauses, where a message-level failure ([`Error::Transport`]: a nack, a
+    /// message returned as unroutable, too large, not encodable) counts against the message.
+    #[error("transport unreachable, could not {operation}")]
+    Unreachable {
+        /// What the transport was doing (`publish`, `connect` …).
+        operation: &'static str,
+        /// The broker client's error, already stripped of secrets.
+        #[source]
+        source: BoxError,
+    },
     /// The operation was cancelled by shutdown.
     #[error("cancelled by shutdown")]
     Cancelled,
@@ -114,8 +127,23 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Store { transient, .. } | Error::Transport { transient, .. } => *transient,
-            Error::Cancelled => true,
+            Error::Cancelled | Error::Unreachable { .. } => true,
             _ => false,
+        }
+    }
+
+    /// Whether the failure is the connection's, not the message's: the broker could not be
+    /// reached or the connection was lost mid-call ([`Error::Unreachable`]). Such a failure
+    /// should not count as an attempt of the messages it hit.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Error::Unreachable { .. })
+    }
+
+    /// Builds an [`Error::Unreachable`].
+    pub fn unreachable(operation: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::Unreachable {
+            operation,
+            source: source.into(),
         }
     }
 
@@ -198,6 +226,18 @@ mod tests {
         assert!(Error::store("claim", true, Message("reset".into())).is_transient());
         assert!(!Error::Config("bad".into()).is_transient());
         assert!(!Error::store("record", false, Message("constraint".into())).is_transient());
+    }
+
+    #[test]
+    fn an_unreachable_broker_is_transient_and_not_the_messages_fault() {
+        let err = Error::unreachable("publish", Message("connection refused".into()));
+        assert!(err.is_transient() && err.is_unreachable());
+        assert_eq!(
+            err.chain(),
+            "transport unreachable, could not publish: connection refused"
+        );
+        let nack = Error::transport("publish", true, Message("nack".into()));
+        assert!(nack.is_transient() && !nack.is_unreachable());
     }
 
     #[test]

@@ -9,7 +9,10 @@
 //! Claimers of one outbox table are serialized by a transaction-scoped advisory lock, so a
 //! claim always sees the leases of the claim before it: `SKIP LOCKED` alone would let two
 //! claimers split the rows of one key between them and break its order. The lock is held for
-//! one short `UPDATE`, not while publishing.
+//! one short `UPDATE`, not while publishing. Write-backs are not serialized with claims, so a
+//! claim locks the rows of other relays' expired leases first and treats one it cannot lock (a
+//! slow relay's write-back in flight) as blocking its key; failures and releases apply only
+//! under a live lease.
 //!
 //! The claim scans from a low watermark (`crate::watermark`), so the dead rows of published
 //! events that VACUUM cannot remove yet (another session holds a snapshot) are not walked on
@@ -63,13 +66,36 @@ impl ClaimSql {
         // a bitmap scan of every pending row plus a sort. The update looks the picked rows up
         // by `seq = ANY(array)`: as a join, those one-row estimates made it scan the whole
         // primary key (dead entries included) as the outer side of a nested loop (B5).
+        // A row of another relay whose lease ran out may be being written back right now
+        // (that relay is slow, not dead): its `fail` holds the row's lock, and the snapshot
+        // still shows the row as it was. `SKIP LOCKED` alone would pass over it and hand out the
+        // next row of its key while the failed one is about to wait for its retry. So those
+        // rows (`stale`: few, from the lease index) are locked first, without waiting, and the
+        // key of every one that could not be locked (`seized` lacks it) is blocked for this
+        // claim. A row updated or deleted since the snapshot is not locked either: its key is
+        // blocked once, conservatively. Rows of the claimer itself are its own business: the
+        // relay holds their keys in memory until their write-backs are known.
         let claim = format!(
             "WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS ts), \
+             stale AS MATERIALIZED ( \
+                 SELECT s.seq, s.partition_key FROM {outbox} s \
+                 WHERE s.locked_until <= (SELECT ts FROM clock) AND s.locked_by <> $1 \
+                   AND s.partition_key IS NOT NULL \
+             ), \
+             seized AS MATERIALIZED ( \
+                 SELECT z.seq FROM {outbox} z \
+                 WHERE z.seq = ANY (ARRAY(SELECT seq FROM stale)) \
+                   AND z.locked_until <= (SELECT ts FROM clock) AND z.locked_by <> $1 \
+                 FOR UPDATE OF z SKIP LOCKED \
+             ), \
              blocked AS MATERIALIZED ( \
-                 SELECT DISTINCT b.partition_key FROM {outbox} b \
+                 SELECT b.partition_key FROM {outbox} b \
                  WHERE b.partition_key IS NOT NULL \
                    AND ((b.locked_until > (SELECT ts FROM clock) AND b.locked_by <> $1) \
                         OR (b.attempts > 0 AND b.available_at > (SELECT ts FROM clock))) \
+                 UNION \
+                 SELECT st.partition_key FROM stale st \
+                 WHERE st.seq <> ALL (ARRAY(SELECT seq FROM seized)) \
              ), \
              picked AS ( \
                  SELECT c.seq AS picked_seq FROM {outbox} c \
@@ -111,7 +137,13 @@ impl ClaimSql {
         };
 
         // One statement for the whole batch: retries are rescheduled, dead letters moved.
-        // (A data-modifying CTE runs even though nothing reads its output.)
+        // (A data-modifying CTE runs even though nothing reads its output.) Failures and
+        // releases are fenced by the lease's validity as well as by its holder: a relay whose
+        // lease ran out must not reschedule a row that another relay may be claiming past (its
+        // key looked free), nor give back what it no longer holds. The rows stay as the expired
+        // claim left them, claimable at once, the claim counted. A completion is fenced by the
+        // holder only: a confirmed publication is a fact, and deleting the row then spares a
+        // duplicate without letting anything of its key overtake it.
         let fail = format!(
             "WITH f AS ( \
                  SELECT * FROM UNNEST($2::int8[], $3::text[], $4::int8[]) AS f(seq, error, delay_us) \
@@ -121,12 +153,14 @@ impl ClaimSql {
                  SET locked_by = NULL, locked_until = NULL, last_error = f.error, \
                      available_at = now() + f.delay_us::float8 * interval '1 microsecond' \
                  FROM f \
-                 WHERE o.seq = f.seq AND f.delay_us IS NOT NULL AND o.locked_by = $1 AND {ASYNC} \
+                 WHERE o.seq = f.seq AND f.delay_us IS NOT NULL AND o.locked_by = $1 \
+                   AND o.locked_until > now() AND {ASYNC} \
                  RETURNING o.seq \
              ), \
              dead AS ( \
                  DELETE FROM {outbox} o USING f \
-                 WHERE o.seq = f.seq AND f.delay_us IS NULL AND o.locked_by = $1 AND {ASYNC} \
+                 WHERE o.seq = f.seq AND f.delay_us IS NULL AND o.locked_by = $1 \
+                   AND o.locked_until > now() AND {ASYNC} \
                  RETURNING o.seq, {o_columns}, o.recorded_at, o.attempts, f.error \
              ) \
              INSERT INTO {dead_letters} (seq, {ENVELOPE_COLUMNS}, recorded_at, attempts, last_error) \
@@ -136,7 +170,7 @@ impl ClaimSql {
         let release = format!(
             "UPDATE {outbox} \
              SET locked_by = NULL, locked_until = NULL, attempts = greatest(attempts - 1, 0) \
-             WHERE seq = ANY($1) AND locked_by = $2 AND {ASYNC}"
+             WHERE seq = ANY($1) AND locked_by = $2 AND locked_until > now() AND {ASYNC}"
         );
 
         let prune = format!(

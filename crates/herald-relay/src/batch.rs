@@ -46,11 +46,12 @@ pub(crate) async fn confirm_round<P: Publisher>(
                 })
                 .collect()
         }
+        // No answer at all for the whole call: the broker (or the way to it) is stuck, which is
+        // not the messages' fault.
         Err(_) => (0..expected)
             .map(|_| {
-                Err(Error::transport(
+                Err(Error::unreachable(
                     "publish",
-                    true,
                     herald_core::error::Message(format!(
                         "no broker confirmation within {:?}",
                         config.publish_timeout

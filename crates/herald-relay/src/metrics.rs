@@ -17,6 +17,8 @@ struct Counters {
     retried: AtomicU64,
     dead_lettered: AtomicU64,
     released: AtomicU64,
+    abandoned: AtomicU64,
+    unreachable: AtomicU64,
     store_errors: AtomicU64,
 }
 
@@ -35,6 +37,12 @@ pub struct RelaySnapshot {
     pub dead_lettered: u64,
     /// Rows given back unpublished (held behind a failed row of their key, or at shutdown).
     pub released: u64,
+    /// Failed or released rows not written back because their lease was nearly over: they
+    /// come back after it, the claim counted as an attempt.
+    pub abandoned: u64,
+    /// Publish calls that found the broker unreachable (their events were given back without
+    /// an attempt, and the relay paused).
+    pub unreachable: u64,
     /// Store operations that failed (the relay backs off and keeps going).
     pub store_errors: u64,
 }
@@ -50,6 +58,8 @@ impl RelayMetrics {
             retried: c.retried.load(Ordering::Relaxed),
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
             released: c.released.load(Ordering::Relaxed),
+            abandoned: c.abandoned.load(Ordering::Relaxed),
+            unreachable: c.unreachable.load(Ordering::Relaxed),
             store_errors: c.store_errors.load(Ordering::Relaxed),
         }
     }
@@ -71,6 +81,16 @@ impl RelayMetrics {
             .fetch_add(report.dead_lettered as u64, Ordering::Relaxed);
         c.released
             .fetch_add(report.released as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn abandoned(&self, rows: usize) {
+        self.inner
+            .abandoned
+            .fetch_add(rows as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn unreachable(&self) {
+        self.inner.unreachable.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn store_error(&self) {

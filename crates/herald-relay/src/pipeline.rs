@@ -18,6 +18,13 @@
 //!   store keeps the order from there (a retrying row blocks its key; a released row comes
 //!   first again). A relay's own leases do not block its own claims, which is why the hold has
 //!   to outlive the batch in memory until the store knows.
+//! - Knowing is not enough while a claim is in flight: a claim sent before the write-back
+//!   committed may have read the failed row still leased to this relay (not blocking) and
+//!   picked the next row of its key. So a hold ends only once the write-back returned *and*
+//!   every claim sent before that was merged (or failed). Rows of a held key that come before
+//!   the held row itself (a retried row coming back) are not held back: only later ones are.
+//! - An event whose publish call found the broker unreachable is released like one given back
+//!   (its key held the same way): the outage is not its fault, and the relay pauses.
 //! - If a batch's fate could not be written, every key of it stays held until its lease ran out
 //!   (the rows then come back, and are published again: at least once).
 //! - Batches are written back in claim order, and a new claim waits while
@@ -26,7 +33,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use herald_core::{ClaimedEvent, Envelope, Result};
+use herald_core::{ClaimedEvent, Envelope, Result, Seq};
 use tokio::time::Instant;
 
 use crate::RelayConfig;
@@ -58,8 +65,11 @@ pub(crate) struct Settlement {
     pub(crate) claimed: usize,
     /// Last moment to retry the store writes.
     pub(crate) deadline: Instant,
+    /// Last moment to start writing back failures and releases: a safety margin before the
+    /// lease ends (the store also refuses them once it ended).
+    pub(crate) write_back_until: Instant,
     /// One entry per failed or released row with a key.
-    held: Vec<String>,
+    held: Vec<(String, Seq)>,
     /// Every key of the batch.
     keys: Vec<String>,
     /// When the batch's leases have surely run out.
@@ -69,14 +79,15 @@ pub(crate) struct Settlement {
 struct Batch {
     id: u64,
     deadline: Instant,
+    write_back_until: Instant,
     lease_end: Instant,
     rows: Vec<Row>,
     envelopes: Vec<Option<Envelope>>,
     /// Rows without a fate yet.
     open: usize,
     outcome: Outcome,
-    /// Keys held because of this batch's rows, one entry per row.
-    held: Vec<String>,
+    /// Keys held because of this batch's rows, one entry per row (with the row's seq).
+    held: Vec<(String, Seq)>,
 }
 
 #[derive(Debug, Default)]
@@ -85,15 +96,36 @@ struct KeyState {
     active: Option<Slot>,
     /// Its later events, oldest first, waiting for the active one to be confirmed.
     waiting: VecDeque<Slot>,
-    /// Failed or released rows of the key whose fate is not written yet.
-    held: usize,
+    /// Failed or released rows of the key (their seqs) whose fate is not written yet.
+    held: Vec<Seq>,
+    /// Failed or released rows whose fate was written while a claim was in flight, with the
+    /// ticket of the last claim sent by then: held until that claim is merged.
+    fading: Vec<(Seq, u64)>,
     /// Held until then after a write-back failed.
     held_until: Option<Instant>,
 }
 
 impl KeyState {
+    /// Whether the key is held for a row at `seq` (`None`: for any row).
+    fn holds(&self, seq: Option<Seq>, now: Instant) -> bool {
+        if self.held_until.is_some_and(|t| t > now) {
+            return true;
+        }
+        let first = self
+            .held
+            .iter()
+            .copied()
+            .chain(self.fading.iter().map(|&(s, _)| s))
+            .min();
+        match (first, seq) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(first), Some(seq)) => seq > first,
+        }
+    }
+
     fn is_held(&self, now: Instant) -> bool {
-        self.held > 0 || self.held_until.is_some_and(|t| t > now)
+        self.holds(None, now)
     }
 
     fn is_idle(&self, now: Instant) -> bool {
@@ -116,7 +148,15 @@ pub(crate) struct Scheduler {
     ready: VecDeque<Slot>,
     /// Batches handed out for write-back and not yet reported [`Scheduler::settled`].
     settling: usize,
+    /// Tickets of the claims sent so far ([`Scheduler::claim_sent`]).
+    claims_sent: u64,
+    /// Every claim up to this ticket was merged or failed.
+    claims_done: u64,
 }
+
+/// A claim's place in the order claims were sent (see [`Scheduler::claim_sent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ticket(u64);
 
 impl Scheduler {
     pub(crate) fn new(config: &RelayConfig) -> Self {
@@ -127,7 +167,32 @@ impl Scheduler {
             keys: HashMap::new(),
             ready: VecDeque::new(),
             settling: 0,
+            claims_sent: 0,
+            claims_done: 0,
         }
+    }
+
+    /// A claim is about to be sent; its result goes to [`Scheduler::add_batch`] (or, if it
+    /// failed, to [`Scheduler::claim_failed`]) with this ticket.
+    pub(crate) fn claim_sent(&mut self) -> Ticket {
+        self.claims_sent += 1;
+        Ticket(self.claims_sent)
+    }
+
+    /// The claim of `ticket` failed or picked nothing.
+    pub(crate) fn claim_failed(&mut self, ticket: Ticket) {
+        self.claim_done(ticket);
+    }
+
+    /// Every claim up to `ticket` is merged: holds waiting for it end.
+    fn claim_done(&mut self, ticket: Ticket) {
+        self.claims_done = self.claims_done.max(ticket.0);
+        let done = self.claims_done;
+        for state in self.keys.values_mut() {
+            state.fading.retain(|&(_, t)| t > done);
+        }
+        let now = Instant::now();
+        self.keys.retain(|_, state| !state.is_idle(now));
     }
 
     /// Batches claimed whose fate is not written back yet (being written included).
@@ -140,10 +205,12 @@ impl Scheduler {
         self.batches.is_empty()
     }
 
-    /// Takes in a claimed batch (sorted by seq). `claimed_at` is when the claim was sent,
-    /// `returned_at` when it came back (the store's lease started in between).
+    /// Takes in a claimed batch (sorted by seq) from the claim of `ticket`. `claimed_at` is
+    /// when the claim was sent, `returned_at` when it came back (the store's lease started in
+    /// between).
     pub(crate) fn add_batch(
         &mut self,
+        ticket: Ticket,
         claimed: Vec<ClaimedEvent>,
         claimed_at: Instant,
         returned_at: Instant,
@@ -162,11 +229,14 @@ impl Scheduler {
             envelopes.push(Some(c.envelope));
         }
         let count = rows.len();
-        let keys: Vec<Option<String>> = rows.iter().map(|r| r.key.clone()).collect();
+        let keys: Vec<(Option<String>, Seq)> =
+            rows.iter().map(|r| (r.key.clone(), r.seq)).collect();
         self.batches.push_back(Batch {
             id,
             // Never publish what another relay may already have taken over.
             deadline: claimed_at + lease.mul_f64(0.8),
+            // The store's lease started after `claimed_at`: this leaves a tenth of it.
+            write_back_until: claimed_at + lease.mul_f64(0.9),
             // A margin past the store's own lease end, which lies between the two instants.
             lease_end: returned_at + lease + lease / 10,
             rows,
@@ -176,14 +246,14 @@ impl Scheduler {
             held: Vec::new(),
         });
         let now = Instant::now();
-        for (index, key) in keys.into_iter().enumerate() {
+        for (index, (key, seq)) in keys.into_iter().enumerate() {
             let slot = Slot { batch: id, index };
             let Some(key) = key else {
                 self.ready.push_back(slot);
                 continue;
             };
             let state = self.keys.entry(key).or_default();
-            if state.is_held(now) {
+            if state.holds(Some(seq), now) {
                 self.decide(slot, Fate::Released);
             } else if state.active.is_some() {
                 state.waiting.push_back(slot);
@@ -192,6 +262,8 @@ impl Scheduler {
                 self.ready.push_back(slot);
             }
         }
+        // Only now: the batch may hold rows that a write-back finished meanwhile was holding.
+        self.claim_done(ticket);
     }
 
     /// The next publish call: every event that may go now. Events that must not go any more
@@ -221,11 +293,14 @@ impl Scheduler {
         (!round.slots.is_empty()).then_some(round)
     }
 
-    /// Takes in the results of a publish call (one per slot, in order).
+    /// Takes in the results of a publish call (one per slot, in order). An event that failed
+    /// because the broker was unreachable is given back (no attempt spent), like one that
+    /// could not go; any other failure counts against it.
     pub(crate) fn round_done(&mut self, slots: Vec<Slot>, results: Vec<Result<()>>) {
         for (slot, result) in slots.into_iter().zip(results) {
             let fate = match result {
                 Ok(()) => Fate::Completed,
+                Err(error) if error.is_unreachable() => Fate::Released,
                 Err(error) => Fate::Failed(error),
             };
             self.decide(slot, fate);
@@ -243,6 +318,7 @@ impl Scheduler {
         let settlement = Settlement {
             claimed: batch.rows.len(),
             deadline: batch.deadline,
+            write_back_until: batch.write_back_until,
             held: batch.held,
             keys: batch.rows.into_iter().filter_map(|r| r.key).collect(),
             lease_end: batch.lease_end,
@@ -253,9 +329,16 @@ impl Scheduler {
     /// A batch's fate was written back (`written`) or could not be.
     pub(crate) fn settled(&mut self, settlement: Settlement, written: bool) {
         self.settling = self.settling.saturating_sub(1);
-        for key in &settlement.held {
+        // A claim sent before now may have read these rows as they were before the write-back.
+        let in_flight = (self.claims_sent > self.claims_done).then_some(self.claims_sent);
+        for (key, seq) in &settlement.held {
             if let Some(state) = self.keys.get_mut(key) {
-                state.held = state.held.saturating_sub(1);
+                if let Some(i) = state.held.iter().position(|s| s == seq) {
+                    state.held.swap_remove(i);
+                }
+                if let Some(ticket) = in_flight {
+                    state.fading.push((*seq, ticket));
+                }
             }
         }
         if !written {
@@ -301,7 +384,7 @@ impl Scheduler {
         batch.open = batch.open.saturating_sub(1);
         let Some(key) = key else { return };
         if !good {
-            batch.held.push(key.clone());
+            batch.held.push((key.clone(), seq));
         }
         let state = self.keys.entry(key).or_default();
         if state.active == Some(slot) {
@@ -317,7 +400,7 @@ impl Scheduler {
             return;
         }
         // Nothing more of this key goes out until the store knows this row's fate.
-        state.held += 1;
+        state.held.push(seq);
         for later in std::mem::take(&mut state.waiting) {
             self.decide(later, Fate::Released);
         }
@@ -327,8 +410,6 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
-
-    use herald_core::Seq;
 
     use super::*;
 
@@ -358,7 +439,13 @@ mod tests {
 
     fn add(s: &mut Scheduler, rows: &[(Seq, Option<&str>)]) {
         let now = Instant::now();
-        s.add_batch(rows.iter().map(|&(q, k)| claimed(q, k)).collect(), now, now);
+        let ticket = s.claim_sent();
+        s.add_batch(
+            ticket,
+            rows.iter().map(|&(q, k)| claimed(q, k)).collect(),
+            now,
+            now,
+        );
     }
 
     /// The seqs of the next round (empty if nothing may go).
@@ -481,6 +568,44 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_sent_before_a_failure_was_written_back_cannot_release_its_key() {
+        let mut s = scheduler();
+        add(&mut s, &[(1, Some("a"))]);
+        let (slots, _) = round(&mut s);
+        confirm(&mut s, slots, &[1]);
+        // Claim sent while seq 1 is leased to us: its snapshot may not show the failure.
+        let in_flight = s.claim_sent();
+        let (_, settlement) = s.pop_settleable().unwrap();
+        s.settled(settlement, true);
+        // The failure is written, but the claim in flight read the row before that.
+        let now = Instant::now();
+        s.add_batch(in_flight, vec![claimed(2, Some("a"))], now, now);
+        assert!(
+            round(&mut s).1.is_empty(),
+            "seq 2 must wait for seq 1's retry"
+        );
+        assert_eq!(s.batches[0].outcome.released, vec![2]);
+        let (_, release) = s.pop_settleable().unwrap();
+        // A claim sent while the release of seq 2 is written: seq 1 (retried) may go, not 3.
+        let in_flight = s.claim_sent();
+        s.settled(release, true);
+        s.add_batch(
+            in_flight,
+            vec![claimed(1, Some("a")), claimed(3, Some("a"))],
+            now,
+            now,
+        );
+        let (slots, seqs) = round(&mut s);
+        assert_eq!(seqs, vec![1]);
+        assert_eq!(s.batches[0].outcome.released, vec![3]);
+        confirm(&mut s, slots, &[]);
+        // A claim sent after every write-back returned is trusted again.
+        settle(&mut s, true);
+        add(&mut s, &[(3, Some("a"))]);
+        assert_eq!(round(&mut s).1, vec![3]);
+    }
+
+    #[test]
     fn key_less_failures_hold_nothing() {
         let mut s = scheduler();
         add(&mut s, &[(1, None), (2, None)]);
@@ -495,7 +620,9 @@ mod tests {
     fn rows_too_close_to_their_lease_deadline_are_released_and_hold_their_key() {
         let mut s = scheduler();
         let long_ago = Instant::now() - Duration::from_secs(25);
+        let ticket = s.claim_sent();
         s.add_batch(
+            ticket,
             vec![claimed(1, Some("a")), claimed(2, Some("a"))],
             long_ago,
             long_ago,

@@ -4,13 +4,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 
-use herald_core::{ClaimRequest, ClaimedEvent, OutboxStore, Publisher, Result, Seq, Uuid};
+use herald_core::{ClaimRequest, ClaimedEvent, Error, OutboxStore, Publisher, Result, Seq, Uuid};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::batch::{self, Outcome};
-use crate::pipeline::{MAX_ROUNDS, PIPELINE_DEPTH, Scheduler, Settlement, Slot};
+use crate::pipeline::{MAX_ROUNDS, PIPELINE_DEPTH, Scheduler, Settlement, Slot, Ticket};
 use crate::{RelayConfig, RelayMetrics};
 
 /// What one claim-publish-settle cycle did.
@@ -65,7 +65,9 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
     }
 
     /// Runs until `shutdown` is cancelled. Store and broker failures are logged, counted and
-    /// retried with backoff: the relay keeps running. On shutdown the publish calls in flight
+    /// retried with backoff: the relay keeps running. A broker that cannot be reached
+    /// ([`Error::is_unreachable`]) spends no attempt of the events it hit: they are given back
+    /// and the relay pauses publishing and claiming with `store_backoff`. On shutdown the publish calls in flight
     /// are finished and every other claimed row is released.
     ///
     /// Unlike [`Relay::relay_once`], this loop is pipelined so the broker's confirm window
@@ -87,10 +89,15 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         let mut store_errors = 0u32;
         let mut claim_after = Instant::now();
         let mut next_prune = Instant::now();
+        // Publish calls in a row that found the broker unreachable, and when to publish again.
+        let mut outages = 0u32;
+        let mut publish_after = Instant::now();
         info!(relay = %self.id, "relay started");
         loop {
+            // While the broker is unreachable, what is ready is given back rather than sent.
+            let paused = Instant::now() < publish_after;
             while rounds.len() < MAX_ROUNDS {
-                let Some(round) = scheduler.take_round(Instant::now(), stopping) else {
+                let Some(round) = scheduler.take_round(Instant::now(), stopping || paused) else {
                     break;
                 };
                 rounds.push(Box::pin(async move {
@@ -103,9 +110,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 && let Some((outcome, settlement)) = scheduler.pop_settleable()
             {
                 settling = Some(Box::pin(async move {
-                    let report = self
-                        .settle(settlement.claimed, outcome, settlement.deadline)
-                        .await;
+                    let report = self.settle(&settlement, outcome).await;
                     (settlement, report)
                 }));
             }
@@ -125,11 +130,24 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 && now >= claim_after
             {
                 wakeups.mark_seen();
-                claiming = Some(Box::pin(self.claim()));
+                let ticket = scheduler.claim_sent();
+                claiming = Some(Box::pin(async move { (ticket, self.claim().await) }));
             }
             let backing_off = !stopping && want_claim && claiming.is_none() && claim_after > now;
             tokio::select! {
                 (slots, results) = next_done(&mut rounds), if !rounds.is_empty() => {
+                    if let Some(error) = results.iter().find_map(|r| r.as_ref().err().filter(|e| e.is_unreachable())) {
+                        // Not the events' fault: they are given back without an attempt, and
+                        // the relay stops publishing and claiming for a while.
+                        outages += 1;
+                        self.metrics.unreachable();
+                        let delay = self.config.store_backoff.delay(outages);
+                        warn!(relay = %self.id, error = %error.chain(), retry_in = ?delay, "broker unreachable; events given back");
+                        publish_after = Instant::now() + delay;
+                        claim_after = claim_after.max(publish_after);
+                    } else if results.iter().any(Result::is_ok) {
+                        outages = 0;
+                    }
                     scheduler.round_done(slots, results);
                 }
                 (settlement, result) = poll_slot(&mut settling) => {
@@ -155,10 +173,11 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                     // What was settled may have made rows claimable again.
                     want_claim = true;
                 }
-                (claimed_at, result) = poll_slot(&mut claiming) => {
+                (ticket, (claimed_at, result)) = poll_slot(&mut claiming) => {
                     claiming = None;
                     match result {
                         Ok(claimed) if claimed.is_empty() => {
+                            scheduler.claim_failed(ticket);
                             store_errors = 0;
                             want_claim = false;
                             next_poll = Instant::now() + self.config.poll_interval;
@@ -172,9 +191,10 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                         Ok(claimed) => {
                             store_errors = 0;
                             self.metrics.batch(claimed.len());
-                            scheduler.add_batch(claimed, claimed_at, Instant::now());
+                            scheduler.add_batch(ticket, claimed, claimed_at, Instant::now());
                         }
                         Err(error) => {
+                            scheduler.claim_failed(ticket);
                             store_errors += 1;
                             self.metrics.store_error();
                             let delay = self.config.store_backoff.delay(store_errors);
@@ -193,7 +213,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         Ok(())
     }
 
-    async fn claim(&self) -> Claimed {
+    async fn claim(&self) -> (Instant, Result<Vec<ClaimedEvent>>) {
         let claimed_at = Instant::now();
         let result = self
             .store
@@ -241,10 +261,22 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         // One pass of the pipelined loop's scheduler, one publish call at a time: each call
         // holds the next event of every key whose previous event was confirmed.
         let mut scheduler = Scheduler::new(&self.config);
-        scheduler.add_batch(claimed, claimed_at, Instant::now());
-        while let Some(round) = scheduler.take_round(Instant::now(), shutdown.is_cancelled()) {
+        let ticket = scheduler.claim_sent();
+        scheduler.add_batch(ticket, claimed, claimed_at, Instant::now());
+        let mut unreachable = false;
+        while let Some(round) =
+            scheduler.take_round(Instant::now(), shutdown.is_cancelled() || unreachable)
+        {
             let results =
                 batch::confirm_round(&self.publisher, &round.envelopes, &self.config).await;
+            if results
+                .iter()
+                .any(|r| r.as_ref().is_err_and(Error::is_unreachable))
+            {
+                // The rest is given back: no attempt spent on an outage.
+                unreachable = true;
+                self.metrics.unreachable();
+            }
             scheduler.round_done(round.slots, results);
         }
         // With no call in flight every row has its fate: the batch is settleable.
@@ -255,8 +287,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 ..BatchReport::default()
             });
         };
-        let deadline = settlement.deadline;
-        let report = self.settle(count, outcome, deadline).await?;
+        let report = self.settle(&settlement, outcome).await?;
         self.metrics.settled(&report);
         debug!(relay = %self.id, ?report, "batch settled");
         Ok(report)
@@ -264,14 +295,14 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
 
     /// Writes a batch's outcome back: one statement each for completions, failures and
     /// releases, each retried briefly (a completion lost here means duplicates later).
-    async fn settle(
-        &self,
-        claimed: usize,
-        outcome: Outcome,
-        deadline: Instant,
-    ) -> Result<BatchReport> {
+    /// Failures and releases are not written once the lease is nearly over: another relay may
+    /// soon take the rows over, and a retry scheduled behind its back could put the failed row
+    /// after later rows of its key. They are left to come back after the lease instead (the
+    /// claim counted as an attempt).
+    async fn settle(&self, settlement: &Settlement, outcome: Outcome) -> Result<BatchReport> {
+        let deadline = settlement.deadline;
         let mut report = BatchReport {
-            claimed,
+            claimed: settlement.claimed,
             published: outcome.completed.len(),
             released: outcome.released.len(),
             ..BatchReport::default()
@@ -302,16 +333,30 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 );
             }
         }
-        if !outcome.failures.is_empty() {
+        if !outcome.failures.is_empty() && self.in_time(settlement, outcome.failures.len()) {
             self.retrying("fail", deadline, || {
                 self.store.fail(self.id, &outcome.failures)
             })
             .await?;
         }
-        if !outcome.released.is_empty() {
+        if !outcome.released.is_empty() && self.in_time(settlement, outcome.released.len()) {
             self.release(&outcome.released, deadline).await?;
         }
         Ok(report)
+    }
+
+    /// Whether `rows` failed or released rows of `settlement` may still be written back.
+    fn in_time(&self, settlement: &Settlement, rows: usize) -> bool {
+        if Instant::now() < settlement.write_back_until {
+            return true;
+        }
+        self.metrics.abandoned(rows);
+        warn!(
+            relay = %self.id,
+            rows,
+            "lease nearly over: rows left to come back after it instead of written back"
+        );
+        false
     }
 
     async fn release(&self, seqs: &[Seq], deadline: Instant) -> Result<()> {
@@ -350,8 +395,8 @@ type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A publish call's events and their results.
 type Confirmed = (Vec<Slot>, Vec<Result<()>>);
 
-/// When a claim was sent, and what it returned.
-type Claimed = (Instant, Result<Vec<ClaimedEvent>>);
+/// A claim's ticket, when it was sent, and what it returned.
+type Claimed = (Ticket, (Instant, Result<Vec<ClaimedEvent>>));
 
 /// The first of `futures` to finish (removed from the list); pending while the list is empty.
 async fn next_done<T>(futures: &mut Vec<Pending<'_, T>>) -> T {

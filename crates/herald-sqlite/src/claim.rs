@@ -7,7 +7,10 @@
 //! read lock (the upgrade is what fails with `SQLITE_BUSY` without waiting).
 //!
 //! Every change a relay makes to a claimed row is fenced by `locked_by = relay`: a relay whose
-//! lease expired and whose rows were taken over cannot complete or fail them any more.
+//! lease expired and whose rows were taken over cannot complete or fail them any more. Failures
+//! and releases are also fenced by the lease's validity (`locked_until > now`): once the lease
+//! ran out, they leave the row as the claim left it (claimable at once, the claim counted), the
+//! same contract as PostgreSQL's, where another relay may be claiming past the row meanwhile.
 
 use std::sync::Arc;
 
@@ -31,13 +34,13 @@ pub(crate) struct ClaimSql {
     delete: Arc<str>,
     /// ?1 relay, ?2 JSON array of seqs, ?3 now.
     archive: Arc<str>,
-    /// ?1 relay, ?2 seq, ?3 available at, ?4 error.
+    /// ?1 relay, ?2 seq, ?3 available at, ?4 error, ?5 now.
     retry: Arc<str>,
     /// ?1 relay, ?2 seq, ?3 error, ?4 now.
     dead_letter: Arc<str>,
-    /// ?1 relay, ?2 seq.
+    /// ?1 relay, ?2 seq, ?3 now.
     delete_one: Arc<str>,
-    /// ?1 relay, ?2 JSON array of seqs.
+    /// ?1 relay, ?2 JSON array of seqs, ?3 now.
     release: Arc<str>,
     /// ?1 published before, ?2 limit.
     prune: Arc<str>,
@@ -86,20 +89,24 @@ impl ClaimSql {
             retry: format!(
                 "UPDATE {t} SET locked_by = NULL, locked_until = NULL, \
                      available_at = ?3, last_error = ?4 \
-                 WHERE seq = ?2 AND locked_by = ?1"
+                 WHERE seq = ?2 AND locked_by = ?1 AND locked_until > ?5"
             )
             .into(),
             dead_letter: format!(
                 "INSERT INTO {dead} \
                      (seq, {cols}, recorded_at, attempts, last_error, dead_lettered_at) \
-                 SELECT seq, {cols}, recorded_at, attempts, ?3, ?4 FROM {t} WHERE seq = ?2 AND locked_by = ?1"
+                 SELECT seq, {cols}, recorded_at, attempts, ?3, ?4 FROM {t} \
+                 WHERE seq = ?2 AND locked_by = ?1 AND locked_until > ?4"
             )
             .into(),
-            delete_one: format!("DELETE FROM {t} WHERE seq = ?2 AND locked_by = ?1").into(),
+            delete_one: format!(
+                "DELETE FROM {t} WHERE seq = ?2 AND locked_by = ?1 AND locked_until > ?3"
+            )
+            .into(),
             release: format!(
                 "UPDATE {t} SET locked_by = NULL, locked_until = NULL, \
                      attempts = MAX(attempts - 1, 0) \
-                 WHERE {owned}"
+                 WHERE {owned} AND locked_until > ?3"
             )
             .into(),
             prune: format!(
@@ -174,6 +181,7 @@ impl SqliteOutbox {
                         .bind(failure.seq)
                         .bind(now.saturating_add(duration_micros(delay)))
                         .bind(failure.error.as_str())
+                        .bind(now)
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -188,6 +196,7 @@ impl SqliteOutbox {
                     query(&self.sql().delete_one)
                         .bind(relay)
                         .bind(failure.seq)
+                        .bind(now)
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -253,6 +262,7 @@ impl OutboxStore for SqliteOutbox {
             query(&self.sql().release)
                 .bind(&relay)
                 .bind(&seqs)
+                .bind(now_micros())
                 .execute(self.pool())
                 .await
         })

@@ -49,6 +49,7 @@ macro_rules! store_suite {
             failed_row_blocks_only_its_own_key_until_backoff,
             dead_letter_then_replay,
             release_does_not_count_an_attempt,
+            write_backs_after_the_lease_expired_change_nothing,
             archive_is_pruned_by_retention,
             claim_is_correct_with_many_finished_rows,
             stats_report_each_state,
@@ -445,6 +446,49 @@ pub async fn release_does_not_count_an_attempt<F: StoreFactory>(factory: &F) {
     let again = claim(&store, Uuid::now_v7(), 10).await;
     assert_eq!(ids(&again), ids(&claimed));
     assert!(again.iter().all(|c| c.attempts == 1));
+}
+
+/// A relay whose lease ran out cannot fail or release its rows as if it still held them,
+/// even when no other relay took them over yet: the rows stay as the expired claim left them
+/// (claimable at once, the claim counted), so a retry it reschedules cannot land behind rows
+/// of its key that another relay publishes meanwhile.
+pub async fn write_backs_after_the_lease_expired_change_nothing<F: StoreFactory>(factory: &F) {
+    let store = factory.create(Completion::Delete).await;
+    record(factory, &store, &interleaved(2, 1)).await;
+    let slow = Uuid::now_v7();
+    let lease = Duration::from_millis(300);
+    let first = store.claim(&request(slow, 10, lease)).await.expect("claim");
+    assert_eq!(first.len(), 2);
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+
+    store
+        .fail(
+            slow,
+            &[Failure {
+                seq: first[0].seq,
+                error: "late failure".into(),
+                disposition: Disposition::Retry {
+                    delay: Duration::from_secs(3600),
+                },
+            }],
+        )
+        .await
+        .expect("a late fail is not an error");
+    store
+        .release(slow, &[first[1].seq])
+        .await
+        .expect("a late release is not an error");
+
+    let taken = claim(&store, Uuid::now_v7(), 10).await;
+    assert_eq!(
+        ids(&taken),
+        ids(&first),
+        "neither rescheduled nor released: both claimable at once"
+    );
+    assert!(
+        taken.iter().all(|c| c.attempts == 2),
+        "the expired claim still counts"
+    );
 }
 
 /// In archive mode, completed rows go to the archive, which retention prunes.

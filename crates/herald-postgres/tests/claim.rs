@@ -1,0 +1,72 @@
+//! The claim's per-key order against write-backs in flight on other connections: a row that a
+//! claim cannot lock because another relay is writing it back still blocks its key.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::time::Duration;
+
+use herald_core::{ClaimRequest, Completion, OutboxStore};
+use herald_testkit::envelope;
+use sqlx::AssertSqlSafe;
+use uuid::Uuid;
+
+fn request(relay_id: Uuid, lease: Duration) -> ClaimRequest {
+    ClaimRequest {
+        relay_id,
+        limit: 10,
+        lease,
+    }
+}
+
+#[tokio::test]
+async fn a_row_locked_by_a_write_back_after_its_lease_expired_blocks_its_key() {
+    let outbox = common::outbox(Completion::Delete).await;
+    let mut tx = outbox.pool().begin().await.unwrap();
+    outbox
+        .record_all(&mut tx, &[envelope("k", 0), envelope("k", 1)])
+        .await
+        .unwrap();
+    outbox.commit(tx).await.unwrap();
+
+    // Relay A claims both rows of `k` and is slow: its lease runs out.
+    let slow = Uuid::now_v7();
+    let lease = Duration::from_millis(200);
+    let first = outbox.claim(&request(slow, lease)).await.unwrap();
+    assert_eq!(first.len(), 2);
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+
+    // A's write-back of k:0 is in flight: its statement holds the row's lock.
+    let table = format!("{}.\"outbox\"", outbox.config().schema.quoted());
+    let mut write_back = outbox.pool().begin().await.unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {table} SET last_error = 'in flight' WHERE seq = $1"
+    )))
+    .bind(first[0].seq)
+    .execute(&mut *write_back)
+    .await
+    .unwrap();
+
+    // Relay B must not take k:1 past the row it cannot see.
+    let other = Uuid::now_v7();
+    let taken = outbox
+        .claim(&request(other, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = taken.iter().map(|c| c.seq).collect();
+    assert!(
+        seqs.is_empty(),
+        "claimed {seqs:?} while k:0 (seq {}) was being written back",
+        first[0].seq
+    );
+
+    // Once the write-back is over (here: it changed nothing), B takes both, in order.
+    write_back.rollback().await.unwrap();
+    let taken = outbox
+        .claim(&request(other, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = taken.iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, vec![first[0].seq, first[1].seq]);
+}
