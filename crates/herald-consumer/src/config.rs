@@ -83,9 +83,10 @@ pub struct ConsumerConfig {
     /// Most messages the transactional inbox commits in one database transaction (default 32;
     /// 1 gives every message a transaction of its own). Messages running at the same time are
     /// grouped as they arrive, without waiting for more: one commit (one fsync) then stands
-    /// for many messages. Each message is acknowledged only after its group committed. When one
-    /// handler of a group fails, the group is rolled back, that handler's outcome stands, and
-    /// the others run again, each in a transaction of its own.
+    /// for many messages. Each message is acknowledged only after its group committed. Each
+    /// handler runs under a savepoint: when one fails (or swallows a database error, which
+    /// leaves a PostgreSQL transaction unable to commit), only its own writes are rolled back,
+    /// its outcome stands, and the others commit.
     pub transaction_batch: usize,
     /// Removal of old inbox records (default: 7 days kept, pruned every 5 min); `None` leaves
     /// them alone.
