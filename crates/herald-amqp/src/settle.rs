@@ -140,12 +140,16 @@ impl Inflight {
                     "cannot publish the dead letter; letting the broker dead-letter the message"
                 );
                 self.settled = true;
-                self.acks.forget(self.tag);
-                match self
+                // The tag stays pending until the reject is on its way: a `multiple` ack sent
+                // before it would cover it (the message acknowledged instead of dead-lettered,
+                // and the reject of an acknowledged tag closing the channel). Frames of one
+                // channel reach the broker in order, so acks sent after it are harmless.
+                let rejected = self
                     .acker
                     .reject(BasicRejectOptions { requeue: false })
-                    .await
-                {
+                    .await;
+                self.acks.forget(self.tag);
+                match rejected {
                     Ok(true) => Ok(()),
                     Ok(false) => Err(error::transient(
                         "dead-letter",

@@ -565,3 +565,156 @@ async fn a_deleted_delay_queue_is_declared_again_on_the_next_retry() {
     assert_eq!((again.envelope.id, again.attempt), (env.id, 2));
     again.ack().await.unwrap();
 }
+
+/// Counts the messages in `queue` (with a plain client), and how many of them the broker itself
+/// dead-lettered (they carry its `x-death` header).
+async fn count_queue(channel: &lapin::Channel, queue: &str) -> (usize, usize) {
+    let (mut all, mut by_broker) = (0, 0);
+    while let Some(message) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        all += 1;
+        let headers = message
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        if headers.inner().contains_key("x-death") {
+            by_broker += 1;
+        }
+    }
+    (all, by_broker)
+}
+
+/// When the dead-letter copy cannot be published, the delivery is rejected for the broker to
+/// dead-letter it. That reject must reach the broker before any `multiple` ack that would
+/// cover its tag: otherwise the message is acknowledged instead of dead-lettered, and the
+/// reject of a tag already acknowledged closes the channel (every other unsettled delivery is
+/// then redelivered).
+///
+/// The dead-letter queue is replaced by a full one that refuses publishes (so every copy is
+/// nacked), and a `sink` queue bound to the dead-letter exchange as well shows what the broker
+/// dead-lettered (the `x-death` header). Rejects and acks are interleaved as fast as possible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reject_after_a_failed_dead_letter_copy_is_never_covered_by_a_multiple_ack() {
+    let transport = AmqpTransport::connect(AmqpConfig {
+        ack_batch: 4,
+        ack_interval: Duration::from_millis(1),
+        ..common::config()
+    })
+    .await
+    .unwrap();
+    let name = common::unique("reject-order");
+    let (dlq, dlx) = (format!("{name}.dlq"), format!("{name}.dlx"));
+    let mut stream = transport
+        .subscribe(&SubscriptionSpec {
+            prefetch: 200,
+            ..spec(&name)
+        })
+        .await
+        .unwrap();
+    let connection = common::plain_connection().await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_delete(dlq.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let mut full = FieldTable::default();
+    full.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+    full.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    full.insert("x-expires".into(), AMQPValue::LongLongInt(120_000));
+    let mut sink_args = FieldTable::default();
+    sink_args.insert("x-expires".into(), AMQPValue::LongLongInt(120_000));
+    let sink = format!("{name}.sink");
+    // The dead-letter exchange went with its last binding (the test topology is ephemeral).
+    channel
+        .exchange_declare(
+            dlx.as_str().into(),
+            lapin::ExchangeKind::Fanout,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for (queue, arguments) in [(&dlq, full), (&sink, sink_args)] {
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::default(),
+                arguments,
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                dlx.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    const MESSAGES: usize = 1_000;
+    let batch: Vec<Envelope> = (0..MESSAGES)
+        .map(|i| envelope(&format!("key-{i}"), 0))
+        .collect();
+    for chunk in batch.chunks(250) {
+        for r in transport.publish(chunk).await {
+            r.unwrap();
+        }
+    }
+    let mut settling = tokio::task::JoinSet::new();
+    let (mut received, mut redelivered, mut rejected) = (HashSet::new(), 0, 0);
+    let deadline = Instant::now() + WAIT;
+    while received.len() < MESSAGES && Instant::now() < deadline {
+        let Ok(Some(Ok(delivery))) =
+            tokio::time::timeout(Duration::from_secs(2), stream.next()).await
+        else {
+            break;
+        };
+        if delivery.redelivered {
+            redelivered += 1;
+        }
+        let first = received.insert(delivery.envelope.id);
+        let reject = delivery.envelope.id.as_u128() % 2 == 0;
+        if first && reject {
+            rejected += 1;
+        }
+        settling.spawn(async move {
+            if reject {
+                // The copy is nacked; the fallback reject may fail only with the channel.
+                let _ = delivery.reject("refused by the test").await;
+            } else {
+                let _ = delivery.ack().await;
+            }
+        });
+    }
+    while settling.join_next().await.is_some() {}
+    assert_eq!(received.len(), MESSAGES, "every message arrived");
+    assert_eq!(
+        redelivered, 0,
+        "no channel was closed by a reject of an acknowledged tag"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (in_sink, by_broker) = count_queue(&channel, &sink).await;
+    assert_eq!(
+        by_broker, rejected,
+        "every rejected message was dead-lettered by the broker, none acknowledged instead \
+         ({in_sink} in the sink)"
+    );
+    let nothing = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
+    assert!(nothing.is_err(), "nothing comes back");
+}
