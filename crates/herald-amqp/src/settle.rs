@@ -90,6 +90,26 @@ impl Inflight {
         self.copy_then_ack("", &queue, properties).await
     }
 
+    /// Delivers the message again after `delay` as the same attempt: a deferral (the consumer
+    /// holds an earlier message of its key) is not a failure, so it neither raises the attempt
+    /// count nor ever dead-letters the message.
+    pub(crate) async fn defer(self, delay: Duration, why: &str) -> Result<()> {
+        debug!(queue = %self.names.queue, ?delay, reason = why, "deferred");
+        let due = now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+        let properties = set(
+            self.copy_properties(),
+            header::NOT_BEFORE,
+            AMQPValue::LongLongInt(due),
+        );
+        let queue = if delay.is_zero() {
+            self.names.queue.clone()
+        } else {
+            self.names
+                .delay_queue(self.shared.config.delay_level(delay))
+        };
+        self.copy_then_ack("", &queue, properties).await
+    }
+
     /// Sends a retried message that came back before it was due round the delay queues again,
     /// as the same attempt.
     pub(crate) async fn park(self, remaining: Duration) -> Result<()> {
@@ -325,6 +345,7 @@ impl Acknowledger for AmqpAcknowledger {
                     Ok(())
                 }
                 Settlement::Retry { delay, reason } => inflight.retry(delay, &reason).await,
+                Settlement::Defer { delay, reason } => inflight.defer(delay, &reason).await,
                 Settlement::Reject { reason } => {
                     inflight.dead_letter(reason::REJECTED, &reason).await
                 }

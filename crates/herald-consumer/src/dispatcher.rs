@@ -12,7 +12,8 @@
 //! arrived message of a held key is *deferred*: given back to the transport with a delay that
 //! brings it back after the away message, and its place in the lane kept. So held messages
 //! never fill the prefetch, and the away message can always be received again. A deferral is
-//! not a failure: its delivery does not count as an attempt. An away message that does not
+//! not a failure: it is a settlement of its own ([`Settlement::Defer`]), which never spends an
+//! attempt and never dead-letters the message. An away message that does not
 //! come back within `redelivery_grace` of its due time (a competing consumer took it) stops
 //! holding its key.
 //!
@@ -39,8 +40,6 @@ const DEFER_MARGIN: Duration = Duration::from_millis(50);
 /// A delivery taken from the stream, with the prefetch credit it holds until settled.
 pub(crate) struct Job {
     pub(crate) delivery: Delivery,
-    /// Times this message was deferred (its deliveries that were not attempts).
-    pub(crate) deferrals: u32,
     pub(crate) credit: OwnedSemaphorePermit,
 }
 
@@ -53,7 +52,6 @@ struct Away {
     id: Uuid,
     back_at: Instant,
     give_up_at: Instant,
-    deferrals: u32,
 }
 
 #[derive(Default)]
@@ -86,7 +84,6 @@ impl Lane {
 pub(crate) struct Finished {
     key: Option<String>,
     id: Uuid,
-    deferrals: u32,
     /// Set when the message was sent for a delayed redelivery.
     redeliver_after: Option<Duration>,
 }
@@ -154,13 +151,7 @@ impl Dispatcher {
             .position(|slot| matches!(slot, Slot::Away(away) if away.id == id));
         match returning {
             // Back from a redelivery or a deferral: it takes its old place.
-            Some(position) => {
-                let deferrals = match &lane.slots[position] {
-                    Slot::Away(away) => away.deferrals,
-                    Slot::Here(_) => 0,
-                };
-                lane.slots[position] = Slot::Here(Box::new(Job { deferrals, ..job }));
-            }
+            Some(position) => lane.slots[position] = Slot::Here(Box::new(job)),
             None => lane.slots.push_back(Slot::Here(Box::new(job))),
         }
         self.advance(&key);
@@ -248,7 +239,6 @@ impl Dispatcher {
                 id: job.delivery.envelope.id,
                 back_at: now + delay,
                 give_up_at: now + delay + self.limits.redelivery_grace,
-                deferrals: job.deferrals.saturating_add(1),
             }),
         );
         lane.held -= 1;
@@ -257,10 +247,8 @@ impl Dispatcher {
         let metrics = self.metrics.clone();
         let reason = format!("waiting behind an earlier message of key `{key}`");
         self.settling.spawn(async move {
-            let Job {
-                delivery, credit, ..
-            } = *job;
-            if let Err(error) = delivery.retry(delay, reason).await {
+            let Job { delivery, credit } = *job;
+            if let Err(error) = delivery.defer(delay, reason).await {
                 metrics.settle_error();
                 tracing::warn!(error = %error.chain(), "deferring a delivery failed; the broker will redeliver it");
             }
@@ -306,7 +294,6 @@ impl Dispatcher {
                 lane.busy = false;
                 if let Some(Finished {
                     id,
-                    deferrals,
                     redeliver_after: Some(after),
                     ..
                 }) = finished
@@ -316,7 +303,6 @@ impl Dispatcher {
                         id,
                         back_at: now + after,
                         give_up_at: now + after + self.limits.redelivery_grace,
-                        deferrals,
                     }));
                 }
             }
@@ -368,13 +354,9 @@ async fn work(
     key: Option<String>,
     job: Job,
 ) -> Finished {
-    let Job {
-        delivery,
-        deferrals,
-        credit,
-    } = job;
+    let Job { delivery, credit } = job;
     let id = delivery.envelope.id;
-    let attempt = delivery.attempt.saturating_sub(deferrals).max(1);
+    let attempt = delivery.attempt.max(1);
     let envelope = Arc::new(delivery.envelope.clone());
     let (routed, duplicates) = routes
         .route(envelope, attempt, delivery.redelivered, &cancellation)
@@ -426,7 +408,6 @@ async fn work(
     Finished {
         key,
         id,
-        deferrals,
         redeliver_after,
     }
 }

@@ -80,6 +80,15 @@ pub enum Settlement {
         /// Why, for logs and headers.
         reason: String,
     },
+    /// Not yet, and not a failure: deliver it again after `delay` as the same attempt. A
+    /// consumer defers a message that must wait behind an earlier one of its key; a deferral
+    /// never raises the attempt count and never dead-letters the message.
+    Defer {
+        /// How long to wait.
+        delay: Duration,
+        /// Why, for logs.
+        reason: String,
+    },
     /// Give up: move it to the dead letters with `reason`.
     Reject {
         /// Why.
@@ -146,6 +155,16 @@ impl Delivery {
     /// Asks for redelivery after `delay`.
     pub async fn retry(self, delay: Duration, reason: impl Into<String>) -> Result<()> {
         self.settle(Settlement::Retry {
+            delay,
+            reason: reason.into(),
+        })
+        .await
+    }
+
+    /// Gives the message back for delivery after `delay`, as the same attempt (see
+    /// [`Settlement::Defer`]).
+    pub async fn defer(self, delay: Duration, reason: impl Into<String>) -> Result<()> {
+        self.settle(Settlement::Defer {
             delay,
             reason: reason.into(),
         })
