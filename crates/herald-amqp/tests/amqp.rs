@@ -718,3 +718,107 @@ async fn a_reject_after_a_failed_dead_letter_copy_is_never_covered_by_a_multiple
     let nothing = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
     assert!(nothing.is_err(), "nothing comes back");
 }
+
+/// Copies a message the transport published (taken from a plain queue) into `queue` with the
+/// retry headers `extra`, as a delay queue would hand it back.
+async fn as_if_back_from_a_delay_queue(
+    transport: &AmqpTransport,
+    channel: &lapin::Channel,
+    queue: &str,
+    envelope: &Envelope,
+    extra: &[(&str, i64)],
+) {
+    let plain = plain_queue(channel, &transport.config().exchange, FieldTable::default()).await;
+    for r in transport.publish(std::slice::from_ref(envelope)).await {
+        r.unwrap();
+    }
+    let got = channel
+        .basic_get(plain.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the message is in the plain queue");
+    let mut headers = got
+        .delivery
+        .properties
+        .headers()
+        .clone()
+        .unwrap_or_default();
+    for (name, value) in extra {
+        headers.insert((*name).into(), AMQPValue::LongLongInt(*value));
+    }
+    let properties = got.delivery.properties.clone().with_headers(headers);
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            &got.delivery.data,
+            properties,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// Whether a retried message is due is decided by the delay left, as its sender computed it,
+/// never by comparing the sender's wall clock with the receiver's: a message back from its
+/// delay queue with nothing left to wait is delivered at once, even if it carries a due time an
+/// hour ahead (a sender whose clock runs fast); one with time left goes round again first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_due_by_the_delay_left_not_by_the_senders_clock() {
+    let transport = common::transport().await;
+    let name = common::unique("skew");
+    // Bound for another type: the copies below are the only messages it gets.
+    let mut stream = transport
+        .subscribe(&SubscriptionSpec::new(&name, ["unrelated.type"]))
+        .await
+        .unwrap();
+    let connection = common::plain_connection().await;
+    let channel = connection.create_channel().await.unwrap();
+    let hour_ahead = (time::OffsetDateTime::now_utc().unix_timestamp() + 3600) * 1000;
+
+    let due = envelope("skew", 0);
+    as_if_back_from_a_delay_queue(
+        &transport,
+        &channel,
+        &name,
+        &due,
+        &[
+            ("x-herald-attempt", 2),
+            ("x-herald-not-before", hour_ahead),
+            ("x-herald-delay-remaining", 0),
+        ],
+    )
+    .await;
+    let started = Instant::now();
+    let delivery = next(&mut stream).await;
+    assert_eq!(delivery.envelope.id, due.id);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "delivered at once, not parked for the sender's hour: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(delivery.attempt, 2);
+    delivery.ack().await.unwrap();
+
+    let early = envelope("skew", 1);
+    as_if_back_from_a_delay_queue(
+        &transport,
+        &channel,
+        &name,
+        &early,
+        &[("x-herald-attempt", 2), ("x-herald-delay-remaining", 150)],
+    )
+    .await;
+    let started = Instant::now();
+    let delivery = next(&mut stream).await;
+    assert_eq!(delivery.envelope.id, early.id);
+    assert!(
+        started.elapsed() >= Duration::from_millis(190),
+        "sent round the 200 ms delay queue first: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(delivery.attempt, 2, "as the same attempt");
+    delivery.ack().await.unwrap();
+}

@@ -61,7 +61,8 @@ pub struct ConsumerConfig {
     /// to the transport to come back after it, so that held messages never fill the prefetch
     /// and stall unrelated keys. Must be below `prefetch`.
     pub max_held: usize,
-    /// How long after its delay a message sent for redelivery may take to come back before
+    /// How long after its delay (as the transport really applies it: RabbitMQ's delay queues
+    /// round a delay up to the next queue's) a message sent for redelivery may take to come back before
     /// later messages of its key go ahead without it (default 5 min): it may have to travel
     /// through the queue's backlog again, or a competing consumer may have taken it. Set it
     /// above the time a message spends in your queue's backlog.

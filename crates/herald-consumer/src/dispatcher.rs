@@ -84,7 +84,7 @@ impl Lane {
 pub(crate) struct Finished {
     key: Option<String>,
     id: Uuid,
-    /// Set when the message was sent for a delayed redelivery.
+    /// Set when the message was sent for a delayed redelivery: how long it stays away.
     redeliver_after: Option<Duration>,
 }
 
@@ -229,16 +229,20 @@ impl Dispatcher {
             })
             .max()
             .unwrap_or(now);
-        let delay = last_back.saturating_duration_since(now) + DEFER_MARGIN;
+        let delay = last_back
+            .saturating_duration_since(now)
+            .saturating_add(DEFER_MARGIN);
         let Some(Slot::Here(job)) = lane.slots.remove(index) else {
             return false;
         };
+        // The transport may keep it longer than asked (a delay queue rounds up).
+        let away = job.delivery.effective_delay(delay);
         lane.slots.insert(
             index,
             Slot::Away(Away {
                 id: job.delivery.envelope.id,
-                back_at: now + delay,
-                give_up_at: now + delay + self.limits.redelivery_grace,
+                back_at: later(now, away),
+                give_up_at: later(now, away.saturating_add(self.limits.redelivery_grace)),
             }),
         );
         lane.held -= 1;
@@ -301,8 +305,8 @@ impl Dispatcher {
                     let now = Instant::now();
                     lane.slots.push_front(Slot::Away(Away {
                         id,
-                        back_at: now + after,
-                        give_up_at: now + after + self.limits.redelivery_grace,
+                        back_at: later(now, after),
+                        give_up_at: later(now, after.saturating_add(self.limits.redelivery_grace)),
                     }));
                 }
             }
@@ -346,6 +350,16 @@ impl Dispatcher {
     }
 }
 
+/// `by` after `now`, saturated at a point far in the future: a delay as long as a handler
+/// may ask for (`Duration::MAX`) must not overflow the clock.
+fn later(now: Instant, by: Duration) -> Instant {
+    /// Far enough for any wait, near enough for every platform's clock.
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(by.min(FAR))
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
 /// Handles one delivery and settles it.
 async fn work(
     routes: Arc<Routes>,
@@ -371,12 +385,15 @@ async fn work(
         }
         Routed::Handled(Outcome::Retry { after, reason }) => {
             metrics.redelivery();
+            // The lane holds the key for as long as the transport really keeps the message
+            // away (a delay queue may round the delay up), not only for what was asked.
+            let away = delivery.effective_delay(after);
             (
                 Settlement::Retry {
                     delay: after,
                     reason,
                 },
-                Some(after),
+                Some(away),
             )
         }
         Routed::Handled(Outcome::Reject { reason }) => {

@@ -360,3 +360,44 @@ async fn deferred_messages_spend_no_attempt_and_are_never_dead_lettered_for_it()
     assert!(transport.dead_letters(&queue, 10).await.unwrap().is_empty());
     transport.delete_subscription(&queue).await.unwrap();
 }
+
+/// A retry waits in the shortest delay queue not shorter than asked for: here 1.5 s for 200 ms
+/// asked. The key must stay held for the time the broker really keeps the message, not the
+/// time asked for plus the grace, or later messages of the key overtake it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_rounded_up_to_a_longer_delay_queue_still_holds_its_key() {
+    let transport = AmqpTransport::connect(AmqpConfig {
+        exchange: format!("herald-consumer-test-{}", Uuid::now_v7().simple()),
+        retry_delays: vec![Duration::from_millis(100), Duration::from_millis(1500)],
+        expires: Some(Duration::from_secs(120)),
+        ..AmqpConfig::new(amqp_url())
+    })
+    .await
+    .unwrap();
+    let queue = queue();
+    let handler = Arc::new(RetriesOnce::new(Duration::from_millis(200), [("lee", 0)]));
+    let consumer = Consumer::new(
+        transport.clone(),
+        queue.clone(),
+        Router::new().handle("bank.record", handler.clone()),
+        ConsumerConfig {
+            redelivery_grace: Duration::from_millis(300),
+            retry: quick_retry(0, 3),
+            ..config()
+        },
+    )
+    .unwrap();
+    let running = start(consumer, &transport).await;
+    publish_all(&transport, &[deposit("lee", 0), deposit("lee", 1)]).await;
+    eventually("both deposits handled", || async {
+        handler.handled("lee").len() == 2
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(
+        handler.handled("lee"),
+        vec![(0, 2), (1, 1)],
+        "the retried deposit first"
+    );
+    transport.delete_subscription(&queue).await.unwrap();
+}

@@ -100,6 +100,13 @@ pub enum Settlement {
 pub trait Acknowledger: Send + Sync + 'static {
     /// Settles the delivery.
     fn settle(self: Box<Self>, settlement: Settlement) -> BoxFuture<'static, Result<()>>;
+
+    /// How long a message asked to come back after `requested` ([`Settlement::Retry`],
+    /// [`Settlement::Defer`]) really stays away. A broker with fixed delay queues rounds it
+    /// up; the default is exact. Never shorter than `requested`.
+    fn effective_delay(&self, requested: Duration) -> Duration {
+        requested
+    }
 }
 
 /// A message received from a subscription. Settle it with [`ack`](Delivery::ack),
@@ -140,6 +147,13 @@ impl Delivery {
             redelivered,
             acknowledger,
         }
+    }
+
+    /// How long the message stays away if it is asked to come back after `requested`: what a
+    /// consumer waits for before it gives up on seeing it again (see
+    /// [`Acknowledger::effective_delay`]).
+    pub fn effective_delay(&self, requested: Duration) -> Duration {
+        self.acknowledger.effective_delay(requested).max(requested)
     }
 
     /// Settles the delivery as decided.
