@@ -237,6 +237,9 @@ impl AmqpConfig {
         if self.ack_batch == 0 {
             return Err(Error::Config("ack batch must be at least 1".into()));
         }
+        self.reconnect
+            .validate()
+            .map_err(|error| Error::Config(format!("reconnect {error}")))?;
         if self.tls.client_cert_file.is_some() != self.tls.client_key_file.is_some() {
             return Err(Error::Config(
                 "a TLS client certificate needs its key, and a key its certificate".into(),
@@ -418,6 +421,7 @@ mod tests {
         bad(|c| c.url = "http://example".into());
         bad(|c| c.retry_delays.clear());
         bad(|c| c.retry_delays = vec![Duration::ZERO]);
+        bad(|c| c.reconnect.jitter = f64::NAN);
         bad(|c| c.confirm_window = 0);
         bad(|c| c.exchange = "amq.topic".into());
         bad(|c| c.exchange = "x".repeat(256));

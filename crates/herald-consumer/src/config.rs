@@ -61,8 +61,8 @@ pub struct ConsumerConfig {
     /// to the transport to come back after it, so that held messages never fill the prefetch
     /// and stall unrelated keys. Must be below `prefetch`.
     pub max_held: usize,
-    /// How long after its delay (as the transport really applies it: RabbitMQ's delay queues
-    /// round a delay up to the next queue's) a message sent for redelivery may take to come back before
+    /// How long after its delay (as the transport applies it: RabbitMQ's delay queues round
+    /// it up to the next queue's) a message sent for redelivery may take to come back before
     /// later messages of its key go ahead without it (default 5 min): it may have to travel
     /// through the queue's backlog again, or a competing consumer may have taken it. Set it
     /// above the time a message spends in your queue's backlog.
@@ -138,6 +138,10 @@ impl ConsumerConfig {
                 "consumer transaction batch must be at least 1".into(),
             ));
         }
+        self.retry
+            .backoff
+            .validate()
+            .map_err(|error| Error::Config(format!("consumer retry {error}")))?;
         if self.handler_timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::Config(
                 "handler timeout must be positive (or None)".into(),
@@ -180,6 +184,16 @@ mod tests {
             },
             ConsumerConfig {
                 handler_timeout: Some(Duration::ZERO),
+                ..ConsumerConfig::default()
+            },
+            ConsumerConfig {
+                retry: RetryPolicy {
+                    backoff: herald_core::Backoff {
+                        jitter: f64::NAN,
+                        ..herald_core::Backoff::default()
+                    },
+                    ..RetryPolicy::default()
+                },
                 ..ConsumerConfig::default()
             },
         ] {
