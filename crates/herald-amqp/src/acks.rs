@@ -86,7 +86,8 @@ impl AckHandle {
         self.acks.wake.notify_one();
     }
 
-    /// Delivery `tag` was settled by other means (a broker-side reject).
+    /// Delivery `tag` was settled by other means (a broker-side reject). Call it only once
+    /// that settlement was sent: until then the tag must hold back `multiple` acks.
     pub(crate) fn forget(&self, tag: u64) {
         self.acks.state().pending.remove(&tag);
         self.acks.wake.notify_one();

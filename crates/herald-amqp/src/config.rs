@@ -237,6 +237,9 @@ impl AmqpConfig {
         if self.ack_batch == 0 {
             return Err(Error::Config("ack batch must be at least 1".into()));
         }
+        self.reconnect
+            .validate()
+            .map_err(|error| Error::Config(format!("reconnect {error}")))?;
         if self.tls.client_cert_file.is_some() != self.tls.client_key_file.is_some() {
             return Err(Error::Config(
                 "a TLS client certificate needs its key, and a key its certificate".into(),
@@ -275,6 +278,44 @@ impl AmqpConfig {
             .find(|d| *d >= delay)
             .or_else(|| delays.last().copied())
             .unwrap_or(delay)
+    }
+}
+
+impl AmqpConfig {
+    /// How long a message asked to come back after `requested` really stays away: the delay
+    /// queue it waits in is the shortest not shorter than asked for, and a longer wait goes
+    /// round the longest queue until what is left fits a queue (see [`delay_hop`]). Saturates
+    /// at [`Duration::MAX`].
+    ///
+    /// [`delay_hop`]: Self::delay_hop
+    pub fn effective_delay(&self, requested: Duration) -> Duration {
+        if requested.is_zero() {
+            return Duration::ZERO;
+        }
+        let Some(longest) = self.delays().last().copied().filter(|d| !d.is_zero()) else {
+            return requested;
+        };
+        if requested <= longest {
+            return self.delay_level(requested);
+        }
+        // Whole rounds of the longest queue while more than it is left, then one hop.
+        let (asked, round) = (requested.as_nanos(), longest.as_nanos());
+        let rounds = (asked - round).div_ceil(round);
+        let left = asked - rounds * round;
+        let last = self.delay_level(Duration::from_nanos(
+            u64::try_from(left).unwrap_or(u64::MAX),
+        ));
+        let total = rounds.saturating_mul(round).saturating_add(last.as_nanos());
+        u64::try_from(total / 1_000_000_000).map_or(Duration::MAX, |secs| {
+            Duration::new(secs, u32::try_from(total % 1_000_000_000).unwrap_or(0))
+        })
+    }
+
+    /// Where a message that must stay away `requested` waits first: the delay queue's delay,
+    /// and what will be left to wait once it comes out of it.
+    pub(crate) fn delay_hop(&self, requested: Duration) -> (Duration, Duration) {
+        let level = self.delay_level(requested);
+        (level, requested.saturating_sub(level))
     }
 }
 
@@ -380,6 +421,7 @@ mod tests {
         bad(|c| c.url = "http://example".into());
         bad(|c| c.retry_delays.clear());
         bad(|c| c.retry_delays = vec![Duration::ZERO]);
+        bad(|c| c.reconnect.jitter = f64::NAN);
         bad(|c| c.confirm_window = 0);
         bad(|c| c.exchange = "amq.topic".into());
         bad(|c| c.exchange = "x".repeat(256));
@@ -412,6 +454,29 @@ mod tests {
             config.delay_level(Duration::from_secs(60)),
             Duration::from_secs(5)
         );
+    }
+
+    #[test]
+    fn the_effective_delay_is_the_time_spent_in_the_delay_queues() {
+        let config = AmqpConfig {
+            retry_delays: vec![Duration::from_secs(5), Duration::from_secs(1)],
+            ..AmqpConfig::default()
+        };
+        let secs = Duration::from_secs;
+        assert_eq!(config.effective_delay(Duration::ZERO), Duration::ZERO);
+        assert_eq!(config.effective_delay(Duration::from_millis(10)), secs(1));
+        assert_eq!(config.effective_delay(secs(2)), secs(5));
+        assert_eq!(config.effective_delay(secs(5)), secs(5));
+        assert_eq!(config.effective_delay(secs(6)), secs(6), "5 s, then 1 s");
+        assert_eq!(config.effective_delay(secs(7)), secs(10), "5 s, then 5 s");
+        assert_eq!(config.effective_delay(secs(10)), secs(10));
+        assert_eq!(config.effective_delay(secs(11)), secs(11));
+        assert_eq!(config.effective_delay(Duration::MAX), Duration::MAX);
+        assert_eq!(config.delay_hop(secs(7)), (secs(5), secs(2)));
+        assert_eq!(config.delay_hop(secs(2)), (secs(5), Duration::ZERO));
+        // The defaults' fourth retry: 270 s asked waits in the 600 s queue.
+        let defaults = AmqpConfig::default();
+        assert_eq!(defaults.effective_delay(secs(270)), secs(600));
     }
 
     #[test]

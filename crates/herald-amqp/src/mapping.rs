@@ -53,8 +53,14 @@ pub mod header {
     pub const TRACESTATE: &str = "tracestate";
     /// Which delivery attempt a message is on (1 for the first), raised by each retry.
     pub const ATTEMPT: &str = "x-herald-attempt";
-    /// When a retried message is due (Unix milliseconds).
+    /// When a retried message is due (Unix milliseconds), by the clock of the consumer that
+    /// sent it for the retry. Written for consumers of earlier versions; read only when
+    /// [`DELAY_REMAINING`] is absent.
     pub const NOT_BEFORE: &str = "x-herald-not-before";
+    /// What is left of a retry's (or deferral's) delay once the message comes out of the delay
+    /// queue it was sent to (milliseconds): more than a few milliseconds sends it round the
+    /// delay queues again. Relative, so that no consumer's clock decides when it is due.
+    pub const DELAY_REMAINING: &str = "x-herald-delay-remaining";
     /// Why the last retry was asked for.
     pub const RETRY_REASON: &str = "x-herald-retry-reason";
     /// Why a message was dead-lettered: `rejected`, `max-attempts` or `malformed`.
@@ -322,6 +328,15 @@ pub(crate) fn attempt(properties: &BasicProperties) -> Result<u32> {
     let base = h.integer(header::ATTEMPT)?.unwrap_or(1).max(1);
     let redeliveries = h.integer(header::DELIVERY_COUNT)?.unwrap_or(0).max(0);
     Ok(u32::try_from(base.saturating_add(redeliveries)).unwrap_or(u32::MAX))
+}
+
+/// What is left to wait of a retry's delay, if the message says (milliseconds).
+pub(crate) fn delay_remaining(properties: &BasicProperties) -> Option<i64> {
+    let table = properties.headers().as_ref()?;
+    Lookup(table)
+        .integer(header::DELAY_REMAINING)
+        .ok()
+        .flatten()
 }
 
 /// When a retried message is due, if it carries a due time (Unix milliseconds).

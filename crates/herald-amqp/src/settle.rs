@@ -68,37 +68,62 @@ impl Inflight {
             let text = format!("gave up after {} attempts: {why}", self.attempt);
             return self.dead_letter(reason::MAX_ATTEMPTS, &text).await;
         }
-        let due = now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
         let mut properties = self.copy_properties();
         properties = set(
             properties,
             header::ATTEMPT,
             AMQPValue::LongLongInt(i64::from(self.attempt) + 1),
         );
-        properties = set(properties, header::NOT_BEFORE, AMQPValue::LongLongInt(due));
         properties = set(
             properties,
             header::RETRY_REASON,
             mapping::text(why, MAX_ERROR_TEXT),
         );
-        let queue = if delay.is_zero() {
-            self.names.queue.clone()
-        } else {
-            self.names
-                .delay_queue(self.shared.config.delay_level(delay))
-        };
+        self.send_away(delay, properties).await
+    }
+
+    /// Delivers the message again after `delay` as the same attempt: a deferral (the consumer
+    /// holds an earlier message of its key) is not a failure, so it neither raises the attempt
+    /// count nor ever dead-letters the message.
+    pub(crate) async fn defer(self, delay: Duration, why: &str) -> Result<()> {
+        debug!(queue = %self.names.queue, ?delay, reason = why, "deferred");
+        let properties = self.copy_properties();
+        self.send_away(delay, properties).await
+    }
+
+    /// Publishes the copy (with `properties`) to the delay queue that keeps it closest to
+    /// `delay` without coming back early, or straight back to the queue for no delay, with what
+    /// will be left to wait once it comes out (a relative time: no host's clock is read to
+    /// decide whether it is due); then acks the original.
+    async fn send_away(self, delay: Duration, properties: BasicProperties) -> Result<()> {
+        if delay.is_zero() {
+            let properties = set(
+                properties,
+                header::DELAY_REMAINING,
+                AMQPValue::LongLongInt(0),
+            );
+            let queue = self.names.queue.clone();
+            return self.copy_then_ack("", &queue, properties).await;
+        }
+        let (level, left) = self.shared.config.delay_hop(delay);
+        // Still written for consumers of earlier versions, which compare it with their clock.
+        let due = now_ms().saturating_add(millis(delay));
+        let mut properties = set(properties, header::NOT_BEFORE, AMQPValue::LongLongInt(due));
+        properties = set(
+            properties,
+            header::DELAY_REMAINING,
+            AMQPValue::LongLongInt(millis(left)),
+        );
+        let queue = self.names.delay_queue(level);
         self.copy_then_ack("", &queue, properties).await
     }
 
     /// Sends a retried message that came back before it was due round the delay queues again,
     /// as the same attempt.
     pub(crate) async fn park(self, remaining: Duration) -> Result<()> {
-        let queue = self
-            .names
-            .delay_queue(self.shared.config.delay_level(remaining));
-        debug!(queue = %queue, ?remaining, "retried message not yet due; parked again");
+        debug!(queue = %self.names.queue, ?remaining, "retried message not yet due; parked again");
         let properties = self.copy_properties();
-        self.copy_then_ack("", &queue, properties).await
+        self.send_away(remaining, properties).await
     }
 
     /// Moves the message to the dead-letter queue with `kind` (see [`reason`]) and `text`, the
@@ -140,12 +165,16 @@ impl Inflight {
                     "cannot publish the dead letter; letting the broker dead-letter the message"
                 );
                 self.settled = true;
-                self.acks.forget(self.tag);
-                match self
+                // The tag stays pending until the reject is on its way: a `multiple` ack sent
+                // before it would cover it (the message acknowledged instead of dead-lettered,
+                // and the reject of an acknowledged tag closing the channel). Frames of one
+                // channel reach the broker in order, so acks sent after it are harmless.
+                let rejected = self
                     .acker
                     .reject(BasicRejectOptions { requeue: false })
-                    .await
-                {
+                    .await;
+                self.acks.forget(self.tag);
+                match rejected {
                     Ok(true) => Ok(()),
                     Ok(false) => Err(error::transient(
                         "dead-letter",
@@ -295,6 +324,11 @@ fn set(properties: BasicProperties, name: &str, value: AMQPValue) -> BasicProper
     mapping::with_header(properties, name, value)
 }
 
+/// `duration` in whole milliseconds, saturated.
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
 fn now_ms() -> i64 {
     let now = OffsetDateTime::now_utc();
     i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
@@ -309,6 +343,16 @@ pub(crate) fn until(due_ms: i64) -> Duration {
 pub(crate) struct AmqpAcknowledger(pub(crate) Option<Inflight>);
 
 impl Acknowledger for AmqpAcknowledger {
+    /// The time spent in the delay queues (see [`AmqpConfig::effective_delay`]).
+    ///
+    /// [`AmqpConfig::effective_delay`]: crate::AmqpConfig::effective_delay
+    fn effective_delay(&self, requested: Duration) -> Duration {
+        match &self.0 {
+            Some(inflight) => inflight.shared.config.effective_delay(requested),
+            None => requested,
+        }
+    }
+
     fn settle(mut self: Box<Self>, settlement: Settlement) -> BoxFuture<'static, Result<()>> {
         let inflight = self.0.take();
         Box::pin(async move {
@@ -321,6 +365,7 @@ impl Acknowledger for AmqpAcknowledger {
                     Ok(())
                 }
                 Settlement::Retry { delay, reason } => inflight.retry(delay, &reason).await,
+                Settlement::Defer { delay, reason } => inflight.defer(delay, &reason).await,
                 Settlement::Reject { reason } => {
                     inflight.dead_letter(reason::REJECTED, &reason).await
                 }

@@ -234,14 +234,19 @@ impl AmqpStream {
             }
         };
         inflight.attempt = attempt;
-        if let Some(due) = mapping::not_before(&inflight.properties) {
-            let remaining = settle::until(due);
-            if remaining > EARLY_TOLERANCE {
-                if let Err(e) = inflight.park(remaining).await {
-                    warn!(queue = %self.names.queue, error = %e.chain(), "cannot park an early retry; it will be redelivered");
-                }
-                return None;
+        // What is left to wait: relative, as the sender computed it; by the wall clock only
+        // for messages of earlier versions, which carry nothing else.
+        let remaining = match mapping::delay_remaining(&inflight.properties) {
+            Some(ms) => Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+            None => mapping::not_before(&inflight.properties).map(settle::until),
+        };
+        if let Some(remaining) = remaining
+            && remaining > EARLY_TOLERANCE
+        {
+            if let Err(e) = inflight.park(remaining).await {
+                warn!(queue = %self.names.queue, error = %e.chain(), "cannot park an early retry; it will be redelivered");
             }
+            return None;
         }
         let acknowledger = AmqpAcknowledger(Some(inflight));
         Some(Delivery::new(

@@ -565,3 +565,260 @@ async fn a_deleted_delay_queue_is_declared_again_on_the_next_retry() {
     assert_eq!((again.envelope.id, again.attempt), (env.id, 2));
     again.ack().await.unwrap();
 }
+
+/// Counts the messages in `queue` (with a plain client), and how many of them the broker itself
+/// dead-lettered (they carry its `x-death` header).
+async fn count_queue(channel: &lapin::Channel, queue: &str) -> (usize, usize) {
+    let (mut all, mut by_broker) = (0, 0);
+    while let Some(message) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        all += 1;
+        let headers = message
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        if headers.inner().contains_key("x-death") {
+            by_broker += 1;
+        }
+    }
+    (all, by_broker)
+}
+
+/// When the dead-letter copy cannot be published, the delivery is rejected for the broker to
+/// dead-letter it. That reject must reach the broker before any `multiple` ack that would
+/// cover its tag: otherwise the message is acknowledged instead of dead-lettered, and the
+/// reject of a tag already acknowledged closes the channel (every other unsettled delivery is
+/// then redelivered).
+///
+/// The dead-letter queue is replaced by a full one that refuses publishes (so every copy is
+/// nacked), and a `sink` queue bound to the dead-letter exchange as well shows what the broker
+/// dead-lettered (the `x-death` header). Rejects and acks are interleaved as fast as possible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reject_after_a_failed_dead_letter_copy_is_never_covered_by_a_multiple_ack() {
+    let transport = AmqpTransport::connect(AmqpConfig {
+        ack_batch: 4,
+        ack_interval: Duration::from_millis(1),
+        ..common::config()
+    })
+    .await
+    .unwrap();
+    let name = common::unique("reject-order");
+    let (dlq, dlx) = (format!("{name}.dlq"), format!("{name}.dlx"));
+    let mut stream = transport
+        .subscribe(&SubscriptionSpec {
+            prefetch: 200,
+            ..spec(&name)
+        })
+        .await
+        .unwrap();
+    let connection = common::plain_connection().await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_delete(dlq.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let mut full = FieldTable::default();
+    full.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+    full.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    full.insert("x-expires".into(), AMQPValue::LongLongInt(120_000));
+    let mut sink_args = FieldTable::default();
+    sink_args.insert("x-expires".into(), AMQPValue::LongLongInt(120_000));
+    let sink = format!("{name}.sink");
+    // The dead-letter exchange went with its last binding (the test topology is ephemeral).
+    channel
+        .exchange_declare(
+            dlx.as_str().into(),
+            lapin::ExchangeKind::Fanout,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for (queue, arguments) in [(&dlq, full), (&sink, sink_args)] {
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::default(),
+                arguments,
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                dlx.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    const MESSAGES: usize = 1_000;
+    let batch: Vec<Envelope> = (0..MESSAGES)
+        .map(|i| envelope(&format!("key-{i}"), 0))
+        .collect();
+    for chunk in batch.chunks(250) {
+        for r in transport.publish(chunk).await {
+            r.unwrap();
+        }
+    }
+    let mut settling = tokio::task::JoinSet::new();
+    let (mut received, mut redelivered, mut rejected) = (HashSet::new(), 0, 0);
+    let deadline = Instant::now() + WAIT;
+    while received.len() < MESSAGES && Instant::now() < deadline {
+        let Ok(Some(Ok(delivery))) =
+            tokio::time::timeout(Duration::from_secs(2), stream.next()).await
+        else {
+            break;
+        };
+        if delivery.redelivered {
+            redelivered += 1;
+        }
+        let first = received.insert(delivery.envelope.id);
+        let reject = delivery.envelope.id.as_u128() % 2 == 0;
+        if first && reject {
+            rejected += 1;
+        }
+        settling.spawn(async move {
+            if reject {
+                // The copy is nacked; the fallback reject may fail only with the channel.
+                let _ = delivery.reject("refused by the test").await;
+            } else {
+                let _ = delivery.ack().await;
+            }
+        });
+    }
+    while settling.join_next().await.is_some() {}
+    assert_eq!(received.len(), MESSAGES, "every message arrived");
+    assert_eq!(
+        redelivered, 0,
+        "no channel was closed by a reject of an acknowledged tag"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (in_sink, by_broker) = count_queue(&channel, &sink).await;
+    assert_eq!(
+        by_broker, rejected,
+        "every rejected message was dead-lettered by the broker, none acknowledged instead \
+         ({in_sink} in the sink)"
+    );
+    let nothing = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
+    assert!(nothing.is_err(), "nothing comes back");
+}
+
+/// Copies a message the transport published (taken from a plain queue) into `queue` with the
+/// retry headers `extra`, as a delay queue would hand it back.
+async fn as_if_back_from_a_delay_queue(
+    transport: &AmqpTransport,
+    channel: &lapin::Channel,
+    queue: &str,
+    envelope: &Envelope,
+    extra: &[(&str, i64)],
+) {
+    let plain = plain_queue(channel, &transport.config().exchange, FieldTable::default()).await;
+    for r in transport.publish(std::slice::from_ref(envelope)).await {
+        r.unwrap();
+    }
+    let got = channel
+        .basic_get(plain.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the message is in the plain queue");
+    let mut headers = got
+        .delivery
+        .properties
+        .headers()
+        .clone()
+        .unwrap_or_default();
+    for (name, value) in extra {
+        headers.insert((*name).into(), AMQPValue::LongLongInt(*value));
+    }
+    let properties = got.delivery.properties.clone().with_headers(headers);
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            &got.delivery.data,
+            properties,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// Whether a retried message is due is decided by the delay left, as its sender computed it,
+/// never by comparing the sender's wall clock with the receiver's: a message back from its
+/// delay queue with nothing left to wait is delivered at once, even if it carries a due time an
+/// hour ahead (a sender whose clock runs fast); one with time left goes round again first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_due_by_the_delay_left_not_by_the_senders_clock() {
+    let transport = common::transport().await;
+    let name = common::unique("skew");
+    // Bound for another type: the copies below are the only messages it gets.
+    let mut stream = transport
+        .subscribe(&SubscriptionSpec::new(&name, ["unrelated.type"]))
+        .await
+        .unwrap();
+    let connection = common::plain_connection().await;
+    let channel = connection.create_channel().await.unwrap();
+    let hour_ahead = (time::OffsetDateTime::now_utc().unix_timestamp() + 3600) * 1000;
+
+    let due = envelope("skew", 0);
+    as_if_back_from_a_delay_queue(
+        &transport,
+        &channel,
+        &name,
+        &due,
+        &[
+            ("x-herald-attempt", 2),
+            ("x-herald-not-before", hour_ahead),
+            ("x-herald-delay-remaining", 0),
+        ],
+    )
+    .await;
+    let started = Instant::now();
+    let delivery = next(&mut stream).await;
+    assert_eq!(delivery.envelope.id, due.id);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "delivered at once, not parked for the sender's hour: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(delivery.attempt, 2);
+    delivery.ack().await.unwrap();
+
+    let early = envelope("skew", 1);
+    as_if_back_from_a_delay_queue(
+        &transport,
+        &channel,
+        &name,
+        &early,
+        &[("x-herald-attempt", 2), ("x-herald-delay-remaining", 150)],
+    )
+    .await;
+    let started = Instant::now();
+    let delivery = next(&mut stream).await;
+    assert_eq!(delivery.envelope.id, early.id);
+    assert!(
+        started.elapsed() >= Duration::from_millis(190),
+        "sent round the 200 ms delay queue first: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(delivery.attempt, 2, "as the same attempt");
+    delivery.ack().await.unwrap();
+}

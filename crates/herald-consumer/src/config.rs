@@ -61,7 +61,8 @@ pub struct ConsumerConfig {
     /// to the transport to come back after it, so that held messages never fill the prefetch
     /// and stall unrelated keys. Must be below `prefetch`.
     pub max_held: usize,
-    /// How long after its delay a message sent for redelivery may take to come back before
+    /// How long after its delay (as the transport applies it: RabbitMQ's delay queues round
+    /// it up to the next queue's) a message sent for redelivery may take to come back before
     /// later messages of its key go ahead without it (default 5 min): it may have to travel
     /// through the queue's backlog again, or a competing consumer may have taken it. Set it
     /// above the time a message spends in your queue's backlog.
@@ -83,9 +84,10 @@ pub struct ConsumerConfig {
     /// Most messages the transactional inbox commits in one database transaction (default 32;
     /// 1 gives every message a transaction of its own). Messages running at the same time are
     /// grouped as they arrive, without waiting for more: one commit (one fsync) then stands
-    /// for many messages. Each message is acknowledged only after its group committed. When one
-    /// handler of a group fails, the group is rolled back, that handler's outcome stands, and
-    /// the others run again, each in a transaction of its own.
+    /// for many messages. Each message is acknowledged only after its group committed. Each
+    /// handler runs under a savepoint: when one fails (or swallows a database error, which
+    /// leaves a PostgreSQL transaction unable to commit), only its own writes are rolled back,
+    /// its outcome stands, and the others commit.
     pub transaction_batch: usize,
     /// Removal of old inbox records (default: 7 days kept, pruned every 5 min); `None` leaves
     /// them alone.
@@ -136,6 +138,10 @@ impl ConsumerConfig {
                 "consumer transaction batch must be at least 1".into(),
             ));
         }
+        self.retry
+            .backoff
+            .validate()
+            .map_err(|error| Error::Config(format!("consumer retry {error}")))?;
         if self.handler_timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::Config(
                 "handler timeout must be positive (or None)".into(),
@@ -178,6 +184,16 @@ mod tests {
             },
             ConsumerConfig {
                 handler_timeout: Some(Duration::ZERO),
+                ..ConsumerConfig::default()
+            },
+            ConsumerConfig {
+                retry: RetryPolicy {
+                    backoff: herald_core::Backoff {
+                        jitter: f64::NAN,
+                        ..herald_core::Backoff::default()
+                    },
+                    ..RetryPolicy::default()
+                },
                 ..ConsumerConfig::default()
             },
         ] {

@@ -216,11 +216,7 @@ async fn pull<D: DeliveryStream>(
             None => return,
             Some(Ok(delivery)) => {
                 errors = 0;
-                Ok(Job {
-                    delivery,
-                    deferrals: 0,
-                    credit,
-                })
+                Ok(Job { delivery, credit })
             }
             Some(Err(error)) if error.is_transient() => {
                 errors = errors.saturating_add(1);

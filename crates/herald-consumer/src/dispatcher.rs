@@ -12,7 +12,8 @@
 //! arrived message of a held key is *deferred*: given back to the transport with a delay that
 //! brings it back after the away message, and its place in the lane kept. So held messages
 //! never fill the prefetch, and the away message can always be received again. A deferral is
-//! not a failure: its delivery does not count as an attempt. An away message that does not
+//! not a failure: it is a settlement of its own ([`Settlement::Defer`]), which never spends an
+//! attempt and never dead-letters the message. An away message that does not
 //! come back within `redelivery_grace` of its due time (a competing consumer took it) stops
 //! holding its key.
 //!
@@ -39,8 +40,6 @@ const DEFER_MARGIN: Duration = Duration::from_millis(50);
 /// A delivery taken from the stream, with the prefetch credit it holds until settled.
 pub(crate) struct Job {
     pub(crate) delivery: Delivery,
-    /// Times this message was deferred (its deliveries that were not attempts).
-    pub(crate) deferrals: u32,
     pub(crate) credit: OwnedSemaphorePermit,
 }
 
@@ -53,7 +52,6 @@ struct Away {
     id: Uuid,
     back_at: Instant,
     give_up_at: Instant,
-    deferrals: u32,
 }
 
 #[derive(Default)]
@@ -86,8 +84,7 @@ impl Lane {
 pub(crate) struct Finished {
     key: Option<String>,
     id: Uuid,
-    deferrals: u32,
-    /// Set when the message was sent for a delayed redelivery.
+    /// Set when the message was sent for a delayed redelivery: how long it stays away.
     redeliver_after: Option<Duration>,
 }
 
@@ -154,13 +151,7 @@ impl Dispatcher {
             .position(|slot| matches!(slot, Slot::Away(away) if away.id == id));
         match returning {
             // Back from a redelivery or a deferral: it takes its old place.
-            Some(position) => {
-                let deferrals = match &lane.slots[position] {
-                    Slot::Away(away) => away.deferrals,
-                    Slot::Here(_) => 0,
-                };
-                lane.slots[position] = Slot::Here(Box::new(Job { deferrals, ..job }));
-            }
+            Some(position) => lane.slots[position] = Slot::Here(Box::new(job)),
             None => lane.slots.push_back(Slot::Here(Box::new(job))),
         }
         self.advance(&key);
@@ -238,17 +229,20 @@ impl Dispatcher {
             })
             .max()
             .unwrap_or(now);
-        let delay = last_back.saturating_duration_since(now) + DEFER_MARGIN;
+        let delay = last_back
+            .saturating_duration_since(now)
+            .saturating_add(DEFER_MARGIN);
         let Some(Slot::Here(job)) = lane.slots.remove(index) else {
             return false;
         };
+        // The transport may keep it longer than asked (a delay queue rounds up).
+        let away = job.delivery.effective_delay(delay);
         lane.slots.insert(
             index,
             Slot::Away(Away {
                 id: job.delivery.envelope.id,
-                back_at: now + delay,
-                give_up_at: now + delay + self.limits.redelivery_grace,
-                deferrals: job.deferrals.saturating_add(1),
+                back_at: later(now, away),
+                give_up_at: later(now, away.saturating_add(self.limits.redelivery_grace)),
             }),
         );
         lane.held -= 1;
@@ -257,10 +251,8 @@ impl Dispatcher {
         let metrics = self.metrics.clone();
         let reason = format!("waiting behind an earlier message of key `{key}`");
         self.settling.spawn(async move {
-            let Job {
-                delivery, credit, ..
-            } = *job;
-            if let Err(error) = delivery.retry(delay, reason).await {
+            let Job { delivery, credit } = *job;
+            if let Err(error) = delivery.defer(delay, reason).await {
                 metrics.settle_error();
                 tracing::warn!(error = %error.chain(), "deferring a delivery failed; the broker will redeliver it");
             }
@@ -306,7 +298,6 @@ impl Dispatcher {
                 lane.busy = false;
                 if let Some(Finished {
                     id,
-                    deferrals,
                     redeliver_after: Some(after),
                     ..
                 }) = finished
@@ -314,9 +305,8 @@ impl Dispatcher {
                     let now = Instant::now();
                     lane.slots.push_front(Slot::Away(Away {
                         id,
-                        back_at: now + after,
-                        give_up_at: now + after + self.limits.redelivery_grace,
-                        deferrals,
+                        back_at: later(now, after),
+                        give_up_at: later(now, after.saturating_add(self.limits.redelivery_grace)),
                     }));
                 }
             }
@@ -360,6 +350,16 @@ impl Dispatcher {
     }
 }
 
+/// `by` after `now`, saturated at a point far in the future: a delay as long as a handler
+/// may ask for (`Duration::MAX`) must not overflow the clock.
+fn later(now: Instant, by: Duration) -> Instant {
+    /// Far enough for any wait, near enough for every platform's clock.
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(by.min(FAR))
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
 /// Handles one delivery and settles it.
 async fn work(
     routes: Arc<Routes>,
@@ -368,13 +368,9 @@ async fn work(
     key: Option<String>,
     job: Job,
 ) -> Finished {
-    let Job {
-        delivery,
-        deferrals,
-        credit,
-    } = job;
+    let Job { delivery, credit } = job;
     let id = delivery.envelope.id;
-    let attempt = delivery.attempt.saturating_sub(deferrals).max(1);
+    let attempt = delivery.attempt.max(1);
     let envelope = Arc::new(delivery.envelope.clone());
     let (routed, duplicates) = routes
         .route(envelope, attempt, delivery.redelivered, &cancellation)
@@ -389,12 +385,15 @@ async fn work(
         }
         Routed::Handled(Outcome::Retry { after, reason }) => {
             metrics.redelivery();
+            // The lane holds the key for as long as the transport really keeps the message
+            // away (a delay queue may round the delay up), not only for what was asked.
+            let away = delivery.effective_delay(after);
             (
                 Settlement::Retry {
                     delay: after,
                     reason,
                 },
-                Some(after),
+                Some(away),
             )
         }
         Routed::Handled(Outcome::Reject { reason }) => {
@@ -426,7 +425,6 @@ async fn work(
     Finished {
         key,
         id,
-        deferrals,
         redeliver_after,
     }
 }

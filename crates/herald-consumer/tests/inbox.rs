@@ -471,6 +471,40 @@ async fn a_group_is_marked_in_one_call_and_repeats_count_once<B: Bank>(bank: &B)
     assert_eq!(bank.inbox_rows().await, 3);
 }
 
+async fn a_run_rolled_back_to_its_savepoint_loses_only_its_own_writes<B: Bank>(bank: &B) {
+    let (kept, undone, later) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let mut tx = bank.begin().await.unwrap();
+    let fresh = bank
+        .mark_all_handled(&mut tx, &[(kept, "h"), (undone, "h"), (later, "h")])
+        .await
+        .unwrap();
+    assert_eq!(fresh, vec![true, true, true]);
+    bank.savepoint(&mut tx).await.unwrap();
+    bank.mark_handled(&mut tx, kept, "kept-write")
+        .await
+        .unwrap();
+    bank.release_savepoint(&mut tx, true).await.unwrap();
+    bank.mark_handled(&mut tx, undone, "undone-write")
+        .await
+        .unwrap();
+    bank.rollback_to_savepoint(&mut tx).await.unwrap();
+    bank.mark_handled(&mut tx, later, "later-write")
+        .await
+        .unwrap();
+    bank.release_savepoint(&mut tx, false).await.unwrap();
+    bank.unmark_handled(&mut tx, &[(undone, "h")])
+        .await
+        .unwrap();
+    bank.ensure_committable(&mut tx).await.unwrap();
+    bank.commit_quietly(tx).await.unwrap();
+    assert!(bank.is_handled(kept, "kept-write").await.unwrap());
+    assert!(bank.is_handled(later, "later-write").await.unwrap());
+    assert!(!bank.is_handled(undone, "undone-write").await.unwrap());
+    assert!(!bank.is_handled(undone, "h").await.unwrap(), "unmarked");
+    assert!(bank.is_handled(kept, "h").await.unwrap());
+    assert_eq!(bank.inbox_rows().await, 4);
+}
+
 macro_rules! backend_tests {
     ($backend:ident, $setup:expr, $teardown:expr) => {
         mod $backend {
@@ -497,6 +531,7 @@ macro_rules! backend_tests {
             case!(retention_prunes_old_records_in_bounded_batches);
             case!(a_duplicate_is_found_by_the_key_not_by_a_read);
             case!(a_group_is_marked_in_one_call_and_repeats_count_once);
+            case!(a_run_rolled_back_to_its_savepoint_loses_only_its_own_writes);
         }
     };
 }
@@ -640,4 +675,104 @@ async fn a_group_commits_together_and_a_failure_in_it_loses_only_its_own_writes(
         "{transactions} transactions for 301 messages: runs were not grouped"
     );
     pg_drop(&store).await;
+}
+
+/// A handler that credits the deposit, then notes the account in `seen` and takes a unique
+/// violation there to mean "already done": it catches the error and returns done. On
+/// PostgreSQL the failed INSERT has aborted its transaction, so its credit cannot commit.
+struct SwallowsUniqueViolation;
+
+impl Handler<Deposited, TxContext<PgOutbox>> for SwallowsUniqueViolation {
+    async fn handle(&self, d: Deposited, ctx: &mut TxContext<PgOutbox>) -> HandlerResult {
+        pg_write(&d, ctx).await?;
+        let seen = format!("{}.seen", ctx.outbox().config().schema.quoted());
+        let inserted = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {seen} (account) VALUES ($1)"
+        )))
+        .bind(&d.account)
+        .execute(ctx.db())
+        .await;
+        match inserted {
+            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => Ok(Outcome::Done),
+            other => other.map(|_| Outcome::Done).map_err(HandlerError::from),
+        }
+    }
+}
+
+/// Runs 200 deposits, then one into `swallower` (whose `seen` row exists already), through
+/// [`SwallowsUniqueViolation`] with `transaction_batch`, and checks that every other deposit
+/// committed with its inbox record, and that the swallower was not acknowledged as done
+/// without its effect: it ends in the dead letters, written nowhere.
+async fn a_swallowed_database_error_loses_no_other_effect_and_is_not_acked(batch: usize) {
+    let store = pg_store().await;
+    let schema = store.config().schema.quoted();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TABLE {schema}.seen (account text PRIMARY KEY); \
+         INSERT INTO {schema}.seen VALUES ('swallower')"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let transport = MemoryTransport::new();
+    let router = Router::new().transactional(&store, "bank.swallow", SwallowsUniqueViolation);
+    let consumer = consumer(
+        transport.clone(),
+        router,
+        herald_consumer::ConsumerConfig {
+            transaction_batch: batch,
+            ..config()
+        },
+    );
+    let metrics = consumer.metrics();
+    let queue = consumer.subscription().name.clone();
+    let running = Running::start(consumer, &transport);
+
+    let mut deposits: Vec<Envelope> = (0..200).map(|i| deposit(&format!("acc-{i}"), 0)).collect();
+    // Last, so that it ends its group: the runs before it share its aborted transaction.
+    deposits.push(deposit("swallower", 0));
+    publish(&transport, &deposits).await;
+    eventually("every deposit settled", || async {
+        metrics.snapshot().finished() == 201
+    })
+    .await;
+    running.stop().await;
+
+    for i in 0..200 {
+        assert_eq!(
+            store.account(&format!("acc-{i}")).await,
+            (1, 100),
+            "acc-{i}: its effect committed"
+        );
+    }
+    assert_eq!(
+        store.inbox_rows().await,
+        200,
+        "one inbox record per committed message, none for the swallower"
+    );
+    assert_eq!(store.account("swallower").await, (0, 0));
+    let snapshot = metrics.snapshot();
+    assert_eq!(
+        snapshot.acked, 200,
+        "the swallower is not acknowledged as done"
+    );
+    let dead = transport.dead_letters(&queue);
+    assert_eq!(dead.len(), 1, "the swallower is dead-lettered");
+    assert!(
+        dead[0].reason.contains("cannot commit"),
+        "the reason says why: {}",
+        dead[0].reason
+    );
+    pg_drop(&store).await;
+}
+
+/// Group commit: one handler that swallows a database error in a group of many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swallowed_database_error_in_a_group_loses_no_other_effect_and_is_not_acked() {
+    a_swallowed_database_error_loses_no_other_effect_and_is_not_acked(32).await;
+}
+
+/// A transaction per message: the swallower alone is not acknowledged as done either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swallowed_database_error_alone_is_not_acked() {
+    a_swallowed_database_error_loses_no_other_effect_and_is_not_acked(1).await;
 }

@@ -391,3 +391,58 @@ async fn a_handler_over_its_deadline_is_stopped_and_retried() {
     assert_eq!(runs.load(Ordering::SeqCst), 2);
     assert_eq!(metrics.snapshot().immediate_retries, 1);
 }
+
+/// Asks for a redelivery after `after` on its first run of `held-0`, handles everything else.
+struct AbsurdDelay {
+    after: Duration,
+    handled: Mutex<Vec<String>>,
+    asked: AtomicU32,
+}
+
+impl Handler<Deposited, Context> for Arc<AbsurdDelay> {
+    async fn handle(&self, d: Deposited, _ctx: &mut Context) -> HandlerResult {
+        if d.account == "held" && self.asked.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Ok(Outcome::retry(self.after, "come back much later"));
+        }
+        self.handled.lock().unwrap().push(d.account);
+        Ok(Outcome::Done)
+    }
+}
+
+/// A handler may ask for any delay: one too long for the clock neither crashes the consumer
+/// (an `Instant` overflow) nor holds up other keys; its key waits, and shutdown is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurdly_long_retry_delay_neither_crashes_the_consumer_nor_blocks_other_keys() {
+    for after in [Duration::from_secs(u64::MAX / 2), Duration::MAX] {
+        let transport = MemoryTransport::new();
+        let handler = Arc::new(AbsurdDelay {
+            after,
+            handled: Mutex::default(),
+            asked: AtomicU32::new(0),
+        });
+        let router = Router::new().handle("bank.absurd", handler.clone());
+        let config = ConsumerConfig {
+            retry: quick_retry(0, 3),
+            ..config()
+        };
+        let consumer = consumer(transport.clone(), router, config);
+        let metrics = consumer.metrics();
+        let running = Running::start(consumer, &transport);
+        publish(&transport, &[deposit("held", 0), deposit("held", 1)]).await;
+        eventually("the retry was asked for", || async {
+            metrics.snapshot().redeliveries == 1
+        })
+        .await;
+        publish(&transport, &[deposit("other", 0), deposit("other", 1)]).await;
+        eventually("other keys flow", || async {
+            handler.handled.lock().unwrap().len() == 2
+        })
+        .await;
+        assert_eq!(
+            *handler.handled.lock().unwrap(),
+            ["other", "other"],
+            "{after:?}: the held key waits for its away message"
+        );
+        running.stop().await;
+    }
+}

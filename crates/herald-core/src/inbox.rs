@@ -50,6 +50,50 @@ pub trait Inbox: TransactionalOutbox {
         }
     }
 
+    /// Removes, in the transaction behind `conn`, the records of `records` written earlier in
+    /// the same transaction: the runs they stood for were undone (rolled back to their
+    /// savepoint), and their messages must find no record when they come back.
+    fn unmark_handled(
+        &self,
+        conn: &mut Self::Connection,
+        records: &[(Uuid, &str)],
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Opens the savepoint of one handler run in the transaction behind `conn`: what is written
+    /// after it can be undone alone with [`rollback_to_savepoint`](Self::rollback_to_savepoint).
+    /// The consumer's group commit runs each handler of a shared transaction under one, so that
+    /// one run's failure never takes the others' writes down.
+    fn savepoint(&self, conn: &mut Self::Connection) -> impl Future<Output = Result<()>> + Send;
+
+    /// Keeps what was written since the savepoint opened last and, if `reopen`, opens the next
+    /// one (in the same round trip where the backend can).
+    ///
+    /// Fails if the transaction can no longer commit: on PostgreSQL, any failed statement
+    /// aborts the whole transaction, even one whose error the handler caught, and a `COMMIT`
+    /// then silently rolls back. Roll back to the savepoint then: the transaction is usable
+    /// again, without the run's writes.
+    fn release_savepoint(
+        &self,
+        conn: &mut Self::Connection,
+        reopen: bool,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Undoes what was written since the savepoint opened last; the savepoint stays open, and
+    /// the transaction is usable again even after a failed statement.
+    fn rollback_to_savepoint(
+        &self,
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Fails if the transaction behind `conn` can no longer commit (see
+    /// [`release_savepoint`](Self::release_savepoint)): PostgreSQL answers the `COMMIT` of an
+    /// aborted transaction with a rollback and no error, so a caller that lets other code use
+    /// the transaction checks before committing, lest it report effects that were never written.
+    fn ensure_committable(
+        &self,
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<()>> + Send;
+
     /// Commits a transaction in which no event was recorded, without waking the relays (what
     /// [`TransactionalOutbox::commit`] does after every commit): a handler that only wrote
     /// business rows and its inbox record has nothing for them.

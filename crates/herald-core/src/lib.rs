@@ -18,7 +18,7 @@ pub mod store;
 pub mod transaction;
 pub mod transport;
 
-pub use backoff::Backoff;
+pub use backoff::{Backoff, InvalidBackoff};
 pub use codec::{Codec, Json};
 pub use envelope::{Envelope, Headers, Metadata, TraceContext};
 pub use error::{BoxError, Error, Result};

@@ -80,6 +80,15 @@ pub enum Settlement {
         /// Why, for logs and headers.
         reason: String,
     },
+    /// Not yet, and not a failure: deliver it again after `delay` as the same attempt. A
+    /// consumer defers a message that must wait behind an earlier one of its key; a deferral
+    /// never raises the attempt count and never dead-letters the message.
+    Defer {
+        /// How long to wait.
+        delay: Duration,
+        /// Why, for logs.
+        reason: String,
+    },
     /// Give up: move it to the dead letters with `reason`.
     Reject {
         /// Why.
@@ -91,6 +100,13 @@ pub enum Settlement {
 pub trait Acknowledger: Send + Sync + 'static {
     /// Settles the delivery.
     fn settle(self: Box<Self>, settlement: Settlement) -> BoxFuture<'static, Result<()>>;
+
+    /// How long a message asked to come back after `requested` ([`Settlement::Retry`],
+    /// [`Settlement::Defer`]) really stays away. A broker with fixed delay queues rounds it
+    /// up; the default is exact. Never shorter than `requested`.
+    fn effective_delay(&self, requested: Duration) -> Duration {
+        requested
+    }
 }
 
 /// A message received from a subscription. Settle it with [`ack`](Delivery::ack),
@@ -133,6 +149,13 @@ impl Delivery {
         }
     }
 
+    /// How long the message stays away if it is asked to come back after `requested`: what a
+    /// consumer waits for before it gives up on seeing it again (see
+    /// [`Acknowledger::effective_delay`]).
+    pub fn effective_delay(&self, requested: Duration) -> Duration {
+        self.acknowledger.effective_delay(requested).max(requested)
+    }
+
     /// Settles the delivery as decided.
     pub async fn settle(self, settlement: Settlement) -> Result<()> {
         self.acknowledger.settle(settlement).await
@@ -146,6 +169,16 @@ impl Delivery {
     /// Asks for redelivery after `delay`.
     pub async fn retry(self, delay: Duration, reason: impl Into<String>) -> Result<()> {
         self.settle(Settlement::Retry {
+            delay,
+            reason: reason.into(),
+        })
+        .await
+    }
+
+    /// Gives the message back for delivery after `delay`, as the same attempt (see
+    /// [`Settlement::Defer`]).
+    pub async fn defer(self, delay: Duration, reason: impl Into<String>) -> Result<()> {
+        self.settle(Settlement::Defer {
             delay,
             reason: reason.into(),
         })

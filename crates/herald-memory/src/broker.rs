@@ -160,6 +160,14 @@ pub(crate) struct Message {
 }
 
 impl Message {
+    /// The message given back without an attempt spent (a deferral).
+    pub(crate) fn deferred(self) -> Self {
+        Message {
+            redelivered: true,
+            ..self
+        }
+    }
+
     /// The next delivery of the same message.
     pub(crate) fn again(self) -> Self {
         Message {

@@ -5,6 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use herald_core::{
     Acknowledger, BoxFuture, Delivery, DeliveryStream, Envelope, Error, Result, Settlement,
@@ -155,23 +156,9 @@ impl Inflight {
         let Inflight { queue, message, .. } = self;
         match settlement {
             Settlement::Ack => queue.ack(),
-            Settlement::Retry { delay, .. } if delay.is_zero() => {
-                queue.requeue_back(message.again());
-            }
-            Settlement::Retry { delay, .. } => match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
-                    queue.start_delay();
-                    runtime.spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        queue.end_delay(message.again());
-                    });
-                }
-                Err(_) => {
-                    // No timer to wait on outside a runtime: redeliver now rather than lose it.
-                    tracing::debug!(queue = %queue.name, "no tokio runtime; retrying without delay");
-                    queue.requeue_back(message.again());
-                }
-            },
+            Settlement::Retry { delay, .. } => redeliver(queue, message.again(), delay),
+            // The same attempt again: a deferral is not one.
+            Settlement::Defer { delay, .. } => redeliver(queue, message.deferred(), delay),
             Settlement::Reject { reason } => {
                 tracing::debug!(
                     queue = %queue.name,
@@ -185,10 +172,30 @@ impl Inflight {
     }
 }
 
+/// Puts `message` back at the end of `queue` after `delay`.
+fn redeliver(queue: Arc<Queue>, message: Message, delay: Duration) {
+    if delay.is_zero() {
+        queue.requeue_back(message);
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            queue.start_delay();
+            runtime.spawn(async move {
+                tokio::time::sleep(delay).await;
+                queue.end_delay(message);
+            });
+        }
+        Err(_) => {
+            // No timer to wait on outside a runtime: redeliver now rather than lose it.
+            tracing::debug!(queue = %queue.name, "no tokio runtime; redelivering without delay");
+            queue.requeue_back(message);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use herald_core::Publisher;
     use herald_testkit::envelope;
 

@@ -19,6 +19,12 @@ use crate::outbox::PgOutbox;
 /// Longest retention accepted (longer ones are capped): keeps the interval arithmetic in range.
 const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
+/// The savepoint of one handler run in a shared transaction, and what is done with it.
+const SAVEPOINT: &str = "SAVEPOINT herald_run";
+const RELEASE: &str = "RELEASE SAVEPOINT herald_run";
+const RELEASE_AND_REOPEN: &str = "RELEASE SAVEPOINT herald_run; SAVEPOINT herald_run";
+const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT herald_run";
+
 impl Inbox for PgOutbox {
     async fn mark_handled(
         &self,
@@ -68,6 +74,66 @@ impl Inbox for PgOutbox {
             .iter()
             .map(|(id, handler)| new.remove(&(*id, (*handler).to_owned())))
             .collect())
+    }
+
+    async fn unmark_handled(
+        &self,
+        conn: &mut PgConnection,
+        records: &[(Uuid, &str)],
+    ) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "DELETE FROM {} WHERE (message_id, handler) IN \
+             (SELECT * FROM UNNEST($1::uuid[], $2::text[]))",
+            self.config().qualified("_inbox")
+        );
+        let ids: Vec<Uuid> = records.iter().map(|(id, _)| *id).collect();
+        let handlers: Vec<&str> = records.iter().map(|(_, h)| *h).collect();
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(ids)
+            .bind(handlers)
+            .execute(conn)
+            .await
+            .store_err("unmark inbox", &self.inner.secrets)?;
+        Ok(())
+    }
+
+    async fn savepoint(&self, conn: &mut PgConnection) -> Result<()> {
+        sqlx::raw_sql(SAVEPOINT)
+            .execute(conn)
+            .await
+            .store_err("savepoint", &self.inner.secrets)?;
+        Ok(())
+    }
+
+    async fn release_savepoint(&self, conn: &mut PgConnection, reopen: bool) -> Result<()> {
+        // One simple query: in an aborted transaction `RELEASE` fails (SQLSTATE 25P02) and the
+        // `SAVEPOINT` after it is not run.
+        let sql = if reopen { RELEASE_AND_REOPEN } else { RELEASE };
+        sqlx::raw_sql(sql)
+            .execute(conn)
+            .await
+            .store_err("release savepoint", &self.inner.secrets)?;
+        Ok(())
+    }
+
+    async fn rollback_to_savepoint(&self, conn: &mut PgConnection) -> Result<()> {
+        sqlx::raw_sql(ROLLBACK_TO)
+            .execute(conn)
+            .await
+            .store_err("roll back to savepoint", &self.inner.secrets)?;
+        Ok(())
+    }
+
+    async fn ensure_committable(&self, conn: &mut PgConnection) -> Result<()> {
+        // Any statement fails in an aborted transaction (SQLSTATE 25P02), this cheapest one too.
+        sqlx::raw_sql("SELECT 1")
+            .execute(conn)
+            .await
+            .store_err("check transaction", &self.inner.secrets)?;
+        Ok(())
     }
 
     async fn commit_quietly(&self, tx: Transaction<'static, Postgres>) -> Result<()> {

@@ -91,6 +91,14 @@ impl RelayConfig {
         if self.poll_interval.is_zero() {
             return Err(Error::Config("relay poll interval must be positive".into()));
         }
+        for (name, backoff) in [
+            ("backoff", &self.backoff),
+            ("store backoff", &self.store_backoff),
+        ] {
+            backoff
+                .validate()
+                .map_err(|error| Error::Config(format!("relay {name}: {error}")))?;
+        }
         Ok(())
     }
 }
@@ -102,6 +110,49 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         RelayConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn refuses_a_backoff_that_would_not_do_what_was_meant() {
+        for backoff in [
+            Backoff {
+                jitter: f64::NAN,
+                ..Backoff::default()
+            },
+            Backoff {
+                multiplier: 0.0,
+                ..Backoff::default()
+            },
+            Backoff {
+                initial: Duration::from_secs(60),
+                max: Duration::from_secs(1),
+                ..Backoff::default()
+            },
+        ] {
+            let config = RelayConfig {
+                backoff: backoff.clone(),
+                ..RelayConfig::default()
+            };
+            assert!(
+                matches!(config.validate(), Err(Error::Config(ref m)) if m.starts_with("relay backoff: ")),
+                "{backoff:?}"
+            );
+            let config = RelayConfig {
+                store_backoff: backoff,
+                ..RelayConfig::default()
+            };
+            assert!(
+                matches!(config.validate(), Err(Error::Config(ref m)) if m.starts_with("relay store backoff: "))
+            );
+        }
+        let unbounded = RelayConfig {
+            backoff: Backoff {
+                max: Duration::MAX,
+                ..Backoff::default()
+            },
+            ..RelayConfig::default()
+        };
+        assert!(unbounded.validate().is_ok(), "saturates instead");
     }
 
     #[test]

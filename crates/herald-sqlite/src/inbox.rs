@@ -15,6 +15,12 @@ use uuid::Uuid;
 use crate::error::{ResultExt, retry_busy};
 use crate::outbox::{SqliteOutbox, duration_micros, now_micros};
 
+/// The savepoint of one handler run in a shared transaction, and what is done with it.
+const SAVEPOINT: &str = "SAVEPOINT herald_run";
+const RELEASE: &str = "RELEASE SAVEPOINT herald_run";
+const RELEASE_AND_REOPEN: &str = "RELEASE SAVEPOINT herald_run; SAVEPOINT herald_run";
+const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT herald_run";
+
 impl Inbox for SqliteOutbox {
     async fn mark_handled(
         &self,
@@ -35,6 +41,57 @@ impl Inbox for SqliteOutbox {
             .await
             .store_err("mark inbox")?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn unmark_handled(
+        &self,
+        conn: &mut SqliteConnection,
+        records: &[(Uuid, &str)],
+    ) -> Result<()> {
+        let sql = format!(
+            "DELETE FROM {} WHERE message_id = ? AND handler = ?",
+            self.config().quoted("_inbox")
+        );
+        for (message_id, handler) in records {
+            sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(message_id.hyphenated().to_string())
+                .bind(*handler)
+                .execute(&mut *conn)
+                .await
+                .store_err("unmark inbox")?;
+        }
+        Ok(())
+    }
+
+    async fn savepoint(&self, conn: &mut SqliteConnection) -> Result<()> {
+        sqlx::raw_sql(SAVEPOINT)
+            .execute(conn)
+            .await
+            .store_err("savepoint")?;
+        Ok(())
+    }
+
+    async fn release_savepoint(&self, conn: &mut SqliteConnection, reopen: bool) -> Result<()> {
+        let sql = if reopen { RELEASE_AND_REOPEN } else { RELEASE };
+        sqlx::raw_sql(sql)
+            .execute(conn)
+            .await
+            .store_err("release savepoint")?;
+        Ok(())
+    }
+
+    async fn rollback_to_savepoint(&self, conn: &mut SqliteConnection) -> Result<()> {
+        sqlx::raw_sql(ROLLBACK_TO)
+            .execute(conn)
+            .await
+            .store_err("roll back to savepoint")?;
+        Ok(())
+    }
+
+    async fn ensure_committable(&self, _conn: &mut SqliteConnection) -> Result<()> {
+        // A failed statement undoes only itself in SQLite; the errors that end the whole
+        // transaction (disk full, I/O) make the COMMIT fail loudly ("no transaction is active").
+        Ok(())
     }
 
     async fn commit_quietly(&self, tx: Transaction<'static, Sqlite>) -> Result<()> {

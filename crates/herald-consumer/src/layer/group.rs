@@ -4,18 +4,26 @@
 //!
 //! Each run is a [`Job`]: it takes the open transaction, runs the handler on it, and hands the
 //! transaction back. The inbox records of a whole group are written first, in one statement
-//! ([`Inbox::mark_all_handled`]): a duplicate is acknowledged without running its handler. A worker takes the first waiting job, then
-//! every job already waiting (up to the batch size) without waiting for more, so a lone message
-//! is never delayed, and runs them one after the other on one transaction. Then:
+//! ([`Inbox::mark_all_handled`]): a duplicate is acknowledged without running its handler. A
+//! worker takes the first waiting job, then every job already waiting (up to the batch size)
+//! without waiting for more, so a lone message is never delayed, and runs them one after the
+//! other on one transaction, each under a savepoint of its own. Then:
 //!
-//! - every job done: one commit; each caller learns that its message committed (and only then
-//!   is the message acknowledged);
-//! - a job not done (retry, reject, error, panic, timeout): the transaction is rolled back
-//!   (a failed statement leaves a PostgreSQL transaction unusable anyway); that job's outcome
-//!   stands, and every other job of the group is told to run again in a transaction of its
-//!   own — their writes were rolled back with the group, and the inbox makes a second run safe;
-//! - begin or commit failed: every job runs again on its own. If the commit did happen after
-//!   all, the inbox finds each record and the second run is skipped as a duplicate.
+//! - a job done: its savepoint is released, which also proves that none of its statements
+//!   failed. On PostgreSQL a failed statement aborts the whole transaction even when the
+//!   handler caught the error ("a unique violation means already done"), and `COMMIT` then
+//!   rolls back without an error: the release fails instead, and the job is treated as failed;
+//! - a job not done (retry, reject, error, panic, a swallowed database error): the transaction
+//!   is rolled back to the job's savepoint and its inbox record removed; its outcome stands,
+//!   and the group goes on;
+//! - once every job ran: one commit; each caller learns that its message committed (and only
+//!   then is the message acknowledged), or its own failure;
+//! - a job that times out or is abandoned takes the transaction with it (its future held it):
+//!   every other job of the group runs again in a transaction of its own, as it does when
+//!   begin, a savepoint or the commit fails. If the commit did happen after all, the inbox
+//!   finds each record and the second run is skipped as a duplicate.
+//!
+//! Savepoints cost a round trip per job (release and next savepoint go as one query).
 //!
 //! Messages of one partition key are never in flight together (the dispatcher holds later ones
 //! back), so grouping never reorders a key. Runs of one group take turns on its connection, so
@@ -161,33 +169,38 @@ async fn run_group<O: Inbox>(
         Ok(tx) => tx,
         Err(error) => {
             tracing::debug!(error = %error.chain(), "inbox group could not begin; running alone");
-            for job in group.drain(..) {
-                let _ = job.reply.send(Verdict::Alone);
-            }
+            alone(group.drain(..).map(|job| job.reply));
             return;
         }
     };
     // Every inbox record of the group in one statement; duplicates are known before any
-    // handler runs.
+    // handler runs. Then the first run's savepoint.
     let records: Vec<(Uuid, &str)> = group
         .iter()
         .map(|job| (job.message_id, &*job.handler))
         .collect();
-    let fresh = match store.mark_all_handled(&mut tx, &records).await {
-        Ok(fresh) if fresh.len() == group.len() => fresh,
-        outcome => {
-            if let Err(error) = outcome {
-                tracing::debug!(error = %error.chain(), "inbox group could not mark; running alone");
-            }
+    let marked = match store.mark_all_handled(&mut tx, &records).await {
+        Ok(fresh) if fresh.len() == group.len() => store.savepoint(&mut tx).await.map(|()| fresh),
+        Ok(_) => Err(herald_core::Error::store(
+            "mark inbox",
+            false,
+            herald_core::error::Message("one answer per record expected".into()),
+        )),
+        Err(error) => Err(error),
+    };
+    let fresh = match marked {
+        Ok(fresh) => fresh,
+        Err(error) => {
+            tracing::debug!(error = %error.chain(), "inbox group could not mark; running alone");
             rollback(store, tx).await;
-            for job in group.drain(..) {
-                let _ = job.reply.send(Verdict::Alone);
-            }
+            alone(group.drain(..).map(|job| job.reply));
             return;
         }
     };
     let mut recorded = 0;
     let mut done: Vec<(oneshot::Sender<Verdict>, bool)> = Vec::with_capacity(group.len());
+    // Runs undone to their savepoint, whose inbox records go before the commit.
+    let mut undone: Vec<(Uuid, Arc<str>, oneshot::Sender<Verdict>, HandlerResult)> = Vec::new();
     let mut jobs = group.drain(..).zip(fresh);
     while let Some((mut job, fresh)) = jobs.next() {
         if !fresh {
@@ -207,34 +220,61 @@ async fn run_group<O: Inbox>(
             ran = run => Some(ran),
             () = job.reply.closed() => None,
         };
-        let result = match ran {
-            Some(Ok((back, Ran::Done { recorded: r }))) => {
-                tx = back;
-                recorded += r;
-                done.push((job.reply, false));
-                continue;
+        let (back, result) = match ran {
+            Some(Ok((mut back, Ran::Done { recorded: r }))) => {
+                // Keeps the run's writes and opens the next run's savepoint; fails if a
+                // statement of the run failed (and was swallowed): PostgreSQL has aborted the
+                // transaction, and a COMMIT would silently roll the whole group back.
+                match store.release_savepoint(&mut back, true).await {
+                    Ok(()) => {
+                        tx = back;
+                        recorded += r;
+                        done.push((job.reply, false));
+                        continue;
+                    }
+                    Err(error) => (back, Err(cannot_commit(&error))),
+                }
             }
-            Some(Ok((back, Ran::Failed(result)))) => {
-                rollback(store, back).await;
-                result
-            }
+            Some(Ok((back, Ran::Failed(result)))) => (back, result),
             // The run's future, and the transaction in it, were dropped: sqlx rolls it back
-            // when the connection is next used.
-            Some(Err(_)) => Err(HandlerError::transient(TimedOut {
-                limit: timeout.unwrap_or_default(),
-            })),
-            None => Err(HandlerError::transient(herald_core::error::Message(
-                "abandoned by its caller".into(),
-            ))),
+            // when the connection is next used. Every other run of the group went with it.
+            Some(Err(_)) | None => {
+                let result = match ran {
+                    Some(_) => Err(HandlerError::transient(TimedOut {
+                        limit: timeout.unwrap_or_default(),
+                    })),
+                    None => Err(HandlerError::transient(herald_core::error::Message(
+                        "abandoned by its caller".into(),
+                    ))),
+                };
+                let _ = job.reply.send(Verdict::Failed(result));
+                broken(done, undone, jobs.map(|(job, _)| job.reply));
+                return;
+            }
         };
-        let _ = job.reply.send(Verdict::Failed(result));
-        for (reply, _) in done {
-            let _ = reply.send(Verdict::Alone);
+        // The run is not done: undo its writes only, and go on with the others.
+        tx = back;
+        if let Err(error) = store.rollback_to_savepoint(&mut tx).await {
+            tracing::debug!(error = %error.chain(), "inbox group could not roll back to a savepoint; running the others alone");
+            let _ = job.reply.send(Verdict::Failed(result));
+            rollback(store, tx).await;
+            broken(done, undone, jobs.map(|(job, _)| job.reply));
+            return;
         }
-        for (job, _) in jobs {
-            let _ = job.reply.send(Verdict::Alone);
+        undone.push((job.message_id, job.handler, job.reply, result));
+    }
+    if !undone.is_empty() {
+        // The undone runs' records were written with the group's, before any savepoint.
+        let records: Vec<(Uuid, &str)> = undone
+            .iter()
+            .map(|(id, handler, _, _)| (*id, &**handler))
+            .collect();
+        if let Err(error) = store.unmark_handled(&mut tx, &records).await {
+            tracing::debug!(error = %error.chain(), "inbox group could not remove the records of failed runs; running the others alone");
+            rollback(store, tx).await;
+            broken(done, undone, std::iter::empty());
+            return;
         }
-        return;
     }
     let committed = if recorded > 0 {
         store.commit(tx).await
@@ -246,14 +286,47 @@ async fn run_group<O: Inbox>(
             for (reply, duplicate) in done {
                 let _ = reply.send(Verdict::Committed { duplicate });
             }
+            for (_, _, reply, result) in undone {
+                let _ = reply.send(Verdict::Failed(result));
+            }
         }
         Err(error) => {
             tracing::warn!(error = %error.chain(), messages = done.len(), "inbox group commit failed; running each alone");
-            for (reply, _) in done {
-                let _ = reply.send(Verdict::Alone);
-            }
+            broken(done, undone, std::iter::empty());
         }
     }
+}
+
+/// The error of a run that returned done on a transaction that can no longer commit.
+pub(crate) fn cannot_commit(error: &herald_core::Error) -> HandlerError {
+    HandlerError::transient(herald_core::error::Message(format!(
+        "the handler returned done, but its transaction cannot commit: a statement of it failed \
+         (PostgreSQL aborts a transaction at its first error, even one the handler caught; \
+         catch it under a savepoint, or avoid it with ON CONFLICT); its writes were rolled \
+         back: {}",
+        error.chain()
+    )))
+}
+
+/// Tells each of `replies` to run again on its own.
+fn alone(replies: impl IntoIterator<Item = oneshot::Sender<Verdict>>) {
+    for reply in replies {
+        let _ = reply.send(Verdict::Alone);
+    }
+}
+
+/// The group's transaction is gone: runs that were done (or not yet run) go again on their
+/// own; failed runs keep their own result.
+fn broken(
+    done: Vec<(oneshot::Sender<Verdict>, bool)>,
+    undone: Vec<(Uuid, Arc<str>, oneshot::Sender<Verdict>, HandlerResult)>,
+    rest: impl IntoIterator<Item = oneshot::Sender<Verdict>>,
+) {
+    alone(done.into_iter().map(|(reply, _)| reply));
+    for (_, _, reply, result) in undone {
+        let _ = reply.send(Verdict::Failed(result));
+    }
+    alone(rest);
 }
 
 async fn rollback<O: Inbox>(store: &O, tx: O::Transaction) {

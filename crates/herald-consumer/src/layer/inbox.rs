@@ -17,7 +17,7 @@ use std::time::Duration;
 use herald_core::{BoxFuture, Event, Inbox};
 
 use crate::handler::{Endpoint, catch_panic, decode};
-use crate::layer::group::{GroupCommit, Ran, Verdict, Work};
+use crate::layer::group::{GroupCommit, Ran, Verdict, Work, cannot_commit};
 use crate::{Context, Handler, HandlerError, HandlerResult, Outcome, TxContext};
 
 /// The transactional inbox around a handler that takes a [`TxContext`]. Runs that arrive
@@ -119,9 +119,15 @@ where
 
         let mut tx_ctx = TxContext::new(ctx.clone(), self.store.clone(), tx);
         let result = catch_panic(self.handler.handle(event, &mut tx_ctx)).await;
-        let (_, tx, recorded) = tx_ctx.into_parts();
+        let (_, mut tx, recorded) = tx_ctx.into_parts();
         match result {
             Ok(Outcome::Done) => {
+                // A statement the handler saw fail (and swallowed) has aborted a PostgreSQL
+                // transaction, whose COMMIT would then roll back without an error.
+                if let Err(error) = self.store.ensure_committable(&mut tx).await {
+                    rollback(&self.store, tx).await;
+                    return Err(cannot_commit(&error));
+                }
                 // Only a transaction that recorded events has anything for the relays.
                 let committed = if recorded > 0 {
                     self.store.commit(tx).await

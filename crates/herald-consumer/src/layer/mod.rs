@@ -16,7 +16,9 @@
 //! - the inbox (`Router::transactional`, `Router::deduplicated`) opens the transaction, writes
 //!   the `(message id, handler)` record and commits it with the handler's writes. Runs of a
 //!   transactional handler that arrive together share one transaction and one commit (group
-//!   commit, `ConsumerConfig::transaction_batch`); a failed run takes only its own writes down.
+//!   commit, `ConsumerConfig::transaction_batch`); each runs under a savepoint, so a failed run
+//!   takes only its own writes down. A run that returns done on a transaction a failed statement
+//!   aborted is a failed run: nothing of it is acknowledged as done.
 //!
 //! A layer is a [`Layer`]: it receives the context and a [`Next`] to run the rest of the chain
 //! (zero, one or several times), like axum's `from_fn` middleware.
