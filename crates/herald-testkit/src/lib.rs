@@ -10,6 +10,7 @@
 //! herald_testkit::store_suite!(Factory);
 //! ```
 
+pub mod sim;
 pub mod store;
 pub mod transport;
 
