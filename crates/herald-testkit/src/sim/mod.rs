@@ -23,9 +23,9 @@
 
 mod broker;
 mod clock;
-// mod inbox;
+mod inbox;
 mod outbox;
-// mod queue;
+mod queue;
 mod trace;
 
 use std::future::Future;
@@ -33,9 +33,9 @@ use std::time::{Duration, Instant as WallInstant};
 
 pub use broker::{Arrival, ModelBroker, ModelPublisher, PublishFaults};
 pub use clock::{GRID_MS, Sim, Sleep};
-// pub use inbox::{InboxFaults, ModelConnection, ModelInbox, ModelTransaction};
+pub use inbox::{InboxFaults, ModelConnection, ModelInbox, ModelTransaction};
 pub use outbox::{ModelOutbox, RowFate, RowView, StoreFaults};
-// pub use queue::{ModelQueue, ModelStream, QueueFaults};
+pub use queue::{DELIVERY_HEADER, ModelQueue, ModelStream, QueueFaults, Settled};
 pub use trace::{Trace, TraceEntry, Verdict, Violation};
 
 /// Runs one seed: a fresh current-thread runtime with the clock paused, the thread's
