@@ -25,8 +25,8 @@ use herald_testkit::sim::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Seeds run by default: well under 30 s of a debug build on the CI machine.
-const DEFAULT_SEEDS: u64 = 300;
+/// Seeds run by default: about 20 s of a debug build on a 2-core machine.
+const DEFAULT_SEEDS: u64 = 400;
 
 const REPLAY: &str = "cargo test -p herald-consumer --test simulation";
 

@@ -18,7 +18,11 @@
 //!   (a failed statement aborts the transaction, whose `COMMIT` then rolls back).
 //!
 //! Everything runs on a current-thread runtime with tokio's clock paused, and every random
-//! choice (the code under test's jitter included) comes from the seed: a seed replays exactly.
+//! choice of the models comes from the seed: a seed replays exactly (each test checks that on a
+//! few seeds). Two sources of randomness in the code under test are not the seed's: tokio's
+//! `select!` polls its branches in an unseeded order, which the models make harmless (see
+//! `clock`), and `Backoff` jitter draws from the thread's generator in whatever order tasks
+//! happen to run, so the simulations configure their backoffs without jitter.
 //! [`run`] runs one seed; [`SeedPlan`] reads which seeds to run from the environment.
 
 mod broker;
@@ -96,8 +100,11 @@ impl SeedPlan {
         let started = WallInstant::now();
         let mut failed: Vec<Verdict> = Vec::new();
         let mut by_invariant: std::collections::BTreeMap<&'static str, u64> = Default::default();
+        let mut slowest = (Duration::ZERO, 0);
         for seed in self.seeds.clone() {
+            let began = WallInstant::now();
             let verdict = one(seed);
+            slowest = slowest.max((began.elapsed(), seed));
             if self.verbose {
                 println!("{}", verdict.report(true));
             }
@@ -115,10 +122,12 @@ impl SeedPlan {
         let elapsed: Duration = started.elapsed();
         let count = self.seeds.end.saturating_sub(self.seeds.start);
         println!(
-            "{what}: {count} seeds ({}..{}) in {:.1} s, {} failed",
+            "{what}: {count} seeds ({}..{}) in {:.1} s (slowest: seed {}, {:.2} s), {} failed",
             self.seeds.start,
             self.seeds.end,
             elapsed.as_secs_f64(),
+            slowest.1,
+            slowest.0.as_secs_f64(),
             failed.len()
         );
         if failed.is_empty() {
