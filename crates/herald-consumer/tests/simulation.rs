@@ -416,11 +416,16 @@ fn check(queue: &ModelQueue, inbox: &ModelInbox, book: &Book) -> Vec<Violation> 
         }
         if let Some(acked) = s.acked.first() {
             if record.is_none() {
+                let why = if book.swallowed.contains(&m.id) {
+                    "a run of its own swallowed a database error"
+                } else {
+                    "its handler swallowed nothing: another run's error took its transaction down"
+                };
                 violations.push(Violation {
                     invariant: "exactly-once",
                     key: key.clone(),
                     detail: format!(
-                        "{label} acknowledged at {acked} ms without its inbox record (its transaction did not commit)"
+                        "{label} acknowledged at {acked} ms without its inbox record: its transaction did not commit ({why})"
                     ),
                 });
             } else if effect.is_empty() && !book.swallowed.contains(&m.id) {
