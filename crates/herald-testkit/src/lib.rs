@@ -9,7 +9,11 @@
 //! impl herald_testkit::store::StoreFactory for Factory { /* … */ }
 //! herald_testkit::store_suite!(Factory);
 //! ```
+//!
+//! [`sim`] holds the deterministic, seeded simulations' models (outbox, broker, queue, inbox)
+//! that the relay's and the consumer's `tests/simulation.rs` run the real engines against.
 
+pub mod sim;
 pub mod store;
 pub mod transport;
 

@@ -1,0 +1,342 @@
+//! A model of the PostgreSQL inbox ([`Inbox`]) with PostgreSQL's transaction semantics: a
+//! statement that fails aborts its transaction, every later statement fails, and a `COMMIT` of
+//! an aborted transaction rolls it back *and answers without an error* (what sqlx returns).
+//! Handlers write their effects with [`ModelConnection::write_effect`]; the effects and the
+//! inbox records become visible together at commit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use herald_core::error::Message;
+use herald_core::{Envelope, Error, Inbox, Result, TransactionalOutbox, Uuid};
+
+use super::Sim;
+
+/// How the model database misbehaves; drawn per seed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboxFaults {
+    /// Delay of one statement, in ms (lowest, highest).
+    pub latency: (u64, u64),
+    /// Probability that `BEGIN` fails.
+    pub begin_fail: f64,
+    /// Probability that a handler's write fails (aborting the transaction).
+    pub write_fail: f64,
+    /// Probability that a `COMMIT` fails before committing.
+    pub commit_fail: f64,
+    /// Probability that a `COMMIT` commits and its answer is lost.
+    pub commit_lost: f64,
+}
+
+impl InboxFaults {
+    /// Faults drawn from the world's seed.
+    pub fn draw(sim: &Sim) -> Self {
+        let pick = |choices: &[f64]| choices[sim.between(0, choices.len() as u64 - 1) as usize];
+        InboxFaults {
+            latency: (1, sim.between(2, 15)),
+            begin_fail: pick(&[0.0, 0.0, 0.02]),
+            write_fail: pick(&[0.0, 0.02, 0.05, 0.1]),
+            commit_fail: pick(&[0.0, 0.0, 0.02]),
+            commit_lost: pick(&[0.0, 0.0, 0.02]),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Open {
+    marks: Vec<(Uuid, String)>,
+    effects: Vec<Uuid>,
+    aborted: bool,
+}
+
+#[derive(Default)]
+struct State {
+    records: BTreeMap<(Uuid, String), u64>,
+    effects: BTreeMap<Uuid, Vec<u64>>,
+    open: HashMap<u64, Open>,
+    transactions: u64,
+}
+
+/// The model inbox database. Cheap to clone.
+#[derive(Clone)]
+pub struct ModelInbox {
+    sim: Sim,
+    faults: InboxFaults,
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for ModelInbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelInbox")
+            .field("faults", &self.faults)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection inside a transaction: what a handler's `ctx.db()` is.
+#[derive(Debug)]
+pub struct ModelConnection {
+    inbox: ModelInbox,
+    tx: u64,
+    statements: u64,
+}
+
+/// An open transaction; rolled back when dropped unfinished.
+#[derive(Debug)]
+pub struct ModelTransaction {
+    conn: ModelConnection,
+    finished: bool,
+}
+
+impl Deref for ModelTransaction {
+    type Target = ModelConnection;
+
+    fn deref(&self) -> &ModelConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for ModelTransaction {
+    fn deref_mut(&mut self) -> &mut ModelConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for ModelTransaction {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.conn.inbox.state().open.remove(&self.conn.tx);
+        }
+    }
+}
+
+fn failure(operation: &'static str, what: &str) -> Error {
+    Error::store(operation, true, Message(format!("simulated: {what}")))
+}
+
+impl ModelInbox {
+    /// An empty database in `sim`'s world.
+    pub fn new(sim: Sim, faults: InboxFaults) -> Self {
+        ModelInbox {
+            sim,
+            faults,
+            state: Arc::new(Mutex::new(State::default())),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// When each message's effects committed (once per commit that carried one).
+    pub fn effects(&self) -> BTreeMap<Uuid, Vec<u64>> {
+        self.state().effects.clone()
+    }
+
+    /// When each `(message id, handler)` record committed.
+    pub fn records(&self) -> BTreeMap<(Uuid, String), u64> {
+        self.state().records.clone()
+    }
+
+    async fn statement(&self, conn: &mut ModelConnection, what: &str) -> fastrand::Rng {
+        conn.statements += 1;
+        let name = format!("tx{} statement {} ({what})", conn.tx, conn.statements);
+        let mut rng = self.sim.rng_for(&name);
+        self.sim
+            .sleep(name, rng.u64(self.faults.latency.0..=self.faults.latency.1))
+            .await;
+        rng
+    }
+
+    fn aborted(&self, tx: u64) -> bool {
+        self.state().open.get(&tx).is_none_or(|open| open.aborted)
+    }
+
+    async fn finish(&self, mut tx: ModelTransaction) -> Result<()> {
+        let mut rng = self.statement(&mut tx.conn, "commit").await;
+        tx.finished = true;
+        let id = tx.conn.tx;
+        let now = self.sim.now();
+        let Some(open) = self.state().open.remove(&id) else {
+            return Err(failure("commit", "no transaction"));
+        };
+        if open.aborted {
+            self.sim.log(
+                &[],
+                format!("tx{id}: COMMIT of an aborted transaction rolls back, and answers OK"),
+            );
+            return Ok(());
+        }
+        if rng.f64() < self.faults.commit_fail {
+            self.sim
+                .log(&[], format!("tx{id}: COMMIT fails, rolled back"));
+            return Err(failure("commit", "connection lost before the commit"));
+        }
+        {
+            let mut state = self.state();
+            for mark in &open.marks {
+                state.records.insert(mark.clone(), now);
+            }
+            for effect in &open.effects {
+                state.effects.entry(*effect).or_default().push(now);
+            }
+        }
+        self.sim.log(
+            &[],
+            format!(
+                "tx{id} commits {} inbox record(s), {} effect(s)",
+                open.marks.len(),
+                open.effects.len()
+            ),
+        );
+        if rng.f64() < self.faults.commit_lost {
+            self.sim
+                .log(&[], format!("tx{id}: the COMMIT's answer is lost"));
+            return Err(failure("commit", "connection lost after the commit"));
+        }
+        Ok(())
+    }
+}
+
+impl ModelConnection {
+    /// A handler's write of its effect for `message` (`label` names it in the trace). May fail
+    /// as a database error does: the transaction is then aborted.
+    pub async fn write_effect(&mut self, message: Uuid, label: &str) -> Result<()> {
+        let inbox = self.inbox.clone();
+        let mut rng = inbox.statement(self, "effect").await;
+        if inbox.aborted(self.tx) {
+            return Err(failure(
+                "write",
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        if rng.f64() < inbox.faults.write_fail {
+            if let Some(open) = inbox.state().open.get_mut(&self.tx) {
+                open.aborted = true;
+            }
+            inbox.sim.log(
+                &[],
+                format!(
+                    "tx{}: the effect of {label} fails (database error): transaction aborted",
+                    self.tx
+                ),
+            );
+            return Err(failure("write", "deadlock detected"));
+        }
+        if let Some(open) = inbox.state().open.get_mut(&self.tx) {
+            open.effects.push(message);
+        }
+        Ok(())
+    }
+}
+
+impl TransactionalOutbox for ModelInbox {
+    type Connection = ModelConnection;
+    type Transaction = ModelTransaction;
+
+    async fn begin(&self) -> Result<ModelTransaction> {
+        let id = {
+            let mut state = self.state();
+            state.transactions += 1;
+            state.transactions
+        };
+        let mut conn = ModelConnection {
+            inbox: self.clone(),
+            tx: id,
+            statements: 0,
+        };
+        let mut rng = self.statement(&mut conn, "begin").await;
+        if rng.f64() < self.faults.begin_fail {
+            return Err(failure("begin", "no connection"));
+        }
+        self.state().open.insert(id, Open::default());
+        Ok(ModelTransaction {
+            conn,
+            finished: false,
+        })
+    }
+
+    async fn commit(&self, tx: ModelTransaction) -> Result<()> {
+        self.finish(tx).await
+    }
+
+    async fn rollback(&self, mut tx: ModelTransaction) -> Result<()> {
+        self.statement(&mut tx.conn, "rollback").await;
+        tx.finished = true;
+        self.state().open.remove(&tx.conn.tx);
+        Ok(())
+    }
+
+    async fn record_envelopes(
+        &self,
+        _conn: &mut ModelConnection,
+        _envelopes: &[Envelope],
+    ) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Inbox for ModelInbox {
+    async fn mark_handled(
+        &self,
+        conn: &mut ModelConnection,
+        message_id: Uuid,
+        handler: &str,
+    ) -> Result<bool> {
+        self.statement(conn, "inbox").await;
+        if self.aborted(conn.tx) {
+            return Err(failure(
+                "mark",
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        let record = (message_id, handler.to_owned());
+        // INSERT … ON CONFLICT DO NOTHING waits for another transaction holding the same key.
+        let mut waits = 0;
+        loop {
+            let busy = {
+                let state = self.state();
+                state
+                    .open
+                    .iter()
+                    .any(|(tx, open)| *tx != conn.tx && open.marks.contains(&record))
+            };
+            if !busy {
+                break;
+            }
+            waits += 1;
+            self.sim
+                .sleep(format!("tx{} inbox wait {waits}", conn.tx), 10)
+                .await;
+        }
+        let mut state = self.state();
+        if state.records.contains_key(&record) {
+            return Ok(false);
+        }
+        if let Some(open) = state.open.get_mut(&conn.tx) {
+            if open.marks.contains(&record) {
+                return Ok(false);
+            }
+            open.marks.push(record);
+        }
+        Ok(true)
+    }
+
+    async fn commit_quietly(&self, tx: ModelTransaction) -> Result<()> {
+        self.finish(tx).await
+    }
+
+    async fn is_handled(&self, message_id: Uuid, handler: &str) -> Result<bool> {
+        Ok(self
+            .state()
+            .records
+            .contains_key(&(message_id, handler.to_owned())))
+    }
+
+    async fn prune_inbox(&self, _older_than: Duration, _limit: usize) -> Result<u64> {
+        Ok(0)
+    }
+}
