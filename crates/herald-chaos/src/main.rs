@@ -10,9 +10,12 @@
 
 mod broker;
 mod check;
+mod database;
 mod event;
+mod observer;
 mod orchestrator;
 mod procs;
+mod proxy;
 mod roles;
 
 use std::path::PathBuf;
@@ -37,7 +40,7 @@ enum Command {
     #[command(hide = true)]
     Producer(roles::ProducerArgs),
     #[command(hide = true)]
-    Relay(roles::Common),
+    Relay(roles::RelayArgs),
     #[command(hide = true)]
     Consumer(roles::ConsumerArgs),
 }
@@ -110,14 +113,7 @@ fn main() -> Result<()> {
 
 async fn run(args: RunArgs) -> Result<()> {
     let scenarios = if args.scenarios.is_empty() {
-        vec![
-            Scenario::HandlerFaults,
-            Scenario::RelayKill,
-            Scenario::ConsumerKill,
-            Scenario::BrokerRestart,
-            Scenario::DbTerminate,
-            Scenario::All,
-        ]
+        Scenario::EVERY.to_vec()
     } else {
         args.scenarios.clone()
     };
@@ -141,16 +137,33 @@ async fn run(args: RunArgs) -> Result<()> {
         };
         for _ in 0..args.runs {
             let result = orchestrator::run(scenario, &settings).await;
-            // Whatever happened, the broker must be running when we move on.
+            // Whatever happened, the broker and the database must be running when we move on.
+            let database = database::ensure_running();
             broker::ensure_running()?;
+            database?;
             let row = result?;
             clean &= row.verdict.is_clean() && row.unexpected_exits == 0;
-            eprintln!("herald-chaos: {scenario:?}: {:?}", row.verdict);
+            eprintln!(
+                "herald-chaos: {scenario:?}: {} events, {} lost, {} never at the broker, \
+                 {} duplicated, order violations {} at the broker / {} in effects, \
+                 {} dead letters (+{} wrong), {} stuck",
+                row.verdict.events,
+                row.verdict.lost,
+                row.verdict.unseen,
+                row.verdict.duplicated,
+                row.verdict.broker_order_violations,
+                row.verdict.order_violations,
+                row.verdict.dead_letters,
+                row.verdict.wrong_dead_letters,
+                row.verdict.stuck
+            );
             total.runs += 1;
             total.verdict.events += row.verdict.events;
             total.verdict.lost += row.verdict.lost;
             total.verdict.duplicated += row.verdict.duplicated;
             total.verdict.order_violations += row.verdict.order_violations;
+            total.verdict.broker_order_violations += row.verdict.broker_order_violations;
+            total.verdict.unseen += row.verdict.unseen;
             total.verdict.dead_letters += row.verdict.dead_letters;
             total.verdict.wrong_dead_letters += row.verdict.wrong_dead_letters;
             total.verdict.stuck += row.verdict.stuck;
