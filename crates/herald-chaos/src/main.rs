@@ -79,6 +79,10 @@ struct RunArgs {
     /// One event in this many is poison.
     #[arg(long, default_value_t = 200)]
     poison_every: usize,
+    /// Partition keys per producer (two producers). Fewer keys mean more events per key in
+    /// flight at once, where order can break.
+    #[arg(long, default_value_t = 15)]
+    keys: usize,
     /// Seconds the system may take to settle after the last fault.
     #[arg(long, default_value_t = 120)]
     recovery_timeout: u64,
@@ -125,6 +129,7 @@ async fn run(args: RunArgs) -> Result<()> {
         duration: Duration::from_secs(args.duration),
         fail_rate: args.fail_rate,
         poison_every: args.poison_every,
+        keys: args.keys,
         recovery_timeout: Duration::from_secs(args.recovery_timeout),
         log_dir: args.log_dir.clone(),
     };

@@ -220,8 +220,8 @@ pub async fn relay(args: RelayArgs) -> Result<()> {
         max_attempts: 1000,
         // Publishes nacked under back-pressure come back soon, not minutes later.
         backoff: Backoff {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(3),
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(1),
             multiplier: 2.0,
             jitter: 0.5,
         },
