@@ -2,11 +2,14 @@
 //!
 //! `herald-chaos run` starts, per scenario, two producers, two relays and two consumers (with
 //! the transactional inbox) as processes of this binary against the real PostgreSQL and
-//! RabbitMQ, breaks things on purpose while the producers produce (SIGKILLs, broker restarts,
-//! terminated database sessions, failing and poison handlers), lets the system heal by
-//! itself, and then checks every committed event: handled exactly once in effect, per-key
-//! order held, every poison event (and nothing else) in the dead-letter queue, nothing stuck.
-//! It prints a table and exits non-zero if any check failed.
+//! RabbitMQ, breaks things on purpose while the producers produce (SIGKILLs, broker and
+//! database restarts, terminated database sessions, publish nacks under back-pressure, slow
+//! and stalled database traffic with expiring leases, handlers that fail, swallow database
+//! errors or retry through long delay queues), lets the system heal by itself, and then checks
+//! every committed event: per-key order at the broker (first arrivals in a witness queue) and
+//! in the effects, handled exactly once in effect, every poison event (and nothing else) in
+//! the dead-letter queue, nothing stuck. It prints a table, names every order violation, and
+//! exits non-zero if any check failed.
 
 mod broker;
 mod check;

@@ -38,8 +38,8 @@ pub enum Scenario {
     /// `pg_ctlcluster <version> main restart`: every session ends, the database is away for a
     /// moment.
     DbRestart,
-    /// The witness queue is bounded (`max-length`, `reject-publish`) and drained at half the
-    /// production rate: the broker nacks publishes while it is full.
+    /// The witness queue is bounded (`max-length`, `reject-publish`) and drained at 0.8 times
+    /// the production rate: the broker nacks publishes while it is full. One relay.
     Backpressure,
     /// The relays reach PostgreSQL through a proxy that delays every chunk by a changing,
     /// random latency: slow claims, slow write-backs, finishing out of order; with the
@@ -237,7 +237,8 @@ async fn drive(
     let per_producer = settings.events / producers;
     let rate = per_producer as f64 / settings.duration.as_secs_f64().max(0.1);
     let drain = if scenario.nacks() {
-        // Half the production rate, a few messages in hand: the bound is reached soon.
+        // Slower than production, a few messages in hand: the bound is reached soon and
+        // left now and then.
         Drain {
             rate: Some(rate * producers as f64 * 0.8),
             prefetch: 5,
@@ -329,6 +330,7 @@ async fn drive(
     };
     let mut exits = Exits::default();
     let mut last_fault = Instant::now();
+    let mut latency_changes = 0u32;
     let mut next = Faults::new(scenario);
     // Break things while the producers produce.
     loop {
@@ -400,7 +402,9 @@ async fn drive(
         if let Some(proxy) = &proxy
             && next.latency.is_some_and(|at| at <= now)
         {
-            let stall = scenario.has(Scenario::LeaseExpiry) && fastrand::u8(0..4) == 0;
+            // Every third change stalls: a few stalls in even the shortest run.
+            latency_changes += 1;
+            let stall = scenario.has(Scenario::LeaseExpiry) && latency_changes.is_multiple_of(3);
             let (base, spread, hold) = if stall {
                 // Longer than the 3 s lease: another relay may take the rows over meanwhile.
                 (
@@ -457,6 +461,8 @@ async fn drive(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     row.recovery = last_fault.elapsed();
+    // The relays write their counters twice a second: let the last of them land.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     for p in &mut procs {
         p.tend(&mut exits)?;
         p.stop().await;
