@@ -38,6 +38,8 @@ pub struct Verdict {
     pub wrong_dead_letters: u64,
     /// Outbox rows still claimed or pending.
     pub stuck: u64,
+    /// The lost events' ids.
+    pub lost_ids: Vec<Uuid>,
 }
 
 impl Verdict {
@@ -120,6 +122,16 @@ pub async fn check(
         .iter()
         .filter(|(id, _)| !witnessed.contains(id))
         .count() as u64;
+    // Kept with the run's schema for a look: the witness's first arrivals, in order.
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE TABLE \"{schema}\".arrivals AS SELECT * FROM \
+         unnest($1::uuid[], $2::text[], $3::bigint[]) WITH ORDINALITY AS a(event_id, key, n, seq)"
+    )))
+    .bind(arrivals.iter().map(|a| a.id).collect::<Vec<_>>())
+    .bind(arrivals.iter().map(|a| a.key.clone()).collect::<Vec<_>>())
+    .bind(arrivals.iter().map(|a| a.n).collect::<Vec<_>>())
+    .execute(pool)
+    .await?;
     for inversion in observer::inversions(arrivals, &ids) {
         v.broker_order_violations += 1;
         v.inversions.push((Side::Broker, inversion));
@@ -188,6 +200,7 @@ pub async fn check(
         };
         if !arrived {
             v.lost += 1;
+            v.lost_ids.push(*id);
         }
     }
     let stats = outbox.stats().await?;

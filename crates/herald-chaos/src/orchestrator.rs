@@ -91,7 +91,7 @@ impl Scenario {
 }
 
 /// The witness queue's bound under back-pressure.
-const WITNESS_MAX_LENGTH: u32 = 50;
+const WITNESS_MAX_LENGTH: u32 = 10;
 
 /// Settings of a run.
 #[derive(Debug, Clone)]
@@ -177,7 +177,7 @@ pub async fn run(scenario: Scenario, settings: &RunSettings) -> Result<ScenarioR
     }
     transport.close().await;
     if let Ok(row) = &result
-        && !row.verdict.inversions.is_empty()
+        && (!row.verdict.inversions.is_empty() || !row.verdict.lost_ids.is_empty())
     {
         let path = settings.log_dir.join(&names.id).join("violations.txt");
         let lines: Vec<String> = row
@@ -185,10 +185,12 @@ pub async fn run(scenario: Scenario, settings: &RunSettings) -> Result<ScenarioR
             .inversions
             .iter()
             .map(|(side, inversion)| check::describe(*side, inversion))
+            .chain(row.verdict.lost_ids.iter().map(|id| format!("lost: {id}")))
             .collect();
         let _ = std::fs::write(&path, lines.join("\n") + "\n");
         eprintln!(
-            "herald-chaos: {scenario:?}: order violations by key (all of them in {}):\n{}",
+            "herald-chaos: {scenario:?}: order violations by key (all of them, and the lost \
+             events, in {}):\n{}",
             path.display(),
             check::summary(&row.verdict.inversions)
         );
