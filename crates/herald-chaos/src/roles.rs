@@ -62,10 +62,21 @@ impl Common {
         )
     }
 
-    /// The run's outbox.
+    /// The run's outbox. A role (re)started while the database restarts waits for it, up to
+    /// a minute, as a supervisor restarting it would.
     pub async fn outbox(&self, role: &str) -> Result<PgOutbox> {
         let config = PgOutboxConfig::new(&self.names().schema(), "outbox")?;
-        Ok(PgOutbox::connect(&self.database_url(role), config).await?)
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match PgOutbox::connect(&self.database_url(role), config.clone()).await {
+                Ok(outbox) => return Ok(outbox),
+                Err(err) if err.is_transient() && tokio::time::Instant::now() < give_up => {
+                    tracing::warn!(error = %err, "database not reachable yet; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
     }
 
     /// The run's transport: reconnects quickly, short delay queues.
