@@ -12,6 +12,11 @@ use anyhow::{Result, bail};
 const AMQP_PORT: &str = "127.0.0.1:5672";
 
 fn rabbitmqctl(action: &str) -> Result<()> {
+    rabbitmqctl_args(&[action])
+}
+
+/// Runs `rabbitmqctl -q <args>`.
+pub fn rabbitmqctl_args(args: &[&str]) -> Result<()> {
     // Debian installs it in /usr/sbin, which a CI shell may not have on its PATH.
     let program = if Path::new("/usr/sbin/rabbitmqctl").exists() {
         "/usr/sbin/rabbitmqctl"
@@ -19,12 +24,13 @@ fn rabbitmqctl(action: &str) -> Result<()> {
         "rabbitmqctl"
     };
     let status = Command::new(program)
-        .args(["-q", action])
+        .arg("-q")
+        .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()?;
     if !status.success() {
-        bail!("rabbitmqctl {action} failed: {status}");
+        bail!("rabbitmqctl {} failed: {status}", args.join(" "));
     }
     Ok(())
 }
@@ -87,6 +93,26 @@ impl Drop for Stopped {
             eprintln!("herald-chaos: could not restart rabbitmq: {err:#}");
         }
     }
+}
+
+/// Bounds `queue` to `max_length` ready messages and makes the broker nack publishes while it
+/// is full (`x-overflow: reject-publish`), as a policy named `name`.
+pub fn bound_queue(name: &str, queue: &str, max_length: u32) -> Result<()> {
+    let pattern = format!("^{}$", queue.replace('.', "\\."));
+    let definition = format!(r#"{{"max-length":{max_length},"overflow":"reject-publish"}}"#);
+    rabbitmqctl_args(&[
+        "set_policy",
+        "--apply-to",
+        "queues",
+        name,
+        &pattern,
+        &definition,
+    ])
+}
+
+/// Removes the policy `name`.
+pub fn clear_policy(name: &str) -> Result<()> {
+    rabbitmqctl_args(&["clear_policy", name])
 }
 
 /// Makes sure the broker's application runs (at the end of a run, whatever happened).

@@ -1,7 +1,8 @@
 //! The checker: holds the producers' committed events against the consumers' effects, the
 //! dead-letter queue and the outbox, and the table it prints.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -10,6 +11,8 @@ use herald_core::OutboxAdmin;
 use herald_postgres::PgOutbox;
 use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
+
+use crate::observer::{self, Arrival, Inversion};
 
 /// What one run left behind.
 #[derive(Debug, Default, Clone)]
@@ -22,12 +25,21 @@ pub struct Verdict {
     pub duplicated: u64,
     /// Effects of a key applied out of its order.
     pub order_violations: u64,
+    /// Events that reached the broker before an earlier event of their key (first arrivals
+    /// in the witness queue against recording order).
+    pub broker_order_violations: u64,
+    /// Committed events the broker never delivered to the witness queue.
+    pub unseen: u64,
+    /// Every order violation, named: broker side first, then effects.
+    pub inversions: Vec<(Side, Inversion)>,
     /// Poison events in the dead-letter queue, each with its reason.
     pub dead_letters: u64,
     /// Dead letters that are not poison, or have no reason; and outbox dead letters.
     pub wrong_dead_letters: u64,
     /// Outbox rows still claimed or pending.
     pub stuck: u64,
+    /// The lost events' ids.
+    pub lost_ids: Vec<Uuid>,
 }
 
 impl Verdict {
@@ -36,17 +48,30 @@ impl Verdict {
         self.lost == 0
             && self.duplicated == 0
             && self.order_violations == 0
+            && self.broker_order_violations == 0
+            && self.unseen == 0
             && self.wrong_dead_letters == 0
             && self.stuck == 0
     }
 }
 
-/// Progress while waiting for the run to settle: effects plus dead letters, out of events.
+/// Where an order violation was seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// First arrivals at the broker.
+    Broker,
+    /// The order the consumers applied effects in.
+    Effects,
+}
+
+/// Progress while waiting for the run to settle: effects plus dead letters, out of events;
+/// and every event seen by the broker-side witness.
 pub async fn settled(
     outbox: &PgOutbox,
     schema: &str,
     transport: &AmqpTransport,
     queue: &str,
+    witnessed: usize,
 ) -> Result<bool> {
     let row = sqlx::query(AssertSqlSafe(format!(
         "SELECT (SELECT count(*) FROM \"{schema}\".produced) AS produced, \
@@ -60,7 +85,7 @@ pub async fn settled(
         row.try_get("poison")?,
         row.try_get("effects")?,
     );
-    if effects < produced - poison {
+    if effects < produced - poison || (witnessed as i64) < produced {
         return Ok(false);
     }
     let stats = outbox.stats().await?;
@@ -77,15 +102,40 @@ pub async fn check(
     schema: &str,
     transport: &AmqpTransport,
     queue: &str,
+    arrivals: &[Arrival],
 ) -> Result<Verdict> {
     let pool = outbox.pool();
     let mut v = Verdict::default();
-    let produced: Vec<(Uuid, bool)> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT event_id, poison FROM \"{schema}\".produced"
+    let recorded: Vec<(Uuid, bool, String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT event_id, poison, key, n FROM \"{schema}\".produced"
     )))
     .fetch_all(pool)
     .await?;
-    v.events = produced.len() as u64;
+    v.events = recorded.len() as u64;
+    let ids: HashMap<(String, i64), Uuid> = recorded
+        .iter()
+        .map(|(id, _, key, n)| ((key.clone(), *n), *id))
+        .collect();
+    let produced: Vec<(Uuid, bool)> = recorded.iter().map(|(id, p, _, _)| (*id, *p)).collect();
+    let witnessed: HashSet<Uuid> = arrivals.iter().map(|a| a.id).collect();
+    v.unseen = produced
+        .iter()
+        .filter(|(id, _)| !witnessed.contains(id))
+        .count() as u64;
+    // Kept with the run's schema for a look: the witness's first arrivals, in order.
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE TABLE \"{schema}\".arrivals AS SELECT * FROM \
+         unnest($1::uuid[], $2::text[], $3::bigint[]) WITH ORDINALITY AS a(event_id, key, n, seq)"
+    )))
+    .bind(arrivals.iter().map(|a| a.id).collect::<Vec<_>>())
+    .bind(arrivals.iter().map(|a| a.key.clone()).collect::<Vec<_>>())
+    .bind(arrivals.iter().map(|a| a.n).collect::<Vec<_>>())
+    .execute(pool)
+    .await?;
+    for inversion in observer::inversions(arrivals, &ids) {
+        v.broker_order_violations += 1;
+        v.inversions.push((Side::Broker, inversion));
+    }
     let effects: HashSet<Uuid> = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT DISTINCT event_id FROM \"{schema}\".effects"
     )))
@@ -100,14 +150,26 @@ pub async fn check(
     .await?;
     v.duplicated = duplicated as u64;
     // Per key, in the order the effects were applied (one at a time per key), `n` must
-    // only grow.
-    let disorder: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT count(*) FROM (SELECT n, lag(n) OVER (PARTITION BY key ORDER BY seq) AS prev \
-         FROM \"{schema}\".effects) t WHERE prev IS NOT NULL AND n <= prev"
+    // only grow: name every effect applied after one of a later event of its key.
+    let disorder: Vec<(String, i64, Uuid, i64, Uuid)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT key, n, event_id, prev, prev_id FROM (SELECT key, n, event_id, seq, \
+             lag(n) OVER w AS prev, lag(event_id) OVER w AS prev_id \
+             FROM \"{schema}\".effects WINDOW w AS (PARTITION BY key ORDER BY seq)) t \
+         WHERE prev IS NOT NULL AND n <= prev ORDER BY key, seq"
     )))
-    .fetch_one(pool)
+    .fetch_all(pool)
     .await?;
-    v.order_violations = disorder as u64;
+    v.order_violations = disorder.len() as u64;
+    for (key, n, id, prev, prev_id) in disorder {
+        v.inversions.push((
+            Side::Effects,
+            Inversion {
+                key,
+                late: (prev, prev_id),
+                early: (n, Some(id)),
+            },
+        ));
+    }
 
     let dead = transport.dead_letters(queue, 1_000_000).await?;
     let mut dead_ids = HashSet::new();
@@ -138,12 +200,45 @@ pub async fn check(
         };
         if !arrived {
             v.lost += 1;
+            v.lost_ids.push(*id);
         }
     }
     let stats = outbox.stats().await?;
     v.stuck = stats.pending + stats.retrying + stats.in_flight;
     v.wrong_dead_letters += stats.dead_lettered;
     Ok(v)
+}
+
+/// One line per violation: which key, which event came too soon, which one it overtook.
+pub fn describe(side: Side, inversion: &Inversion) -> String {
+    let (what, verb) = match side {
+        Side::Broker => ("broker", "arrived"),
+        Side::Effects => ("effects", "applied"),
+    };
+    let early_id = inversion
+        .early
+        .1
+        .map_or_else(|| "id unknown".to_owned(), |id| id.to_string());
+    format!(
+        "{what}: key {}: event n={} ({}) {verb} before n={} ({early_id})",
+        inversion.key, inversion.late.0, inversion.late.1, inversion.early.0
+    )
+}
+
+/// Names every violating key with its count and its first pair of events out of order.
+pub fn summary(inversions: &[(Side, Inversion)]) -> String {
+    let mut by_key: BTreeMap<(u8, &str), (usize, String)> = BTreeMap::new();
+    for (side, inversion) in inversions {
+        let slot = by_key
+            .entry((u8::from(*side == Side::Effects), inversion.key.as_str()))
+            .or_insert_with(|| (0, describe(*side, inversion)));
+        slot.0 += 1;
+    }
+    let mut out = String::new();
+    for ((_, _), (count, first)) in by_key {
+        let _ = writeln!(out, "  {first} [{count} in this key]");
+    }
+    out
 }
 
 /// One row of the table: a scenario over its runs.
@@ -168,18 +263,23 @@ pub struct ScenarioRow {
 /// Prints the table (Markdown, so that it can go into the README as is).
 pub fn print_table(rows: &[ScenarioRow]) {
     println!(
-        "| scenario | runs | events | lost | duplicated effects | order violations | dead letters | faults injected | processes killed | unexpected exits | time to recover |"
+        "| scenario | runs | events | lost | duplicated effects | order violations: broker / effects | dead letters | faults injected | processes killed | unexpected exits | time to recover |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in rows {
         let v = &r.verdict;
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s |",
+            "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {:.1} s |",
             r.scenario,
             r.runs,
             v.events,
-            v.lost,
+            if v.unseen == 0 {
+                v.lost.to_string()
+            } else {
+                format!("{} (+{} never at the broker)", v.lost, v.unseen)
+            },
             v.duplicated,
+            v.broker_order_violations,
             v.order_violations,
             if v.wrong_dead_letters == 0 {
                 v.dead_letters.to_string()

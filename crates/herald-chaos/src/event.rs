@@ -52,6 +52,17 @@ impl RunNames {
         format!("herald-chaos-{}", self.id)
     }
 
+    /// The broker-side witness's queue: bound like the consumers' queue, read by the
+    /// orchestrator, which notes first arrivals.
+    pub fn witness_queue(&self) -> String {
+        format!("herald-chaos-{}-witness", self.id)
+    }
+
+    /// The name of the run's RabbitMQ policy (the witness queue's bound).
+    pub fn policy(&self) -> String {
+        format!("herald-chaos-{}", self.id)
+    }
+
     /// The `application_name` of a role's database sessions: what `pg_terminate_backend`
     /// picks its victims by.
     pub fn application_name(&self, role: &str) -> String {

@@ -2,17 +2,23 @@
 //!
 //! `herald-chaos run` starts, per scenario, two producers, two relays and two consumers (with
 //! the transactional inbox) as processes of this binary against the real PostgreSQL and
-//! RabbitMQ, breaks things on purpose while the producers produce (SIGKILLs, broker restarts,
-//! terminated database sessions, failing and poison handlers), lets the system heal by
-//! itself, and then checks every committed event: handled exactly once in effect, per-key
-//! order held, every poison event (and nothing else) in the dead-letter queue, nothing stuck.
-//! It prints a table and exits non-zero if any check failed.
+//! RabbitMQ, breaks things on purpose while the producers produce (SIGKILLs, broker and
+//! database restarts, terminated database sessions, publish nacks under back-pressure, slow
+//! and stalled database traffic with expiring leases, handlers that fail, swallow database
+//! errors or retry through long delay queues), lets the system heal by itself, and then checks
+//! every committed event: per-key order at the broker (first arrivals in a witness queue) and
+//! in the effects, handled exactly once in effect, every poison event (and nothing else) in
+//! the dead-letter queue, nothing stuck. It prints a table, names every order violation, and
+//! exits non-zero if any check failed.
 
 mod broker;
 mod check;
+mod database;
 mod event;
+mod observer;
 mod orchestrator;
 mod procs;
+mod proxy;
 mod roles;
 
 use std::path::PathBuf;
@@ -37,7 +43,7 @@ enum Command {
     #[command(hide = true)]
     Producer(roles::ProducerArgs),
     #[command(hide = true)]
-    Relay(roles::Common),
+    Relay(roles::RelayArgs),
     #[command(hide = true)]
     Consumer(roles::ConsumerArgs),
 }
@@ -76,6 +82,10 @@ struct RunArgs {
     /// One event in this many is poison.
     #[arg(long, default_value_t = 200)]
     poison_every: usize,
+    /// Partition keys per producer (two producers). Fewer keys mean more events per key in
+    /// flight at once, where order can break.
+    #[arg(long, default_value_t = 15)]
+    keys: usize,
     /// Seconds the system may take to settle after the last fault.
     #[arg(long, default_value_t = 120)]
     recovery_timeout: u64,
@@ -110,14 +120,7 @@ fn main() -> Result<()> {
 
 async fn run(args: RunArgs) -> Result<()> {
     let scenarios = if args.scenarios.is_empty() {
-        vec![
-            Scenario::HandlerFaults,
-            Scenario::RelayKill,
-            Scenario::ConsumerKill,
-            Scenario::BrokerRestart,
-            Scenario::DbTerminate,
-            Scenario::All,
-        ]
+        Scenario::EVERY.to_vec()
     } else {
         args.scenarios.clone()
     };
@@ -129,6 +132,7 @@ async fn run(args: RunArgs) -> Result<()> {
         duration: Duration::from_secs(args.duration),
         fail_rate: args.fail_rate,
         poison_every: args.poison_every,
+        keys: args.keys,
         recovery_timeout: Duration::from_secs(args.recovery_timeout),
         log_dir: args.log_dir.clone(),
     };
@@ -141,16 +145,33 @@ async fn run(args: RunArgs) -> Result<()> {
         };
         for _ in 0..args.runs {
             let result = orchestrator::run(scenario, &settings).await;
-            // Whatever happened, the broker must be running when we move on.
+            // Whatever happened, the broker and the database must be running when we move on.
+            let database = database::ensure_running();
             broker::ensure_running()?;
+            database?;
             let row = result?;
             clean &= row.verdict.is_clean() && row.unexpected_exits == 0;
-            eprintln!("herald-chaos: {scenario:?}: {:?}", row.verdict);
+            eprintln!(
+                "herald-chaos: {scenario:?}: {} events, {} lost, {} never at the broker, \
+                 {} duplicated, order violations {} at the broker / {} in effects, \
+                 {} dead letters (+{} wrong), {} stuck",
+                row.verdict.events,
+                row.verdict.lost,
+                row.verdict.unseen,
+                row.verdict.duplicated,
+                row.verdict.broker_order_violations,
+                row.verdict.order_violations,
+                row.verdict.dead_letters,
+                row.verdict.wrong_dead_letters,
+                row.verdict.stuck
+            );
             total.runs += 1;
             total.verdict.events += row.verdict.events;
             total.verdict.lost += row.verdict.lost;
             total.verdict.duplicated += row.verdict.duplicated;
             total.verdict.order_violations += row.verdict.order_violations;
+            total.verdict.broker_order_violations += row.verdict.broker_order_violations;
+            total.verdict.unseen += row.verdict.unseen;
             total.verdict.dead_letters += row.verdict.dead_letters;
             total.verdict.wrong_dead_letters += row.verdict.wrong_dead_letters;
             total.verdict.stuck += row.verdict.stuck;

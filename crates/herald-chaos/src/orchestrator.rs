@@ -1,6 +1,6 @@
 //! One scenario run: sets up its schema and topology, starts producers, two relays and two
-//! consumers as processes, breaks things until the producers are done, waits for the system
-//! to heal by itself, checks, and cleans up.
+//! consumers as processes and the broker-side witness, breaks things until the producers are
+//! done, waits for the system to heal by itself, checks, and cleans up.
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,8 +14,11 @@ use tokio::time::Instant;
 
 use crate::broker;
 use crate::check::{self, ScenarioRow};
+use crate::database;
 use crate::event::{RunNames, Step};
+use crate::observer::{Drain, Observer};
 use crate::procs::{Exits, Proc, spawn_producer};
+use crate::proxy::DelayProxy;
 use crate::roles::Common;
 use herald_core::Event;
 
@@ -32,15 +35,63 @@ pub enum Scenario {
     BrokerRestart,
     /// `pg_terminate_backend` on the relays' and consumers' sessions.
     DbTerminate,
+    /// `pg_ctlcluster <version> main restart`: every session ends, the database is away for a
+    /// moment.
+    DbRestart,
+    /// The witness queue is bounded (`max-length`, `reject-publish`) and drained at 0.8 times
+    /// the production rate: the broker nacks publishes while it is full. One relay.
+    Backpressure,
+    /// The relays reach PostgreSQL through a proxy that delays every chunk by a changing,
+    /// random latency: slow claims, slow write-backs, finishing out of order; with the
+    /// back-pressure of `backpressure`, so that there are failures to write back.
+    SlowDatabase,
+    /// A 3 s lease, and the proxy stalls the relays' traffic for longer than that now and
+    /// then: leases expire while their relay is still working on them (with the slow
+    /// database's latency and back-pressure in between).
+    LeaseExpiry,
+    /// Handlers that, now and then, hit a unique violation after writing their effect, catch
+    /// it and return success.
+    SwallowedErrors,
+    /// Every handler failure is retried through the broker with a delay that waits in the
+    /// longest delay queue, longer than asked and longer than the redelivery grace.
+    LongRetries,
     /// All of the above at once.
     All,
 }
 
 impl Scenario {
+    /// Every scenario, in the order a run goes through them.
+    pub const EVERY: [Scenario; 12] = [
+        Scenario::HandlerFaults,
+        Scenario::RelayKill,
+        Scenario::ConsumerKill,
+        Scenario::BrokerRestart,
+        Scenario::DbTerminate,
+        Scenario::DbRestart,
+        Scenario::Backpressure,
+        Scenario::SlowDatabase,
+        Scenario::LeaseExpiry,
+        Scenario::SwallowedErrors,
+        Scenario::LongRetries,
+        Scenario::All,
+    ];
+
     fn has(self, fault: Scenario) -> bool {
         self == fault || self == Scenario::All
     }
+
+    /// Whether the broker nacks publishes under back-pressure. Slow statements and expiring
+    /// leases harm order only where a relay writes back failures or releases, so those
+    /// scenarios bring the back-pressure along.
+    fn nacks(self) -> bool {
+        self.has(Scenario::Backpressure)
+            || self.has(Scenario::SlowDatabase)
+            || self.has(Scenario::LeaseExpiry)
+    }
 }
+
+/// The witness queue's bound under back-pressure.
+const WITNESS_MAX_LENGTH: u32 = 10;
 
 /// Settings of a run.
 #[derive(Debug, Clone)]
@@ -57,6 +108,8 @@ pub struct RunSettings {
     pub fail_rate: f64,
     /// One event in this many is poison.
     pub poison_every: usize,
+    /// Partition keys per producer.
+    pub keys: usize,
     /// How long the system may take to settle after the last fault.
     pub recovery_timeout: Duration,
     /// Where the processes' logs go.
@@ -65,6 +118,10 @@ pub struct RunSettings {
 
 /// Runs `scenario` once; returns its row (runs = 1).
 pub async fn run(scenario: Scenario, settings: &RunSettings) -> Result<ScenarioRow> {
+    // Starts PostgreSQL again if the run ends (error, panic) while it is down.
+    let _running = scenario
+        .has(Scenario::DbRestart)
+        .then_some(database::RunningGuard);
     let names = RunNames::fresh();
     let common = Common {
         database: settings.database.clone(),
@@ -86,15 +143,58 @@ pub async fn run(scenario: Scenario, settings: &RunSettings) -> Result<ScenarioR
     )))
     .execute(outbox.pool())
     .await?;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TABLE \"{schema}\".markers (id int PRIMARY KEY); \
+         INSERT INTO \"{schema}\".markers (id) VALUES (0); \
+         CREATE TABLE \"{schema}\".relay_stats (relay uuid PRIMARY KEY, claimed bigint NOT NULL, \
+             published bigint NOT NULL, retried bigint NOT NULL, released bigint NOT NULL, \
+             store_errors bigint NOT NULL);"
+    )))
+    .execute(outbox.pool())
+    .await?;
     let transport = AmqpTransport::connect(common.amqp_config()).await?;
     let spec = SubscriptionSpec::new(names.queue(), vec![Step::TYPE.to_owned()]);
     transport.declare(&spec).await?;
+    // The witness's queue exists (and is bounded) before the first event is published.
+    let witness = names.witness_queue();
+    if scenario.nacks() {
+        broker::bound_queue(&names.policy(), &witness, WITNESS_MAX_LENGTH)?;
+    }
+    transport
+        .declare(&SubscriptionSpec::new(
+            witness.clone(),
+            vec![Step::TYPE.to_owned()],
+        ))
+        .await?;
 
     let result = drive(scenario, settings, &common, &names, &outbox, &transport).await;
 
-    // Clean up whatever happened; the broker is running again by now.
+    // Clean up whatever happened; the broker and the database are running again by now.
     let _ = transport.delete_subscription(&names.queue()).await;
+    let _ = transport.delete_subscription(&witness).await;
+    if scenario.nacks() {
+        let _ = broker::clear_policy(&names.policy());
+    }
     transport.close().await;
+    if let Ok(row) = &result
+        && (!row.verdict.inversions.is_empty() || !row.verdict.lost_ids.is_empty())
+    {
+        let path = settings.log_dir.join(&names.id).join("violations.txt");
+        let lines: Vec<String> = row
+            .verdict
+            .inversions
+            .iter()
+            .map(|(side, inversion)| check::describe(*side, inversion))
+            .chain(row.verdict.lost_ids.iter().map(|id| format!("lost: {id}")))
+            .collect();
+        let _ = std::fs::write(&path, lines.join("\n") + "\n");
+        eprintln!(
+            "herald-chaos: {scenario:?}: order violations by key (all of them, and the lost \
+             events, in {}):\n{}",
+            path.display(),
+            check::summary(&row.verdict.inversions)
+        );
+    }
     if result
         .as_ref()
         .is_ok_and(|r| r.verdict.is_clean() && r.unexpected_exits == 0)
@@ -135,10 +235,55 @@ async fn drive(
     } else {
         0.0
     };
+    let producers = 2;
+    let per_producer = settings.events / producers;
+    let rate = per_producer as f64 / settings.duration.as_secs_f64().max(0.1);
+    let drain = if scenario.nacks() {
+        // Slower than production, a few messages in hand: the bound is reached soon and
+        // left now and then.
+        Drain {
+            rate: Some(rate * producers as f64 * 0.8),
+            prefetch: 5,
+        }
+    } else {
+        Drain {
+            rate: None,
+            prefetch: 200,
+        }
+    };
+    let witness = Observer::start(
+        AmqpTransport::lazy(common.amqp_config())?,
+        names.witness_queue(),
+        drain,
+    );
+    let proxy = if scenario.has(Scenario::SlowDatabase) || scenario.has(Scenario::LeaseExpiry) {
+        let (upstream, _) = address_of(&common.database)?;
+        Some(DelayProxy::start(upstream).await?)
+    } else {
+        None
+    };
+    // Back-pressure alone breaks order with a single relay (issue 13's black-box run):
+    // one relay makes that plain. Everything else runs two.
+    let relays = if scenario == Scenario::Backpressure {
+        1
+    } else {
+        2
+    };
     let mut procs = Vec::new();
-    for i in 0..2 {
+    for i in 0..relays {
         let mut args = vec!["relay".to_owned()];
-        args.extend(base.clone());
+        match &proxy {
+            Some(proxy) => args.extend(with_database(&base, &via(&common.database, proxy)?)),
+            None => args.extend(base.clone()),
+        }
+        if scenario.has(Scenario::LeaseExpiry) {
+            args.extend([
+                "--lease-ms".to_owned(),
+                "3000".to_owned(),
+                "--publish-timeout-ms".to_owned(),
+                "1000".to_owned(),
+            ]);
+        }
         procs.push(Proc::spawn(format!("relay-{i}"), args, &dir)?);
     }
     for i in 0..2 {
@@ -150,11 +295,14 @@ async fn drive(
             "--crash-rate".to_owned(),
             crash_rate.to_string(),
         ]);
+        if scenario.has(Scenario::SwallowedErrors) {
+            args.extend(["--swallow-rate".to_owned(), "0.02".to_owned()]);
+        }
+        if scenario.has(Scenario::LongRetries) {
+            args.push("--long-retries".to_owned());
+        }
         procs.push(Proc::spawn(format!("consumer-{i}"), args, &dir)?);
     }
-    let producers = 2;
-    let per_producer = settings.events / producers;
-    let rate = per_producer as f64 / settings.duration.as_secs_f64().max(0.1);
     let mut children = Vec::new();
     for i in 0..producers {
         let mut args = vec!["producer".to_owned()];
@@ -168,6 +316,8 @@ async fn drive(
             rate.to_string(),
             "--poison-every".to_owned(),
             settings.poison_every.to_string(),
+            "--keys".to_owned(),
+            settings.keys.to_string(),
         ]);
         children.push(spawn_producer(
             args,
@@ -182,6 +332,7 @@ async fn drive(
     };
     let mut exits = Exits::default();
     let mut last_fault = Instant::now();
+    let mut latency_changes = 0u32;
     let mut next = Faults::new(scenario);
     // Break things while the producers produce.
     loop {
@@ -203,7 +354,7 @@ async fn drive(
         }
         let now = Instant::now();
         if next.relay_kill.is_some_and(|at| at <= now) {
-            procs[fastrand::usize(0..2)]
+            procs[fastrand::usize(0..relays)]
                 .kill(Duration::from_millis(300))
                 .await?;
             row.kills += 1;
@@ -211,7 +362,7 @@ async fn drive(
             last_fault = now;
         }
         if next.consumer_kill.is_some_and(|at| at <= now) {
-            procs[2 + fastrand::usize(0..2)]
+            procs[relays + fastrand::usize(0..2)]
                 .kill(Duration::from_millis(300))
                 .await?;
             row.kills += 1;
@@ -219,6 +370,7 @@ async fn drive(
             last_fault = now;
         }
         if next.db_terminate.is_some_and(|at| at <= now) {
+            // Fails only while the database restarts (`all`): then there is nothing to end.
             let killed: Vec<bool> = sqlx::query_scalar(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
                  WHERE application_name IN ($1, $2) AND pid <> pg_backend_pid()",
@@ -226,7 +378,8 @@ async fn drive(
             .bind(names.application_name("relay"))
             .bind(names.application_name("consumer"))
             .fetch_all(outbox.pool())
-            .await?;
+            .await
+            .unwrap_or_default();
             row.faults += killed.len() as u64;
             next.db_terminate = Some(now + jitter(Duration::from_millis(1000)));
             last_fault = now;
@@ -242,7 +395,42 @@ async fn drive(
             next.broker_restart = Some(Instant::now() + jitter(Duration::from_secs(5)));
             last_fault = Instant::now();
         }
+        if next.db_restart.is_some_and(|at| at <= now) {
+            tokio::task::spawn_blocking(database::restart).await??;
+            row.faults += 1;
+            next.db_restart = Some(Instant::now() + jitter(Duration::from_secs(4)));
+            last_fault = Instant::now();
+        }
+        if let Some(proxy) = &proxy
+            && next.latency.is_some_and(|at| at <= now)
+        {
+            // Every third change stalls: a few stalls in even the shortest run.
+            latency_changes += 1;
+            let stall = scenario.has(Scenario::LeaseExpiry) && latency_changes.is_multiple_of(3);
+            let (base, spread, hold) = if stall {
+                // Longer than the 3 s lease: another relay may take the rows over meanwhile.
+                (
+                    Duration::from_millis(fastrand::u64(2500..4500)),
+                    Duration::from_millis(200),
+                    Duration::from_millis(800),
+                )
+            } else {
+                (
+                    Duration::from_millis(fastrand::u64(0..20)),
+                    Duration::from_millis(fastrand::u64(0..300)),
+                    Duration::from_millis(fastrand::u64(300..1200)),
+                )
+            };
+            proxy.latency.set(base, spread);
+            row.faults += 1;
+            next.latency = Some(now + hold);
+            last_fault = now;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Some(proxy) = &proxy {
+        // Healing happens at full speed.
+        proxy.latency.set(Duration::ZERO, Duration::ZERO);
     }
     row.faults += row.kills;
     if row.faults == 0 {
@@ -257,13 +445,26 @@ async fn drive(
         for p in &mut procs {
             p.tend(&mut exits)?;
         }
-        if check::settled(outbox, &names.schema(), transport, &names.queue()).await? {
+        // The database may still be coming back from a restart: not settled yet.
+        let witnessed = witness.distinct();
+        if check::settled(
+            outbox,
+            &names.schema(),
+            transport,
+            &names.queue(),
+            witnessed,
+        )
+        .await
+        .unwrap_or(false)
+        {
             settled = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     row.recovery = last_fault.elapsed();
+    // The relays write their counters twice a second: let the last of them land.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     for p in &mut procs {
         p.tend(&mut exits)?;
         p.stop().await;
@@ -276,9 +477,39 @@ async fn drive(
     }
     row.kills += exits.induced;
     row.unexpected_exits = exits.unexpected;
-    row.verdict = check::check(outbox, &names.schema(), transport, &names.queue())
-        .await
-        .context("check")?;
+    let arrivals = witness.first_arrivals();
+    eprintln!(
+        "herald-chaos: {scenario:?}: the witness queue delivered {} messages for {} events",
+        witness.deliveries(),
+        arrivals.len()
+    );
+    drop(witness);
+    drop(proxy);
+    let stats: Result<(i64, i64, i64, i64, i64), sqlx::Error> =
+        sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT coalesce(sum(claimed), 0)::bigint, coalesce(sum(published), 0)::bigint, \
+                    coalesce(sum(retried), 0)::bigint, coalesce(sum(released), 0)::bigint, \
+                    coalesce(sum(store_errors), 0)::bigint FROM \"{}\".relay_stats",
+            names.schema()
+        )))
+        .fetch_one(outbox.pool())
+        .await;
+    if let Ok((claimed, published, retried, released, store_errors)) = stats {
+        eprintln!(
+            "herald-chaos: {scenario:?}: relays claimed {claimed} rows, published {published}, \
+             rescheduled {retried} after failed publishes, released {released}, \
+             {store_errors} store errors"
+        );
+    }
+    row.verdict = check::check(
+        outbox,
+        &names.schema(),
+        transport,
+        &names.queue(),
+        &arrivals,
+    )
+    .await
+    .context("check")?;
     Ok(row)
 }
 
@@ -288,6 +519,8 @@ struct Faults {
     consumer_kill: Option<Instant>,
     db_terminate: Option<Instant>,
     broker_restart: Option<Instant>,
+    db_restart: Option<Instant>,
+    latency: Option<Instant>,
 }
 
 impl Faults {
@@ -299,6 +532,9 @@ impl Faults {
             consumer_kill: at(Scenario::ConsumerKill, Duration::from_millis(800)),
             db_terminate: at(Scenario::DbTerminate, Duration::from_millis(800)),
             broker_restart: at(Scenario::BrokerRestart, Duration::from_secs(2)),
+            db_restart: at(Scenario::DbRestart, Duration::from_secs(2)),
+            latency: (scenario.has(Scenario::SlowDatabase) || scenario.has(Scenario::LeaseExpiry))
+                .then(Instant::now),
         }
     }
 }
@@ -306,6 +542,47 @@ impl Faults {
 /// `mean` ± 50 %.
 fn jitter(mean: Duration) -> Duration {
     mean.mul_f64(0.5 + fastrand::f64())
+}
+
+/// The socket address of a PostgreSQL URL's host, and where in the URL it is written.
+fn address_of(url: &str) -> Result<(std::net::SocketAddr, std::ops::Range<usize>)> {
+    let start = url.find("://").context("database url without a scheme")? + 3;
+    let rest = &url[start..];
+    let end = start + rest.find(['/', '?']).unwrap_or(rest.len());
+    let host_start = url[start..end]
+        .rfind('@')
+        .map_or(start, |at| start + at + 1);
+    let host = &url[host_start..end];
+    let with_port = if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:5432")
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&with_port)
+        .with_context(|| format!("resolve the database host {host}"))?
+        .next()
+        .with_context(|| format!("database host {host} has no address"))?;
+    Ok((addr, host_start..end))
+}
+
+/// The database URL with its host replaced by the proxy's address.
+fn via(url: &str, proxy: &DelayProxy) -> Result<String> {
+    let (_, range) = address_of(url)?;
+    Ok(format!(
+        "{}{}{}",
+        &url[..range.start],
+        proxy.addr,
+        &url[range.end..]
+    ))
+}
+
+/// `base` (the roles' common arguments) with another `--database`.
+fn with_database(base: &[String], database: &str) -> Vec<String> {
+    let mut args = base.to_vec();
+    if let Some(i) = args.iter().position(|a| a == "--database") {
+        args[i + 1] = database.to_owned();
+    }
+    args
 }
 
 /// Makes sure the log directory exists.

@@ -14,11 +14,15 @@ use herald_consumer::{
 };
 use herald_core::{Backoff, Envelope, Metadata};
 use herald_postgres::{PgOutbox, PgOutboxConfig};
-use herald_relay::{Relay, RelayConfig};
+use herald_relay::{Relay, RelayConfig, RelayMetrics};
 use sqlx::AssertSqlSafe;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{RunNames, Step};
+
+/// The longest delay queue: retries of `--long-retries` consumers wait there, longer than they
+/// asked for.
+pub const LONG_RETRY_QUEUE: Duration = Duration::from_secs(5);
 
 /// Exit code of a consumer that ended itself between its database commit and its ack.
 pub const CRASH_EXIT: i32 = 86;
@@ -58,17 +62,33 @@ impl Common {
         )
     }
 
-    /// The run's outbox.
+    /// The run's outbox. A role (re)started while the database restarts waits for it, up to
+    /// a minute, as a supervisor restarting it would.
     pub async fn outbox(&self, role: &str) -> Result<PgOutbox> {
         let config = PgOutboxConfig::new(&self.names().schema(), "outbox")?;
-        Ok(PgOutbox::connect(&self.database_url(role), config).await?)
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match PgOutbox::connect(&self.database_url(role), config.clone()).await {
+                Ok(outbox) => return Ok(outbox),
+                Err(err) if err.is_transient() && tokio::time::Instant::now() < give_up => {
+                    tracing::warn!(error = %err, "database not reachable yet; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
     }
 
     /// The run's transport: reconnects quickly, short delay queues.
     pub fn amqp_config(&self) -> AmqpConfig {
         AmqpConfig {
             exchange: self.names().exchange(),
-            retry_delays: vec![Duration::from_millis(200), Duration::from_secs(1)],
+            // The longest one is where `--long-retries` consumers' retries wait.
+            retry_delays: vec![
+                Duration::from_millis(200),
+                Duration::from_secs(1),
+                LONG_RETRY_QUEUE,
+            ],
             connect_timeout: Duration::from_secs(3),
             reconnect: Backoff {
                 initial: Duration::from_millis(100),
@@ -108,7 +128,8 @@ pub struct ProducerArgs {
 }
 
 /// Records `events` events, each in the same transaction as a `produced` row that says it
-/// was committed: that table is what the checker holds the consumers' effects against.
+/// was committed: that table is what the checker holds the consumers' effects against. A batch
+/// that fails (the database restarted under it) is recorded again, unless its commit landed.
 pub async fn producer(args: ProducerArgs) -> Result<()> {
     let outbox = args.common.outbox("producer").await?;
     let produced = format!("\"{}\".produced", args.common.names().schema());
@@ -118,30 +139,40 @@ pub async fn producer(args: ProducerArgs) -> Result<()> {
     let mut done = 0;
     while done < args.events {
         let count = batch.min(args.events - done);
-        let mut tx = outbox.pool().begin().await?;
-        let mut envelopes = Vec::with_capacity(count);
+        let mut steps = Vec::with_capacity(count);
         for i in done..done + count {
             let k = fastrand::usize(..next.len());
-            let step = Step {
+            steps.push(Step {
                 key: format!("p{}-k{k}", args.index),
                 n: next[k],
                 poison: args.poison_every > 0 && (i + 1) % args.poison_every == 0,
-            };
+            });
             next[k] += 1;
-            let envelope = Envelope::from_event(&step, Metadata::default())?;
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {produced} (event_id, key, n, poison) VALUES ($1, $2, $3, $4)"
-            )))
-            .bind(envelope.id)
-            .bind(&step.key)
-            .bind(step.n)
-            .bind(step.poison)
-            .execute(&mut *tx)
-            .await?;
-            envelopes.push(envelope);
         }
-        outbox.record_all(&mut tx, &envelopes).await?;
-        outbox.commit(tx).await?;
+        let envelopes = steps
+            .iter()
+            .map(|step| Envelope::from_event(step, Metadata::default()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let Err(err) = record(&outbox, &produced, &steps, &envelopes).await else {
+                break;
+            };
+            if tokio::time::Instant::now() > give_up {
+                return Err(err.context("record a batch"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            // The commit may have landed before the connection broke.
+            let landed: Result<bool, sqlx::Error> = sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT EXISTS (SELECT 1 FROM {produced} WHERE event_id = $1)"
+            )))
+            .bind(envelopes[0].id)
+            .fetch_one(outbox.pool())
+            .await;
+            if landed.is_ok_and(|landed| landed) {
+                break;
+            }
+        }
         done += count;
         if args.rate > 0.0 {
             let due = started + Duration::from_secs_f64(done as f64 / args.rate);
@@ -151,22 +182,97 @@ pub async fn producer(args: ProducerArgs) -> Result<()> {
     Ok(())
 }
 
+/// One batch: its `produced` rows and its outbox rows, in one transaction.
+async fn record(
+    outbox: &PgOutbox,
+    produced: &str,
+    steps: &[Step],
+    envelopes: &[Envelope],
+) -> Result<()> {
+    let mut tx = outbox.pool().begin().await?;
+    for (step, envelope) in steps.iter().zip(envelopes) {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {produced} (event_id, key, n, poison) VALUES ($1, $2, $3, $4)"
+        )))
+        .bind(envelope.id)
+        .bind(&step.key)
+        .bind(step.n)
+        .bind(step.poison)
+        .execute(&mut *tx)
+        .await?;
+    }
+    outbox.record_all(&mut tx, envelopes).await?;
+    outbox.commit(tx).await?;
+    Ok(())
+}
+
+/// The relay role.
+#[derive(Debug, Clone, Args)]
+pub struct RelayArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The relay's lease, in milliseconds.
+    #[arg(long, default_value_t = 15_000)]
+    pub lease_ms: u64,
+    /// The relay's publish timeout, in milliseconds (below the lease).
+    #[arg(long, default_value_t = 5_000)]
+    pub publish_timeout_ms: u64,
+}
+
 /// Runs a relay until killed.
-pub async fn relay(common: Common) -> Result<()> {
+pub async fn relay(args: RelayArgs) -> Result<()> {
+    let common = args.common;
     let outbox = common.outbox("relay").await?;
     let transport = AmqpTransport::lazy(common.amqp_config())?;
     let config = RelayConfig {
-        lease: Duration::from_secs(15),
-        publish_timeout: Duration::from_secs(5),
+        lease: Duration::from_millis(args.lease_ms),
+        publish_timeout: Duration::from_millis(args.publish_timeout_ms),
         poll_interval: Duration::from_millis(200),
         max_attempts: 1000,
+        // Publishes nacked under back-pressure come back soon, not minutes later.
+        backoff: Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(1),
+            multiplier: 2.0,
+            jitter: 0.5,
+        },
         ..RelayConfig::default()
     };
     let relay = Relay::new(outbox.clone(), transport, config)?;
     let shutdown = CancellationToken::new();
     let _listener = outbox.listen(shutdown.clone());
+    tokio::spawn(report_stats(
+        outbox.clone(),
+        format!("\"{}\".relay_stats", common.names().schema()),
+        relay.id(),
+        relay.metrics(),
+    ));
     relay.run(shutdown).await.context("relay stopped")?;
     Ok(())
+}
+
+/// Writes the relay's counters to `relay_stats` twice a second (what the run reports as the
+/// faults the relays saw: publishes that failed, rows released, store errors). A write that
+/// fails (the database is away) is simply skipped.
+async fn report_stats(outbox: PgOutbox, table: String, id: uuid::Uuid, metrics: RelayMetrics) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let s = metrics.snapshot();
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let _ = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {table} (relay, claimed, published, retried, released, store_errors) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (relay) DO UPDATE SET \
+             claimed = $2, published = $3, retried = $4, released = $5, store_errors = $6"
+        )))
+        .bind(id)
+        .bind(count(s.claimed))
+        .bind(count(s.published))
+        .bind(count(s.retried))
+        .bind(count(s.released))
+        .bind(count(s.store_errors))
+        .execute(outbox.pool())
+        .await;
+    }
 }
 
 /// The consumer role.
@@ -181,14 +287,24 @@ pub struct ConsumerArgs {
     /// (so between the database commit and the broker ack).
     #[arg(long, default_value_t = 0.0)]
     pub crash_rate: f64,
+    /// Share of handler runs that, after writing their effect, hit a unique violation, catch
+    /// it and return success ("a duplicate means already done"), as handlers often do.
+    #[arg(long, default_value_t = 0.0)]
+    pub swallow_rate: f64,
+    /// Retries go through the delay queues only, asking for delays that wait in the longest
+    /// one ([`LONG_RETRY_QUEUE`]), longer than asked and longer than the redelivery grace.
+    #[arg(long)]
+    pub long_retries: bool,
 }
 
 /// The handler: records the effect in `effects` (no unique constraint, so that a duplicate
 /// would show), fails transiently now and then, and always fails on poison.
 struct Apply {
     effects: String,
+    markers: String,
     fail_rate: f64,
     crash_rate: f64,
+    swallow_rate: f64,
 }
 
 impl Handler<Step, TxContext<PgOutbox>> for Apply {
@@ -210,6 +326,21 @@ impl Handler<Step, TxContext<PgOutbox>> for Apply {
         .execute(ctx.db())
         .await
         .map_err(HandlerError::new)?;
+        if fastrand::f64() < self.swallow_rate {
+            // Marker 0 always exists: this is a unique violation, which leaves the
+            // transaction aborted. Taking it for "already done" hides that from the consumer.
+            let marked = sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {} (id) VALUES (0)",
+                self.markers
+            )))
+            .execute(ctx.db())
+            .await;
+            match marked {
+                Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {}
+                Err(err) => return Err(HandlerError::new(err)),
+                Ok(_) => {}
+            }
+        }
         if fastrand::f64() < self.crash_rate {
             // The consumer commits after the handler returns and acks in batches, a few
             // milliseconds later: exiting now lands between the two.
@@ -226,14 +357,30 @@ impl Handler<Step, TxContext<PgOutbox>> for Apply {
 pub async fn consumer(args: ConsumerArgs) -> Result<()> {
     let outbox = args.common.outbox("consumer").await?;
     let transport = AmqpTransport::lazy(args.common.amqp_config())?;
+    let schema = args.common.names().schema();
     let handler = Apply {
-        effects: format!("\"{}\".effects", args.common.names().schema()),
+        effects: format!("\"{schema}\".effects"),
+        markers: format!("\"{schema}\".markers"),
         fail_rate: args.fail_rate,
         crash_rate: args.crash_rate,
+        swallow_rate: args.swallow_rate,
     };
-    let config = ConsumerConfig {
-        concurrency: 8,
-        retry: RetryPolicy {
+    let retry = if args.long_retries {
+        // Every failure goes to the broker and asks for about 1.5 s, which waits in the 5 s
+        // queue; the lane waits 1.5 s plus a 1 s grace for it.
+        RetryPolicy {
+            immediate: 0,
+            delayed: 8,
+            backoff: Backoff {
+                initial: Duration::from_millis(1500),
+                max: Duration::from_millis(1500),
+                multiplier: 1.0,
+                jitter: 0.2,
+            },
+            ..RetryPolicy::default()
+        }
+    } else {
+        RetryPolicy {
             immediate: 10,
             delayed: 2,
             backoff: Backoff {
@@ -243,6 +390,15 @@ pub async fn consumer(args: ConsumerArgs) -> Result<()> {
                 jitter: 0.2,
             },
             ..RetryPolicy::default()
+        }
+    };
+    let config = ConsumerConfig {
+        concurrency: 8,
+        retry,
+        redelivery_grace: if args.long_retries {
+            Duration::from_secs(1)
+        } else {
+            ConsumerConfig::default().redelivery_grace
         },
         ..ConsumerConfig::default()
     };
