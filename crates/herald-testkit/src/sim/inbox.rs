@@ -48,6 +48,8 @@ struct Open {
     marks: Vec<(Uuid, String)>,
     effects: Vec<Uuid>,
     aborted: bool,
+    /// The open savepoint: how many marks and effects were written before it.
+    savepoint: Option<(usize, usize)>,
 }
 
 #[derive(Default)]
@@ -153,6 +155,17 @@ impl ModelInbox {
 
     fn aborted(&self, tx: u64) -> bool {
         self.state().open.get(&tx).is_none_or(|open| open.aborted)
+    }
+
+    /// The error PostgreSQL gives every statement of an aborted transaction.
+    fn usable(&self, tx: u64) -> Result<()> {
+        if self.aborted(tx) {
+            return Err(failure(
+                "statement",
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        Ok(())
     }
 
     async fn finish(&self, mut tx: ModelTransaction) -> Result<()> {
@@ -323,6 +336,61 @@ impl Inbox for ModelInbox {
             open.marks.push(record);
         }
         Ok(true)
+    }
+
+    async fn unmark_handled(
+        &self,
+        conn: &mut ModelConnection,
+        records: &[(Uuid, &str)],
+    ) -> Result<()> {
+        self.statement(conn, "inbox unmark").await;
+        self.usable(conn.tx)?;
+        if let Some(open) = self.state().open.get_mut(&conn.tx) {
+            open.marks.retain(|(id, handler)| {
+                !records
+                    .iter()
+                    .any(|(other, name)| other == id && name == handler)
+            });
+        }
+        Ok(())
+    }
+
+    async fn savepoint(&self, conn: &mut ModelConnection) -> Result<()> {
+        self.statement(conn, "savepoint").await;
+        self.usable(conn.tx)?;
+        if let Some(open) = self.state().open.get_mut(&conn.tx) {
+            open.savepoint = Some((open.marks.len(), open.effects.len()));
+        }
+        Ok(())
+    }
+
+    async fn release_savepoint(&self, conn: &mut ModelConnection, reopen: bool) -> Result<()> {
+        self.statement(conn, "release savepoint").await;
+        self.usable(conn.tx)?;
+        if let Some(open) = self.state().open.get_mut(&conn.tx) {
+            open.savepoint = reopen.then_some((open.marks.len(), open.effects.len()));
+        }
+        Ok(())
+    }
+
+    async fn rollback_to_savepoint(&self, conn: &mut ModelConnection) -> Result<()> {
+        self.statement(conn, "rollback to savepoint").await;
+        let mut state = self.state();
+        let Some(open) = state.open.get_mut(&conn.tx) else {
+            return Err(failure("rollback to savepoint", "no transaction"));
+        };
+        let Some((marks, effects)) = open.savepoint else {
+            return Err(failure("rollback to savepoint", "no savepoint"));
+        };
+        open.marks.truncate(marks);
+        open.effects.truncate(effects);
+        open.aborted = false;
+        Ok(())
+    }
+
+    async fn ensure_committable(&self, conn: &mut ModelConnection) -> Result<()> {
+        self.statement(conn, "select 1").await;
+        self.usable(conn.tx)
     }
 
     async fn commit_quietly(&self, tx: ModelTransaction) -> Result<()> {

@@ -333,7 +333,17 @@ impl Drop for ModelAck {
     }
 }
 
+/// Whether a settlement is a deferral (the same attempt comes back) or anything else.
+enum Kind {
+    Defer,
+    Other,
+}
+
 impl Acknowledger for ModelAck {
+    fn effective_delay(&self, requested: Duration) -> Duration {
+        Duration::from_millis(self.queue.faults.wait(requested))
+    }
+
     fn settle(self: Box<Self>, settlement: Settlement) -> BoxFuture<'static, Result<()>> {
         // Kept whole until the settlement takes effect: dropped before that (the consumer
         // died), it gives the message back as a closed channel does.
@@ -409,6 +419,11 @@ impl Acknowledger for ModelAck {
                     Message("simulated: channel closed".into()),
                 ));
             }
+            let settlement_kind = if matches!(settlement, Settlement::Defer { .. }) {
+                Kind::Defer
+            } else {
+                Kind::Other
+            };
             match settlement {
                 Settlement::Ack => {
                     queue.state().settled.entry(id).or_default().acked.push(now);
@@ -417,20 +432,26 @@ impl Acknowledger for ModelAck {
                         format!("broker: delivery {number} of {label} acked"),
                     );
                 }
-                Settlement::Retry { delay, reason } => {
+                Settlement::Retry { delay, reason } | Settlement::Defer { delay, reason } => {
+                    // A deferral comes back as the same attempt; a retry as the next one.
+                    let (next, what) = if matches!(settlement_kind, Kind::Defer) {
+                        (attempt, "deferred")
+                    } else {
+                        (attempt + 1, "retried")
+                    };
                     let wait = faults.wait(delay);
                     queue.state().travelling += 1;
                     let q = queue.clone();
                     queue
                         .sim
-                        .run_after(format!("retry of delivery {number}"), wait, move || {
+                        .run_after(format!("{what} delivery {number}"), wait, move || {
                             q.state().travelling -= 1;
-                            q.push_back(envelope, attempt + 1);
+                            q.push_back(envelope, next);
                         });
                     queue.sim.log(
                         &[&key],
                         format!(
-                            "broker: delivery {number} of {label} retried: asked {} ms, waits {wait} ms in a delay queue, then joins the tail ({reason})",
+                            "broker: delivery {number} of {label} {what}: asked {} ms, waits {wait} ms in a delay queue, then joins the tail ({reason})",
                             delay.as_millis()
                         ),
                     );
