@@ -25,6 +25,8 @@
 //!   the held row itself (a retried row coming back) are not held back: only later ones are.
 //! - An event whose publish call found the broker unreachable is released like one given back
 //!   (its key held the same way): the outage is not its fault, and the relay pauses.
+//! - A row claimed more than `max_attempts` times (every claim counts, and only a write-back
+//!   ends one: its relays crashed on it) is dead-lettered without being published again.
 //! - If a batch's fate could not be written, every key of it stays held until its lease ran out
 //!   (the rows then come back, and are published again: at least once).
 //! - Batches are written back in claim order, and a new claim waits while
@@ -137,6 +139,8 @@ enum Fate {
     Completed,
     Failed(herald_core::Error),
     Released,
+    /// Dead-lettered unpublished, for this reason.
+    GivenUp(String),
 }
 
 /// Which event may be published when, across the batches in flight.
@@ -229,8 +233,10 @@ impl Scheduler {
             envelopes.push(Some(c.envelope));
         }
         let count = rows.len();
-        let keys: Vec<(Option<String>, Seq)> =
-            rows.iter().map(|r| (r.key.clone(), r.seq)).collect();
+        let keys: Vec<(Option<String>, Seq, u32)> = rows
+            .iter()
+            .map(|r| (r.key.clone(), r.seq, r.attempts))
+            .collect();
         self.batches.push_back(Batch {
             id,
             // Never publish what another relay may already have taken over.
@@ -246,8 +252,22 @@ impl Scheduler {
             held: Vec::new(),
         });
         let now = Instant::now();
-        for (index, (key, seq)) in keys.into_iter().enumerate() {
+        let max_attempts = self.config.max_attempts;
+        for (index, (key, seq, attempts)) in keys.into_iter().enumerate() {
             let slot = Slot { batch: id, index };
+            if attempts > max_attempts {
+                // Every claim counts as an attempt, and only a write-back can end one: a row
+                // claimed this often without a result took its relays down (or was never
+                // answered for). It is given up on rather than published once more.
+                self.decide(
+                    slot,
+                    Fate::GivenUp(format!(
+                        "claimed {attempts} times (max attempts {max_attempts}) without a \
+                         result: the relays holding it stopped or crashed before writing it back"
+                    )),
+                );
+                continue;
+            }
             let Some(key) = key else {
                 self.ready.push_back(slot);
                 continue;
@@ -380,6 +400,11 @@ impl Scheduler {
                 .failures
                 .push(batch::failure(row, &error, config)),
             Fate::Released => batch.outcome.released.push(seq),
+            Fate::GivenUp(error) => batch.outcome.failures.push(herald_core::Failure {
+                seq,
+                error,
+                disposition: herald_core::Disposition::DeadLetter,
+            }),
         }
         batch.open = batch.open.saturating_sub(1);
         let Some(key) = key else { return };

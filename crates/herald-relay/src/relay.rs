@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 
 use herald_core::{ClaimRequest, ClaimedEvent, Error, OutboxStore, Publisher, Result, Seq, Uuid};
@@ -39,6 +40,17 @@ pub struct Relay<S, P> {
     publisher: P,
     config: RelayConfig,
     metrics: RelayMetrics,
+    /// Whether a loop ([`Relay::run`] or [`Relay::relay_once`]) is running.
+    running: AtomicBool,
+}
+
+/// Marks a relay as running until dropped.
+struct Running<'a>(&'a AtomicBool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl<S: OutboxStore, P: Publisher> Relay<S, P> {
@@ -51,7 +63,22 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
             publisher,
             config,
             metrics: RelayMetrics::default(),
+            running: AtomicBool::new(false),
         })
+    }
+
+    /// Claims the right to run a loop: two loops under one relay id would each take the other's
+    /// leases for their own and split the events of a key between them.
+    fn enter(&self) -> Result<Running<'_>> {
+        self.running
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .map_err(|_| {
+                Error::Config(format!(
+                    "relay {} is already running: each loop needs a relay of its own",
+                    self.id
+                ))
+            })?;
+        Ok(Running(&self.running))
     }
 
     /// This instance's id (the `locked_by` of its claims).
@@ -76,7 +103,17 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
     /// publish calls may be in flight at once. Per-key order holds across batches: an event
     /// goes out only after the previous event of its key was confirmed (see the `pipeline`
     /// module for the rules).
+    ///
+    /// One relay runs one loop at a time: calling `run` (or `relay_once`) while it runs is an
+    /// error ([`Error::Config`]); make another `Relay` (it gets its own id) for another loop.
+    ///
+    /// A claim that comes back too late to publish anything under its lease (a slow store)
+    /// is counted (`late_claims`), logged, and makes the following claims smaller until they
+    /// come back in time; the batch size then grows back.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
+        let _running = self.enter()?;
+        // Rows asked for per claim: shrinks after a late claim, grows back after quick ones.
+        let mut limit = self.config.batch_size;
         let mut wakeups = self.store.signal().subscribe();
         let mut scheduler = Scheduler::new(&self.config);
         let mut rounds: Vec<Pending<'_, Confirmed>> = Vec::new();
@@ -131,7 +168,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
             {
                 wakeups.mark_seen();
                 let ticket = scheduler.claim_sent();
-                claiming = Some(Box::pin(async move { (ticket, self.claim().await) }));
+                claiming = Some(Box::pin(async move { (ticket, self.claim(limit).await) }));
             }
             let backing_off = !stopping && want_claim && claiming.is_none() && claim_after > now;
             tokio::select! {
@@ -190,6 +227,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                         }
                         Ok(claimed) => {
                             store_errors = 0;
+                            limit = self.adapt_limit(limit, claimed_at.elapsed());
                             self.metrics.batch(claimed.len());
                             scheduler.add_batch(ticket, claimed, claimed_at, Instant::now());
                         }
@@ -213,17 +251,57 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         Ok(())
     }
 
-    async fn claim(&self) -> (Instant, Result<Vec<ClaimedEvent>>) {
+    async fn claim(&self, limit: usize) -> (Instant, Result<Vec<ClaimedEvent>>) {
         let claimed_at = Instant::now();
         let result = self
             .store
             .claim(&ClaimRequest {
                 relay_id: self.id,
-                limit: self.config.batch_size,
+                limit,
                 lease: self.config.lease,
             })
             .await;
         (claimed_at, result)
+    }
+
+    /// The time a claim may take and still leave time to publish under its lease: the
+    /// scheduler publishes nothing later than `0.8 × lease − publish timeout` after the claim
+    /// was sent.
+    fn claim_budget(&self) -> std::time::Duration {
+        self.config
+            .lease
+            .mul_f64(0.8)
+            .saturating_sub(self.config.publish_timeout)
+    }
+
+    /// Whether a claim that took `took` came back too late to publish anything; counted and
+    /// logged if so.
+    fn late(&self, took: std::time::Duration, limit: usize) -> bool {
+        let budget = self.claim_budget();
+        if took <= budget {
+            return false;
+        }
+        self.metrics.late_claim();
+        warn!(
+            relay = %self.id,
+            ?took,
+            ?budget,
+            limit,
+            "claim too slow for the lease: its rows are given back unpublished"
+        );
+        true
+    }
+
+    /// The next claim's limit after a claim of `limit` rows that took `took`: halved after a
+    /// late claim, grown back by a quarter after one that took less than half the budget.
+    fn adapt_limit(&self, limit: usize, took: std::time::Duration) -> usize {
+        if self.late(took, limit) {
+            return (limit / 2).max(1);
+        }
+        if took < self.claim_budget() / 2 {
+            return (limit + limit.div_ceil(4)).min(self.config.batch_size);
+        }
+        limit
     }
 
     async fn prune_if_due(&self, next_prune: &mut Instant) {
@@ -244,6 +322,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
     /// One cycle: claim a batch, publish it, write every row's fate back. Returns what it did;
     /// an error means the store could not be reached (the rows then come back after their lease).
     pub async fn relay_once(&self, shutdown: &CancellationToken) -> Result<BatchReport> {
+        let _running = self.enter()?;
         let claimed_at = Instant::now();
         let claimed = self
             .store
@@ -256,6 +335,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         if claimed.is_empty() {
             return Ok(BatchReport::default());
         }
+        self.late(claimed_at.elapsed(), self.config.batch_size);
         self.metrics.batch(claimed.len());
         let count = claimed.len();
         // One pass of the pipelined loop's scheduler, one publish call at a time: each call
