@@ -35,7 +35,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use herald_core::{ClaimedEvent, Envelope, Result, Seq};
+use herald_core::{ClaimedEvent, Envelope, Result, Seq, Uuid};
 use tokio::time::Instant;
 
 use crate::RelayConfig;
@@ -76,10 +76,13 @@ pub(crate) struct Settlement {
     keys: Vec<String>,
     /// When the batch's leases have surely run out.
     lease_end: Instant,
+    /// The relay id the batch was claimed under (its write-backs are fenced by it).
+    pub(crate) owner: Uuid,
 }
 
 struct Batch {
     id: u64,
+    owner: Uuid,
     deadline: Instant,
     write_back_until: Instant,
     lease_end: Instant,
@@ -215,6 +218,7 @@ impl Scheduler {
     pub(crate) fn add_batch(
         &mut self,
         ticket: Ticket,
+        owner: Uuid,
         claimed: Vec<ClaimedEvent>,
         claimed_at: Instant,
         returned_at: Instant,
@@ -239,6 +243,7 @@ impl Scheduler {
             .collect();
         self.batches.push_back(Batch {
             id,
+            owner,
             // Never publish what another relay may already have taken over.
             deadline: claimed_at + lease.mul_f64(0.8),
             // The store's lease started after `claimed_at`: this leaves a tenth of it.
@@ -342,6 +347,7 @@ impl Scheduler {
             held: batch.held,
             keys: batch.rows.into_iter().filter_map(|r| r.key).collect(),
             lease_end: batch.lease_end,
+            owner: batch.owner,
         };
         Some((batch.outcome, settlement))
     }
@@ -465,12 +471,8 @@ mod tests {
     fn add(s: &mut Scheduler, rows: &[(Seq, Option<&str>)]) {
         let now = Instant::now();
         let ticket = s.claim_sent();
-        s.add_batch(
-            ticket,
-            rows.iter().map(|&(q, k)| claimed(q, k)).collect(),
-            now,
-            now,
-        );
+        let rows = rows.iter().map(|&(q, k)| claimed(q, k)).collect();
+        s.add_batch(ticket, Uuid::nil(), rows, now, now);
     }
 
     /// The seqs of the next round (empty if nothing may go).
@@ -604,7 +606,13 @@ mod tests {
         s.settled(settlement, true);
         // The failure is written, but the claim in flight read the row before that.
         let now = Instant::now();
-        s.add_batch(in_flight, vec![claimed(2, Some("a"))], now, now);
+        s.add_batch(
+            in_flight,
+            Uuid::nil(),
+            vec![claimed(2, Some("a"))],
+            now,
+            now,
+        );
         assert!(
             round(&mut s).1.is_empty(),
             "seq 2 must wait for seq 1's retry"
@@ -616,6 +624,7 @@ mod tests {
         s.settled(release, true);
         s.add_batch(
             in_flight,
+            Uuid::nil(),
             vec![claimed(1, Some("a")), claimed(3, Some("a"))],
             now,
             now,
@@ -648,6 +657,7 @@ mod tests {
         let ticket = s.claim_sent();
         s.add_batch(
             ticket,
+            Uuid::nil(),
             vec![claimed(1, Some("a")), claimed(2, Some("a"))],
             long_ago,
             long_ago,
