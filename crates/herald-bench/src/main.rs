@@ -37,14 +37,14 @@ struct Cli {
     #[arg(
         long,
         env = "HERALD_TEST_DATABASE_URL",
-        default_value = "postgres://postgres:postgres@127.0.0.1:5432/test"
+        default_value = herald_testkit::env::DATABASE_URL
     )]
     database: String,
     /// RabbitMQ URL (the run declares its own exchange and queues and deletes them).
     #[arg(
         long,
         env = "HERALD_TEST_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        default_value = herald_testkit::env::AMQP_URL
     )]
     amqp: String,
     /// Where to write the JSON results.

@@ -54,14 +54,14 @@ struct RunArgs {
     #[arg(
         long,
         env = "HERALD_TEST_DATABASE_URL",
-        default_value = "postgres://postgres:postgres@127.0.0.1:5432/test"
+        default_value = herald_testkit::env::DATABASE_URL
     )]
     database: String,
     /// AMQP URL.
     #[arg(
         long,
         env = "HERALD_TEST_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        default_value = herald_testkit::env::AMQP_URL
     )]
     amqp: String,
     /// Scenarios to run (default: all of them, one after the other).

@@ -5,8 +5,7 @@
 use std::process::{Command, Output};
 
 fn amqp_url() -> String {
-    std::env::var("HERALD_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+    herald_testkit::env::amqp_url()
 }
 
 fn herald(args: &[&str]) -> Output {

@@ -170,8 +170,7 @@ async fn main() -> Result<(), BoxError> {
     let keys = args.get(1).copied().unwrap_or(1_000);
     let rounds = args.get(2).copied().unwrap_or(3);
 
-    let url = std::env::var("HERALD_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/test".to_owned());
+    let url = herald_testkit::env::database_url();
     let schema = format!("herald_bench_{}", Uuid::now_v7().simple());
     let pool = PgPoolOptions::new()
         .max_connections(20)

@@ -21,8 +21,7 @@ use herald_sqlite::SqliteOutbox;
 use tokio_util::sync::CancellationToken;
 
 fn amqp_url() -> String {
-    std::env::var("HERALD_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+    herald_testkit::env::amqp_url()
 }
 
 /// A transport with an exchange of its own, short delay queues, and a topology the broker

@@ -27,8 +27,7 @@ use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use tokio_util::sync::CancellationToken;
 
 fn amqp_url() -> String {
-    std::env::var("HERALD_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+    herald_testkit::env::amqp_url()
 }
 
 const MAX_HEADERS: usize = 4096;

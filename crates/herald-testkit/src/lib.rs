@@ -13,6 +13,7 @@
 //! [`sim`] holds the deterministic, seeded simulations' models (outbox, broker, queue, inbox)
 //! that the relay's and the consumer's `tests/simulation.rs` run the real engines against.
 
+pub mod env;
 pub mod sim;
 pub mod store;
 pub mod transport;

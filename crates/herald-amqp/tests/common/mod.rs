@@ -8,14 +8,12 @@ use herald_core::Uuid;
 
 /// The broker the tests talk to (`HERALD_TEST_AMQP_URL`).
 pub fn amqp_url() -> String {
-    std::env::var("HERALD_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+    herald_testkit::env::amqp_url()
 }
 
 /// The PostgreSQL database of the relay tests (`HERALD_TEST_DATABASE_URL`).
 pub fn database_url() -> String {
-    std::env::var("HERALD_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/test".to_owned())
+    herald_testkit::env::database_url()
 }
 
 /// A name no other test (or run) uses.

@@ -155,8 +155,7 @@ where
 
 /// The test database URL (`HERALD_TEST_DATABASE_URL`, default: the local server).
 pub fn database_url() -> String {
-    std::env::var("HERALD_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/test".to_owned())
+    herald_testkit::env::database_url()
 }
 
 /// A migrated PostgreSQL outbox (and inbox) in a schema of its own, with an `accounts` table.

@@ -275,8 +275,7 @@ pub mod postgres {
     }
 
     fn database_url() -> String {
-        std::env::var("HERALD_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/test".to_owned())
+        herald_testkit::env::database_url()
     }
 
     impl Fixture {

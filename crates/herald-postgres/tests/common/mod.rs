@@ -12,8 +12,7 @@ use uuid::Uuid;
 
 /// The test database URL (`HERALD_TEST_DATABASE_URL`, default: the server `scripts/services` sets up).
 pub fn database_url() -> String {
-    std::env::var("HERALD_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/test".to_owned())
+    herald_testkit::env::database_url()
 }
 
 /// A small pool on the test database.

@@ -13,8 +13,7 @@ use herald_testkit::TestEvent;
 use tokio_util::sync::CancellationToken;
 
 pub fn database_url() -> String {
-    std::env::var("HERALD_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/test".to_owned())
+    herald_testkit::env::database_url()
 }
 
 /// A PostgreSQL outbox in a schema of its own.
