@@ -86,8 +86,9 @@ struct RunArgs {
     /// flight at once, where order can break.
     #[arg(long, default_value_t = 15)]
     keys: usize,
-    /// Seconds the system may take to settle after the last fault.
-    #[arg(long, default_value_t = 120)]
+    /// Seconds the system may take to settle after the last fault (`long-retries` takes about
+    /// 100 s: every failed handler run holds its key for the 15 s delay queue).
+    #[arg(long, default_value_t = 240)]
     recovery_timeout: u64,
     /// Where the processes' logs go.
     #[arg(long, default_value = "target/herald-chaos")]

@@ -22,7 +22,7 @@ use crate::event::{RunNames, Step};
 
 /// The longest delay queue: retries of `--long-retries` consumers wait there, longer than they
 /// asked for.
-pub const LONG_RETRY_QUEUE: Duration = Duration::from_secs(5);
+pub const LONG_RETRY_QUEUE: Duration = Duration::from_secs(15);
 
 /// Exit code of a consumer that ended itself between its database commit and its ack.
 pub const CRASH_EXIT: i32 = 86;
@@ -366,8 +366,9 @@ pub async fn consumer(args: ConsumerArgs) -> Result<()> {
         swallow_rate: args.swallow_rate,
     };
     let retry = if args.long_retries {
-        // Every failure goes to the broker and asks for about 1.5 s, which waits in the 5 s
-        // queue; the lane waits 1.5 s plus a 1 s grace for it.
+        // Every failure goes to the broker and asks for about 1.5 s, which waits in the 15 s
+        // queue: a lane that waited for what was asked plus the 5 s grace would give up after
+        // 6.5 s; it must wait for the 15 s the transport imposes.
         RetryPolicy {
             immediate: 0,
             delayed: 8,
@@ -396,7 +397,7 @@ pub async fn consumer(args: ConsumerArgs) -> Result<()> {
         concurrency: 8,
         retry,
         redelivery_grace: if args.long_retries {
-            Duration::from_secs(1)
+            Duration::from_secs(5)
         } else {
             ConsumerConfig::default().redelivery_grace
         },
