@@ -19,6 +19,7 @@ struct Counters {
     released: AtomicU64,
     abandoned: AtomicU64,
     unreachable: AtomicU64,
+    late_claims: AtomicU64,
     store_errors: AtomicU64,
 }
 
@@ -43,6 +44,9 @@ pub struct RelaySnapshot {
     /// Publish calls that found the broker unreachable (their events were given back without
     /// an attempt, and the relay paused).
     pub unreachable: u64,
+    /// Claims that came back too late to publish anything under their lease (the relay then
+    /// claims smaller batches).
+    pub late_claims: u64,
     /// Store operations that failed (the relay backs off and keeps going).
     pub store_errors: u64,
 }
@@ -60,6 +64,7 @@ impl RelayMetrics {
             released: c.released.load(Ordering::Relaxed),
             abandoned: c.abandoned.load(Ordering::Relaxed),
             unreachable: c.unreachable.load(Ordering::Relaxed),
+            late_claims: c.late_claims.load(Ordering::Relaxed),
             store_errors: c.store_errors.load(Ordering::Relaxed),
         }
     }
@@ -91,6 +96,10 @@ impl RelayMetrics {
 
     pub(crate) fn unreachable(&self) {
         self.inner.unreachable.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn late_claim(&self) {
+        self.inner.late_claims.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn store_error(&self) {

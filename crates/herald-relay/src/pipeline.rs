@@ -25,6 +25,8 @@
 //!   the held row itself (a retried row coming back) are not held back: only later ones are.
 //! - An event whose publish call found the broker unreachable is released like one given back
 //!   (its key held the same way): the outage is not its fault, and the relay pauses.
+//! - A row claimed more than `max_attempts` times (every claim counts, and only a write-back
+//!   ends one: its relays crashed on it) is dead-lettered without being published again.
 //! - If a batch's fate could not be written, every key of it stays held until its lease ran out
 //!   (the rows then come back, and are published again: at least once).
 //! - Batches are written back in claim order, and a new claim waits while
@@ -33,7 +35,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use herald_core::{ClaimedEvent, Envelope, Result, Seq};
+use herald_core::{ClaimedEvent, Envelope, Result, Seq, Uuid};
 use tokio::time::Instant;
 
 use crate::RelayConfig;
@@ -74,10 +76,13 @@ pub(crate) struct Settlement {
     keys: Vec<String>,
     /// When the batch's leases have surely run out.
     lease_end: Instant,
+    /// The relay id the batch was claimed under (its write-backs are fenced by it).
+    pub(crate) owner: Uuid,
 }
 
 struct Batch {
     id: u64,
+    owner: Uuid,
     deadline: Instant,
     write_back_until: Instant,
     lease_end: Instant,
@@ -137,6 +142,8 @@ enum Fate {
     Completed,
     Failed(herald_core::Error),
     Released,
+    /// Dead-lettered unpublished, for this reason.
+    GivenUp(String),
 }
 
 /// Which event may be published when, across the batches in flight.
@@ -211,6 +218,7 @@ impl Scheduler {
     pub(crate) fn add_batch(
         &mut self,
         ticket: Ticket,
+        owner: Uuid,
         claimed: Vec<ClaimedEvent>,
         claimed_at: Instant,
         returned_at: Instant,
@@ -229,10 +237,13 @@ impl Scheduler {
             envelopes.push(Some(c.envelope));
         }
         let count = rows.len();
-        let keys: Vec<(Option<String>, Seq)> =
-            rows.iter().map(|r| (r.key.clone(), r.seq)).collect();
+        let keys: Vec<(Option<String>, Seq, u32)> = rows
+            .iter()
+            .map(|r| (r.key.clone(), r.seq, r.attempts))
+            .collect();
         self.batches.push_back(Batch {
             id,
+            owner,
             // Never publish what another relay may already have taken over.
             deadline: claimed_at + lease.mul_f64(0.8),
             // The store's lease started after `claimed_at`: this leaves a tenth of it.
@@ -246,8 +257,22 @@ impl Scheduler {
             held: Vec::new(),
         });
         let now = Instant::now();
-        for (index, (key, seq)) in keys.into_iter().enumerate() {
+        let max_attempts = self.config.max_attempts;
+        for (index, (key, seq, attempts)) in keys.into_iter().enumerate() {
             let slot = Slot { batch: id, index };
+            if attempts > max_attempts {
+                // Every claim counts as an attempt, and only a write-back can end one: a row
+                // claimed this often without a result took its relays down (or was never
+                // answered for). It is given up on rather than published once more.
+                self.decide(
+                    slot,
+                    Fate::GivenUp(format!(
+                        "claimed {attempts} times (max attempts {max_attempts}) without a \
+                         result: the relays holding it stopped or crashed before writing it back"
+                    )),
+                );
+                continue;
+            }
             let Some(key) = key else {
                 self.ready.push_back(slot);
                 continue;
@@ -322,6 +347,7 @@ impl Scheduler {
             held: batch.held,
             keys: batch.rows.into_iter().filter_map(|r| r.key).collect(),
             lease_end: batch.lease_end,
+            owner: batch.owner,
         };
         Some((batch.outcome, settlement))
     }
@@ -380,6 +406,11 @@ impl Scheduler {
                 .failures
                 .push(batch::failure(row, &error, config)),
             Fate::Released => batch.outcome.released.push(seq),
+            Fate::GivenUp(error) => batch.outcome.failures.push(herald_core::Failure {
+                seq,
+                error,
+                disposition: herald_core::Disposition::DeadLetter,
+            }),
         }
         batch.open = batch.open.saturating_sub(1);
         let Some(key) = key else { return };
@@ -440,12 +471,8 @@ mod tests {
     fn add(s: &mut Scheduler, rows: &[(Seq, Option<&str>)]) {
         let now = Instant::now();
         let ticket = s.claim_sent();
-        s.add_batch(
-            ticket,
-            rows.iter().map(|&(q, k)| claimed(q, k)).collect(),
-            now,
-            now,
-        );
+        let rows = rows.iter().map(|&(q, k)| claimed(q, k)).collect();
+        s.add_batch(ticket, Uuid::nil(), rows, now, now);
     }
 
     /// The seqs of the next round (empty if nothing may go).
@@ -579,7 +606,13 @@ mod tests {
         s.settled(settlement, true);
         // The failure is written, but the claim in flight read the row before that.
         let now = Instant::now();
-        s.add_batch(in_flight, vec![claimed(2, Some("a"))], now, now);
+        s.add_batch(
+            in_flight,
+            Uuid::nil(),
+            vec![claimed(2, Some("a"))],
+            now,
+            now,
+        );
         assert!(
             round(&mut s).1.is_empty(),
             "seq 2 must wait for seq 1's retry"
@@ -591,6 +624,7 @@ mod tests {
         s.settled(release, true);
         s.add_batch(
             in_flight,
+            Uuid::nil(),
             vec![claimed(1, Some("a")), claimed(3, Some("a"))],
             now,
             now,
@@ -623,6 +657,7 @@ mod tests {
         let ticket = s.claim_sent();
         s.add_batch(
             ticket,
+            Uuid::nil(),
             vec![claimed(1, Some("a")), claimed(2, Some("a"))],
             long_ago,
             long_ago,

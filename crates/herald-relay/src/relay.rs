@@ -2,9 +2,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 
-use herald_core::{ClaimRequest, ClaimedEvent, Error, OutboxStore, Publisher, Result, Seq, Uuid};
+use herald_core::{ClaimRequest, ClaimedEvent, Error, OutboxStore, Publisher, Result, Uuid};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -39,22 +41,77 @@ pub struct Relay<S, P> {
     publisher: P,
     config: RelayConfig,
     metrics: RelayMetrics,
+    /// Whether a loop ([`Relay::run`] or [`Relay::relay_once`]) is running.
+    running: AtomicBool,
+    /// The id the next claims are made under: `id` until a claim fails (see
+    /// [`Relay::claimer`]).
+    claimer: Mutex<Uuid>,
+}
+
+/// Marks a relay as running until dropped.
+struct Running<'a>(&'a AtomicBool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl<S: OutboxStore, P: Publisher> Relay<S, P> {
     /// A relay over `store` and `publisher`. Fails if `config` is inconsistent.
     pub fn new(store: S, publisher: P, config: RelayConfig) -> Result<Self> {
         config.validate()?;
+        let id = Uuid::now_v7();
         Ok(Relay {
-            id: Uuid::now_v7(),
+            id,
             store,
             publisher,
             config,
             metrics: RelayMetrics::default(),
+            running: AtomicBool::new(false),
+            claimer: Mutex::new(id),
         })
     }
 
-    /// This instance's id (the `locked_by` of its claims).
+    /// The id to claim under. A claim that failed may still have committed (the connection
+    /// dropped after COMMIT): its rows are leased to that id, which never saw them, and a
+    /// relay's own leases do not block its own claims, so its next claims could take later
+    /// rows of their keys. After a failed claim the relay therefore claims under a new id:
+    /// to the store, those lost leases are another relay's, blocking their keys until they
+    /// run out. Batches claimed earlier are written back under the id they were claimed with.
+    fn claimer(&self) -> Uuid {
+        match self.claimer.lock() {
+            Ok(id) => *id,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    /// After a failed claim: claim under a new id from now on (see [`Relay::claimer`]).
+    fn renew_claimer(&self) {
+        let id = Uuid::now_v7();
+        match self.claimer.lock() {
+            Ok(mut claimer) => *claimer = id,
+            Err(poisoned) => *poisoned.into_inner() = id,
+        }
+        info!(relay = %self.id, claimer = %id, "a claim failed: claiming under a new id");
+    }
+
+    /// Claims the right to run a loop: two loops under one relay id would each take the other's
+    /// leases for their own and split the events of a key between them.
+    fn enter(&self) -> Result<Running<'_>> {
+        self.running
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .map_err(|_| {
+                Error::Config(format!(
+                    "relay {} is already running: each loop needs a relay of its own",
+                    self.id
+                ))
+            })?;
+        Ok(Running(&self.running))
+    }
+
+    /// This instance's id (the `locked_by` of its claims, until a claim fails: it then claims
+    /// under a new id, so that rows a lost claim answer leased still block their keys).
     pub fn id(&self) -> Uuid {
         self.id
     }
@@ -76,7 +133,17 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
     /// publish calls may be in flight at once. Per-key order holds across batches: an event
     /// goes out only after the previous event of its key was confirmed (see the `pipeline`
     /// module for the rules).
+    ///
+    /// One relay runs one loop at a time: calling `run` (or `relay_once`) while it runs is an
+    /// error ([`Error::Config`]); make another `Relay` (it gets its own id) for another loop.
+    ///
+    /// A claim that comes back too late to publish anything under its lease (a slow store)
+    /// is counted (`late_claims`), logged, and makes the following claims smaller until they
+    /// come back in time; the batch size then grows back.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
+        let _running = self.enter()?;
+        // Rows asked for per claim: shrinks after a late claim, grows back after quick ones.
+        let mut limit = self.config.batch_size;
         let mut wakeups = self.store.signal().subscribe();
         let mut scheduler = Scheduler::new(&self.config);
         let mut rounds: Vec<Pending<'_, Confirmed>> = Vec::new();
@@ -131,7 +198,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
             {
                 wakeups.mark_seen();
                 let ticket = scheduler.claim_sent();
-                claiming = Some(Box::pin(async move { (ticket, self.claim().await) }));
+                claiming = Some(Box::pin(async move { (ticket, self.claim(limit).await) }));
             }
             let backing_off = !stopping && want_claim && claiming.is_none() && claim_after > now;
             tokio::select! {
@@ -173,7 +240,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                     // What was settled may have made rows claimable again.
                     want_claim = true;
                 }
-                (ticket, (claimed_at, result)) = poll_slot(&mut claiming) => {
+                (ticket, (claimed_at, owner, result)) = poll_slot(&mut claiming) => {
                     claiming = None;
                     match result {
                         Ok(claimed) if claimed.is_empty() => {
@@ -190,11 +257,13 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                         }
                         Ok(claimed) => {
                             store_errors = 0;
+                            limit = self.adapt_limit(limit, claimed_at.elapsed());
                             self.metrics.batch(claimed.len());
-                            scheduler.add_batch(ticket, claimed, claimed_at, Instant::now());
+                            scheduler.add_batch(ticket, owner, claimed, claimed_at, Instant::now());
                         }
                         Err(error) => {
                             scheduler.claim_failed(ticket);
+                            self.renew_claimer();
                             store_errors += 1;
                             self.metrics.store_error();
                             let delay = self.config.store_backoff.delay(store_errors);
@@ -213,17 +282,58 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         Ok(())
     }
 
-    async fn claim(&self) -> (Instant, Result<Vec<ClaimedEvent>>) {
+    async fn claim(&self, limit: usize) -> (Instant, Uuid, Result<Vec<ClaimedEvent>>) {
         let claimed_at = Instant::now();
+        let owner = self.claimer();
         let result = self
             .store
             .claim(&ClaimRequest {
-                relay_id: self.id,
-                limit: self.config.batch_size,
+                relay_id: owner,
+                limit,
                 lease: self.config.lease,
             })
             .await;
-        (claimed_at, result)
+        (claimed_at, owner, result)
+    }
+
+    /// The time a claim may take and still leave time to publish under its lease: the
+    /// scheduler publishes nothing later than `0.8 × lease − publish timeout` after the claim
+    /// was sent.
+    fn claim_budget(&self) -> std::time::Duration {
+        self.config
+            .lease
+            .mul_f64(0.8)
+            .saturating_sub(self.config.publish_timeout)
+    }
+
+    /// Whether a claim that took `took` came back too late to publish anything; counted and
+    /// logged if so.
+    fn late(&self, took: std::time::Duration, limit: usize) -> bool {
+        let budget = self.claim_budget();
+        if took <= budget {
+            return false;
+        }
+        self.metrics.late_claim();
+        warn!(
+            relay = %self.id,
+            ?took,
+            ?budget,
+            limit,
+            "claim too slow for the lease: its rows are given back unpublished"
+        );
+        true
+    }
+
+    /// The next claim's limit after a claim of `limit` rows that took `took`: halved after a
+    /// late claim, grown back by a quarter after one that took less than half the budget.
+    fn adapt_limit(&self, limit: usize, took: std::time::Duration) -> usize {
+        if self.late(took, limit) {
+            return (limit / 2).max(1);
+        }
+        if took < self.claim_budget() / 2 {
+            return (limit + limit.div_ceil(4)).min(self.config.batch_size);
+        }
+        limit
     }
 
     async fn prune_if_due(&self, next_prune: &mut Instant) {
@@ -244,25 +354,20 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
     /// One cycle: claim a batch, publish it, write every row's fate back. Returns what it did;
     /// an error means the store could not be reached (the rows then come back after their lease).
     pub async fn relay_once(&self, shutdown: &CancellationToken) -> Result<BatchReport> {
-        let claimed_at = Instant::now();
-        let claimed = self
-            .store
-            .claim(&ClaimRequest {
-                relay_id: self.id,
-                limit: self.config.batch_size,
-                lease: self.config.lease,
-            })
-            .await?;
+        let _running = self.enter()?;
+        let (claimed_at, owner, claimed) = self.claim(self.config.batch_size).await;
+        let claimed = claimed.inspect_err(|_| self.renew_claimer())?;
         if claimed.is_empty() {
             return Ok(BatchReport::default());
         }
+        self.late(claimed_at.elapsed(), self.config.batch_size);
         self.metrics.batch(claimed.len());
         let count = claimed.len();
         // One pass of the pipelined loop's scheduler, one publish call at a time: each call
         // holds the next event of every key whose previous event was confirmed.
         let mut scheduler = Scheduler::new(&self.config);
         let ticket = scheduler.claim_sent();
-        scheduler.add_batch(ticket, claimed, claimed_at, Instant::now());
+        scheduler.add_batch(ticket, owner, claimed, claimed_at, Instant::now());
         let mut unreachable = false;
         while let Some(round) =
             scheduler.take_round(Instant::now(), shutdown.is_cancelled() || unreachable)
@@ -322,7 +427,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         if !outcome.completed.is_empty() {
             let done = self
                 .retrying("complete", deadline, || {
-                    self.store.complete(self.id, &outcome.completed)
+                    self.store.complete(settlement.owner, &outcome.completed)
                 })
                 .await?;
             if (done as usize) < outcome.completed.len() {
@@ -335,12 +440,14 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         }
         if !outcome.failures.is_empty() && self.in_time(settlement, outcome.failures.len()) {
             self.retrying("fail", deadline, || {
-                self.store.fail(self.id, &outcome.failures)
+                self.store.fail(settlement.owner, &outcome.failures)
             })
             .await?;
         }
         if !outcome.released.is_empty() && self.in_time(settlement, outcome.released.len()) {
-            self.release(&outcome.released, deadline).await?;
+            let (owner, seqs) = (settlement.owner, &outcome.released);
+            self.retrying("release", deadline, || self.store.release(owner, seqs))
+                .await?;
         }
         Ok(report)
     }
@@ -357,11 +464,6 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
             "lease nearly over: rows left to come back after it instead of written back"
         );
         false
-    }
-
-    async fn release(&self, seqs: &[Seq], deadline: Instant) -> Result<()> {
-        self.retrying("release", deadline, || self.store.release(self.id, seqs))
-            .await
     }
 
     async fn retrying<T, F, Fut>(&self, what: &str, deadline: Instant, mut op: F) -> Result<T>
@@ -395,8 +497,8 @@ type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A publish call's events and their results.
 type Confirmed = (Vec<Slot>, Vec<Result<()>>);
 
-/// A claim's ticket, when it was sent, and what it returned.
-type Claimed = (Ticket, (Instant, Result<Vec<ClaimedEvent>>));
+/// A claim's ticket, when it was sent, the id it claimed under, and what it returned.
+type Claimed = (Ticket, (Instant, Uuid, Result<Vec<ClaimedEvent>>));
 
 /// The first of `futures` to finish (removed from the list); pending while the list is empty.
 async fn next_done<T>(futures: &mut Vec<Pending<'_, T>>) -> T {

@@ -178,3 +178,74 @@ async fn a_failure_written_back_as_the_lease_runs_out_does_not_let_another_relay
     );
     pg_drop(&store).await;
 }
+
+/// A store whose first claim commits but whose answer is lost (the connection dropped after
+/// COMMIT): the rows are leased to the relay, which never saw them.
+#[derive(Clone)]
+struct LostAnswer<S> {
+    inner: S,
+    lose: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<S: OutboxStore> OutboxStore for LostAnswer<S> {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedEvent>> {
+        let claimed = self.inner.claim(request).await?;
+        if !claimed.is_empty() && self.lose.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(herald_core::Error::store(
+                "claim",
+                true,
+                herald_core::error::Message("connection lost after commit".into()),
+            ));
+        }
+        Ok(claimed)
+    }
+
+    async fn complete(&self, relay_id: Uuid, seqs: &[Seq]) -> Result<u64> {
+        self.inner.complete(relay_id, seqs).await
+    }
+
+    async fn fail(&self, relay_id: Uuid, failures: &[Failure]) -> Result<()> {
+        self.inner.fail(relay_id, failures).await
+    }
+
+    async fn release(&self, relay_id: Uuid, seqs: &[Seq]) -> Result<()> {
+        self.inner.release(relay_id, seqs).await
+    }
+
+    async fn prune(&self, older_than: Duration, limit: usize) -> Result<u64> {
+        self.inner.prune(older_than, limit).await
+    }
+
+    fn signal(&self) -> Signal {
+        self.inner.signal()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_a_claim_whose_answer_was_lost_still_block_their_key() {
+    let store = pg_store().await;
+    let transport = MemoryTransport::new();
+    let mut stream = transport.subscribe(&audit()).await.unwrap();
+    let events: Vec<Envelope> = (0..3).map(|n| envelope("k", n)).collect();
+    record_pg(&store, &events).await;
+    let lossy = LostAnswer {
+        inner: store.clone(),
+        lose: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+    };
+    let config = RelayConfig {
+        batch_size: 1,
+        ..fast_config()
+    };
+    let relay = Relay::new(lossy, transport.clone(), config).unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { relay.run(shutdown).await }
+    });
+    let delivered = collect(&mut stream, events.len(), Duration::from_secs(30)).await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    assert_key_order(&delivered, true);
+    assert_eq!(delivered.len(), events.len());
+    pg_drop(&store).await;
+}

@@ -1,0 +1,162 @@
+//! Rows and relays that would loop forever (issue 13, item 9): a row that crashes the relay
+//! process at every claim, claims too slow for the lease, and one `Relay` run twice at once.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use herald_core::{
+    ClaimRequest, ClaimedEvent, Error, Failure, OutboxAdmin, OutboxStore, Result, Seq, Signal,
+    Subscriber, Uuid,
+};
+use herald_memory::MemoryTransport;
+use herald_relay::{Relay, RelayConfig};
+use herald_testkit::{envelope, interleaved};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_claimed_max_attempts_times_without_a_result_is_dead_lettered_not_published() {
+    let store = pg_store().await;
+    let transport = MemoryTransport::new();
+    let mut stream = transport.subscribe(&audit()).await.unwrap();
+    let crasher = envelope("k", 0);
+    let behind = envelope("k", 1);
+    record_pg(&store, std::slice::from_ref(&crasher)).await;
+    let config = fast_config();
+    // Each claim stands for a relay process that took the row and crashed publishing it: the
+    // lease runs out, nothing is written back.
+    let lease = Duration::from_millis(50);
+    for _ in 0..config.max_attempts {
+        let claimed = store
+            .claim(&ClaimRequest {
+                relay_id: Uuid::now_v7(),
+                limit: 10,
+                lease,
+            })
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        tokio::time::sleep(lease * 2).await;
+    }
+    record_pg(&store, std::slice::from_ref(&behind)).await;
+
+    let relay = Relay::new(store.clone(), transport.clone(), config).unwrap();
+    let first = relay.relay_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!(
+        (first.dead_lettered, first.published),
+        (1, 0),
+        "the crash-looping row is given up on, unpublished"
+    );
+    let dead = store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].envelope.id, crasher.id);
+    assert!(
+        dead[0].last_error.contains("claimed"),
+        "{}",
+        dead[0].last_error
+    );
+    // The key is not blocked for ever: the next event goes.
+    let second = relay.relay_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!(second.published, 1);
+    let delivered = collect(&mut stream, 1, Duration::from_secs(5)).await;
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].id, behind.id);
+    pg_drop(&store).await;
+}
+
+/// A store whose claims take 20 ms per row asked for (a slow database).
+#[derive(Clone)]
+struct SlowClaims<S>(S);
+
+impl<S: OutboxStore> OutboxStore for SlowClaims<S> {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedEvent>> {
+        let claimed = self.0.claim(request).await;
+        let per_row = Duration::from_millis(20);
+        tokio::time::sleep(per_row * u32::try_from(request.limit).unwrap_or(u32::MAX)).await;
+        claimed
+    }
+
+    async fn complete(&self, relay_id: Uuid, seqs: &[Seq]) -> Result<u64> {
+        self.0.complete(relay_id, seqs).await
+    }
+
+    async fn fail(&self, relay_id: Uuid, failures: &[Failure]) -> Result<()> {
+        self.0.fail(relay_id, failures).await
+    }
+
+    async fn release(&self, relay_id: Uuid, seqs: &[Seq]) -> Result<()> {
+        self.0.release(relay_id, seqs).await
+    }
+
+    async fn prune(&self, older_than: Duration, limit: usize) -> Result<u64> {
+        self.0.prune(older_than, limit).await
+    }
+
+    fn signal(&self) -> Signal {
+        self.0.signal()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_too_slow_for_the_lease_are_noticed_and_the_batch_shrinks_until_events_flow() {
+    let store = pg_store().await;
+    let transport = MemoryTransport::new();
+    let mut stream = transport.subscribe(&audit()).await.unwrap();
+    let events = interleaved(10, 3);
+    record_pg(&store, &events).await;
+    // A claim of 100 rows takes 2 s, past 0.8 × lease − publish timeout (0.6 s): every such
+    // batch would be given back unpublished, for ever.
+    let config = RelayConfig {
+        batch_size: 100,
+        ..fast_config()
+    };
+    let relay = Relay::new(SlowClaims(store.clone()), transport.clone(), config).unwrap();
+    let metrics = relay.metrics();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { relay.run(shutdown).await }
+    });
+    let delivered = collect(&mut stream, events.len(), Duration::from_secs(30)).await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(delivered.len(), events.len(), "every event published");
+    assert_key_order(&delivered, false);
+    assert!(
+        metrics.snapshot().late_claims > 0,
+        "the slow claims were counted"
+    );
+    pg_drop(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_one_relay_twice_at_once_is_refused() {
+    let (_dir, store) = sqlite_store().await;
+    let relay = std::sync::Arc::new(
+        Relay::new(store.clone(), MemoryTransport::new(), fast_config()).unwrap(),
+    );
+    let shutdown = CancellationToken::new();
+    let first = tokio::spawn({
+        let (relay, shutdown) = (relay.clone(), shutdown.clone());
+        async move { relay.run(shutdown).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopped = CancellationToken::new();
+    stopped.cancel();
+    let second = relay.run(stopped.clone()).await;
+    assert!(
+        matches!(second, Err(Error::Config(_))),
+        "two loops under one relay id would split keys between them: {second:?}"
+    );
+    assert!(matches!(
+        relay.relay_once(&stopped).await,
+        Err(Error::Config(_))
+    ));
+    shutdown.cancel();
+    first.await.unwrap().unwrap();
+    // Once the first loop stopped, the relay may run again.
+    relay.run(stopped).await.unwrap();
+}
