@@ -78,7 +78,10 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
     /// relay's own leases do not block its own claims, so its next claims could take later
     /// rows of their keys. After a failed claim the relay therefore claims under a new id:
     /// to the store, those lost leases are another relay's, blocking their keys until they
-    /// run out. Batches claimed earlier are written back under the id they were claimed with.
+    /// run out. The same holds for failed or released rows whose fate was not written back
+    /// (given up as the lease ran out, or the write-back failed): they stay leased to the id
+    /// they were claimed under until the lease ends. Batches claimed earlier are written back
+    /// under the id they were claimed with.
     fn claimer(&self) -> Uuid {
         match self.claimer.lock() {
             Ok(id) => *id,
@@ -86,14 +89,15 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         }
     }
 
-    /// After a failed claim: claim under a new id from now on (see [`Relay::claimer`]).
-    fn renew_claimer(&self) {
+    /// After a failed claim or a failure or release left unwritten: claim under a new id from
+    /// now on (see [`Relay::claimer`]). `why` says which, for the log.
+    fn renew_claimer(&self, why: &str) {
         let id = Uuid::now_v7();
         match self.claimer.lock() {
             Ok(mut claimer) => *claimer = id,
             Err(poisoned) => *poisoned.into_inner() = id,
         }
-        info!(relay = %self.id, claimer = %id, "a claim failed: claiming under a new id");
+        info!(relay = %self.id, claimer = %id, "{why}: claiming under a new id");
     }
 
     /// Claims the right to run a loop: two loops under one relay id would each take the other's
@@ -198,7 +202,14 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
             {
                 wakeups.mark_seen();
                 let ticket = scheduler.claim_sent();
-                claiming = Some(Box::pin(async move { (ticket, self.claim(limit).await) }));
+                // The id is taken now, not when the claim is first polled: a write-back polled
+                // first in the same turn may renew it, and the order of the two must not depend
+                // on which `select!` happens to poll first (the scheduler's holds cover a claim
+                // sent under the old id either way).
+                let owner = self.claimer();
+                claiming = Some(Box::pin(
+                    async move { (ticket, self.claim(owner, limit).await) },
+                ));
             }
             let backing_off = !stopping && want_claim && claiming.is_none() && claim_after > now;
             tokio::select! {
@@ -263,7 +274,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                         }
                         Err(error) => {
                             scheduler.claim_failed(ticket);
-                            self.renew_claimer();
+                            self.renew_claimer("a claim failed");
                             store_errors += 1;
                             self.metrics.store_error();
                             let delay = self.config.store_backoff.delay(store_errors);
@@ -282,9 +293,9 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         Ok(())
     }
 
-    async fn claim(&self, limit: usize) -> (Instant, Uuid, Result<Vec<ClaimedEvent>>) {
+    /// Claims up to `limit` rows under the id `owner`.
+    async fn claim(&self, owner: Uuid, limit: usize) -> (Instant, Uuid, Result<Vec<ClaimedEvent>>) {
         let claimed_at = Instant::now();
-        let owner = self.claimer();
         let result = self
             .store
             .claim(&ClaimRequest {
@@ -355,8 +366,8 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
     /// an error means the store could not be reached (the rows then come back after their lease).
     pub async fn relay_once(&self, shutdown: &CancellationToken) -> Result<BatchReport> {
         let _running = self.enter()?;
-        let (claimed_at, owner, claimed) = self.claim(self.config.batch_size).await;
-        let claimed = claimed.inspect_err(|_| self.renew_claimer())?;
+        let (claimed_at, owner, claimed) = self.claim(self.claimer(), self.config.batch_size).await;
+        let claimed = claimed.inspect_err(|_| self.renew_claimer("a claim failed"))?;
         if claimed.is_empty() {
             return Ok(BatchReport::default());
         }
@@ -404,7 +415,31 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
     /// soon take the rows over, and a retry scheduled behind its back could put the failed row
     /// after later rows of its key. They are left to come back after the lease instead (the
     /// claim counted as an attempt).
+    ///
+    /// Failed or released rows whose fate is not written (given up, or a write-back failed)
+    /// stay leased to the batch's id until the lease ends, and that id's leases would not block
+    /// its own next claims: the relay then claims under a new id (see [`Relay::claimer`]), so
+    /// that those rows block their keys, for this loop as for any other relay, until they come
+    /// back.
     async fn settle(&self, settlement: &Settlement, outcome: Outcome) -> Result<BatchReport> {
+        let unsettled = !outcome.failures.is_empty() || !outcome.released.is_empty();
+        let result = self.write_back(settlement, outcome).await;
+        let written = match &result {
+            Ok((_, written)) => *written,
+            Err(_) => false,
+        };
+        if unsettled && !written && settlement.owner == self.claimer() {
+            self.renew_claimer("failed or released rows were not written back");
+        }
+        result.map(|(report, _)| report)
+    }
+
+    /// [`Relay::settle`]'s statements. Also says whether every failure and release was written.
+    async fn write_back(
+        &self,
+        settlement: &Settlement,
+        outcome: Outcome,
+    ) -> Result<(BatchReport, bool)> {
         let deadline = settlement.deadline;
         let mut report = BatchReport {
             claimed: settlement.claimed,
@@ -438,18 +473,27 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 );
             }
         }
-        if !outcome.failures.is_empty() && self.in_time(settlement, outcome.failures.len()) {
-            self.retrying("fail", deadline, || {
-                self.store.fail(settlement.owner, &outcome.failures)
-            })
-            .await?;
-        }
-        if !outcome.released.is_empty() && self.in_time(settlement, outcome.released.len()) {
-            let (owner, seqs) = (settlement.owner, &outcome.released);
-            self.retrying("release", deadline, || self.store.release(owner, seqs))
+        let mut written = true;
+        if !outcome.failures.is_empty() {
+            if self.in_time(settlement, outcome.failures.len()) {
+                self.retrying("fail", deadline, || {
+                    self.store.fail(settlement.owner, &outcome.failures)
+                })
                 .await?;
+            } else {
+                written = false;
+            }
         }
-        Ok(report)
+        if !outcome.released.is_empty() {
+            if self.in_time(settlement, outcome.released.len()) {
+                let (owner, seqs) = (settlement.owner, &outcome.released);
+                self.retrying("release", deadline, || self.store.release(owner, seqs))
+                    .await?;
+            } else {
+                written = false;
+            }
+        }
+        Ok((report, written))
     }
 
     /// Whether `rows` failed or released rows of `settlement` may still be written back.

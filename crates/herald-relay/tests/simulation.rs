@@ -89,7 +89,8 @@ impl World {
         let sim = self.sim.clone();
         let stopped = name.clone();
         let handle = tokio::spawn(async move {
-            let result = relay.run(token).await;
+            // Named in the model's trace, and so are the new ids it claims under.
+            let result = ModelOutbox::run_as(stopped.clone(), relay.run(token)).await;
             sim.log(&[], format!("{stopped} stops: {result:?}"));
         });
         self.relays().push(Running {

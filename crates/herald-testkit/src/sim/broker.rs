@@ -19,12 +19,13 @@ pub struct PublishFaults {
     pub latency: (u64, u64),
     /// Probability that a message is nacked (not enqueued: a full queue's back-pressure).
     pub nack: f64,
-    /// Probability that a message fails with a transient error (it may have arrived).
+    /// Probability that a message fails with its channel lost (reported as unreachable, as the
+    /// AMQP publisher does; it may have arrived).
     pub error: f64,
     /// Probability that a message is never answered (it may have arrived); its publish call
     /// then runs into the relay's publish timeout.
     pub lost: f64,
-    /// Spans of time (ms) in which every publication fails at once (a broker outage).
+    /// Spans of time (ms) in which every publication fails at once as unreachable (an outage).
     pub outages: Vec<(u64, u64)>,
 }
 
@@ -322,7 +323,10 @@ impl ModelBroker {
             let (result, word) = match fate {
                 Fate::Ack => (Ok(()), "ack"),
                 Fate::Nack => (Err(transient("nacked by the broker")), "nack"),
-                Fate::Error => (Err(transient("channel lost")), "error"),
+                // What the AMQP publisher reports for a broker it cannot reach or a channel
+                // lost mid-call: not the message's fault.
+                Fate::Error if outage => (Err(unreachable("broker unreachable")), "unreachable"),
+                Fate::Error => (Err(unreachable("channel lost")), "channel lost"),
                 Fate::Permanent => (
                     Err(Error::transport(
                         "publish",
@@ -359,6 +363,10 @@ impl ModelBroker {
 
 fn transient(what: &str) -> Error {
     Error::transport("publish", true, Message(format!("simulated: {what}")))
+}
+
+fn unreachable(what: &str) -> Error {
+    Error::unreachable("publish", Message(format!("simulated: {what}")))
 }
 
 impl Publisher for ModelPublisher {

@@ -3,10 +3,14 @@
 //!
 //! It mirrors `herald-postgres`'s `claim.rs`: a claim takes, in `seq` order, rows that are not
 //! leased (or whose lease ran out), are available (their backoff passed), and whose key is not
-//! blocked; a key is blocked by a row leased by *another* relay or waiting for a retry; rows
-//! locked by a write-back in flight are skipped (`FOR UPDATE SKIP LOCKED`). Each claimed row's
-//! attempts go up by one and it is leased to the claimer. Completions, failures and releases
-//! are fenced by the claimer's id (`locked_by`).
+//! blocked; a key is blocked by a row under another relay's live lease, by a row waiting for a
+//! retry, and by a row of another relay whose lease ran out but which the claim cannot lock (a
+//! write-back in flight). Other rows locked by a write-back in flight are skipped
+//! (`FOR UPDATE SKIP LOCKED`); a relay's own leases never block its claims. Each claimed row's
+//! attempts go up by one and it is leased to the claimer. Completions are fenced by the
+//! claimer's id (`locked_by`); failures (retries and dead letters) and releases also by the
+//! lease's validity when their statement starts (`locked_until > now()`). A write-back that
+//! reaches a row locked by another one waits for it and checks its fence again.
 //!
 //! Timing: every operation first waits a seeded delay (the network, the pool). A claim's
 //! statement then runs at once on what is committed at that moment, and its answer arrives
@@ -143,11 +147,25 @@ struct State {
 }
 
 impl State {
-    fn who(&self, relay: Uuid) -> String {
-        self.relays
+    /// The name of `relay`. An id nobody named is a new id of the relay whose task is running
+    /// (a relay claims under a new id after a failed claim): named after that relay, by how
+    /// many ids it had (`relay2/2`), which does not depend on the order tasks run in.
+    fn who(&mut self, relay: Uuid) -> String {
+        if let Some((_, name)) = self.relays.iter().find(|(id, _)| *id == relay) {
+            return name.clone();
+        }
+        let Ok(base) = RELAY.try_with(String::clone) else {
+            return "relay?".to_owned();
+        };
+        let prefix = format!("{base}/");
+        let earlier = self
+            .relays
             .iter()
-            .find(|(id, _)| *id == relay)
-            .map_or_else(|| "relay?".to_owned(), |(_, name)| name.clone())
+            .filter(|(_, name)| name.starts_with(&prefix))
+            .count();
+        let name = format!("{base}/{}", earlier + 2);
+        self.relays.push((relay, name.clone()));
+        name
     }
 
     fn row_mut(&mut self, seq: Seq) -> Option<&mut Row> {
@@ -178,13 +196,30 @@ impl State {
         tags
     }
 
-    /// Rows of `seqs` still pending and leased by `relay`: what a fenced write-back touches.
-    fn fenced(&self, relay: Uuid, seqs: impl IntoIterator<Item = Seq>) -> (Vec<Seq>, Vec<Seq>) {
-        seqs.into_iter().partition(|seq| {
-            self.row(*seq)
-                .is_some_and(|r| r.view.fate == RowFate::Pending && r.locked_by == Some(relay))
+    /// Whether a write-back of `relay` that started at `started` touches row `seq`: pending,
+    /// leased by `relay` and, under [`Fence::LiveLease`], with that lease still running then.
+    fn fenced(&self, relay: Uuid, seq: Seq, fence: Fence, started: u64) -> bool {
+        self.row(seq).is_some_and(|r| {
+            r.view.fate == RowFate::Pending
+                && r.locked_by == Some(relay)
+                && (fence == Fence::Holder || r.locked_until > started)
         })
     }
+}
+
+/// What a write-back is fenced by, as in `herald-postgres`'s `claim.rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fence {
+    /// The lease's holder only (`locked_by = relay`): completions.
+    Holder,
+    /// The holder and the lease's validity when the statement started
+    /// (`locked_until > now()`): failures and releases.
+    LiveLease,
+}
+
+tokio::task_local! {
+    /// The name of the relay whose loop runs in this task (see [`ModelOutbox::run_as`]).
+    static RELAY: String;
 }
 
 /// The model outbox. Cheap to clone; clones share the rows.
@@ -232,6 +267,15 @@ impl ModelOutbox {
     /// Names a relay in the trace.
     pub fn name_relay(&self, relay: Uuid, name: impl Into<String>) {
         self.state().relays.push((relay, name.into()));
+    }
+
+    /// Runs `relay_loop` as the loop of the relay named `name`: the ids it claims under that
+    /// were never named (a relay takes a new one after a failed claim) are named after it.
+    pub async fn run_as<F: std::future::Future>(
+        name: impl Into<String>,
+        relay_loop: F,
+    ) -> F::Output {
+        RELAY.scope(name.into(), relay_loop).await
     }
 
     /// Records the next event of `key` (committed at once) and rings the doorbell. A `poison`
@@ -313,16 +357,26 @@ impl ModelOutbox {
         let now = self.sim.now();
         let relay = request.relay_id;
         let mut state = self.state();
-        let blocked: BTreeSet<String> = state
+        // `stale`: another relay's expired leases on keyed rows. `seized`: those the claim
+        // could lock; one that it could not (a write-back in flight) blocks its key.
+        let mut unseized = BTreeSet::new();
+        let mut blocked = BTreeSet::new();
+        for r in state
             .rows
             .iter()
             .filter(|r| r.view.fate == RowFate::Pending)
-            .filter(|r| {
-                (r.locked_until > now && r.locked_by != Some(relay))
-                    || (r.view.attempts > 0 && r.available_at > now)
-            })
-            .filter_map(|r| r.view.key.clone())
-            .collect();
+        {
+            let Some(key) = &r.view.key else { continue };
+            let other = r.locked_by.is_some_and(|by| by != relay);
+            let stale = other && r.locked_until <= now;
+            if stale && r.write_lock.is_some() {
+                unseized.insert(r.view.seq);
+                blocked.insert(key.clone());
+            }
+            if (other && r.locked_until > now) || (r.view.attempts > 0 && r.available_at > now) {
+                blocked.insert(key.clone());
+            }
+        }
         let mut taken = Vec::new();
         let mut skipped = Vec::new();
         for row in &state.rows {
@@ -366,10 +420,16 @@ impl ModelOutbox {
                 state.labels(skipped.iter().copied())
             ));
         }
+        if !unseized.is_empty() {
+            text.push_str(&format!(
+                "; cannot lock stale {}",
+                state.labels(unseized.iter().copied())
+            ));
+        }
         if !blocked.is_empty() {
             text.push_str(&format!("; blocked keys {blocked:?}"));
         }
-        let tags = state.tags(taken.iter().chain(&skipped).copied());
+        let tags = state.tags(taken.iter().chain(&skipped).chain(&unseized).copied());
         drop(state);
         let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
         self.sim.log(&tags, text);
@@ -383,6 +443,7 @@ impl ModelOutbox {
         operation: &'static str,
         relay: Uuid,
         seqs: Vec<Seq>,
+        fence: Fence,
         detail: String,
         apply: impl FnOnce(&mut Row, u64, u64) + Send + Clone + 'static,
     ) -> Result<Vec<Seq>> {
@@ -406,16 +467,44 @@ impl ModelOutbox {
             );
             return Err(failure(operation, "connection lost before the statement"));
         }
+        // `now()`: the statement's transaction began here, whatever it waits for later.
         let started = self.sim.now();
-        let (matched, fenced_out) = {
-            let mut state = self.state();
-            let (matched, fenced_out) = state.fenced(relay, seqs.iter().copied());
-            for &seq in &matched {
-                if let Some(row) = state.row_mut(seq) {
-                    row.write_lock = Some(op.clone());
+        let (matched, fenced_out) = loop {
+            // A row locked by another write-back in flight is waited for, and its fence checked
+            // again on what that one committed. The rows are locked together once none is
+            // locked any more, so that a caller that goes away while waiting leaves no lock.
+            let busy = {
+                let mut state = self.state();
+                let (matched, fenced_out): (Vec<Seq>, Vec<Seq>) = seqs
+                    .iter()
+                    .partition(|&&seq| state.fenced(relay, seq, fence, started));
+                let busy: Vec<Seq> = matched
+                    .iter()
+                    .copied()
+                    .filter(|&seq| state.row(seq).is_some_and(|r| r.write_lock.is_some()))
+                    .collect();
+                if busy.is_empty() {
+                    for &seq in &matched {
+                        if let Some(row) = state.row_mut(seq) {
+                            row.write_lock = Some(op.clone());
+                        }
+                    }
+                    Ok((matched, fenced_out))
+                } else {
+                    Err(state.labels(busy))
                 }
-            }
-            (matched, fenced_out)
+            };
+            let labels = match busy {
+                Ok(done) => break done,
+                Err(labels) => labels,
+            };
+            self.sim.log(
+                &tag_refs,
+                format!("{op} statement waits for the lock of {labels}"),
+            );
+            self.sim
+                .sleep(format!("{op} lock wait"), super::GRID_MS)
+                .await;
         };
         {
             let state = self.state();
@@ -424,8 +513,12 @@ impl ModelOutbox {
                 state.labels(matched.iter().copied())
             );
             if !fenced_out.is_empty() {
+                let why = match fence {
+                    Fence::Holder => "not ours any more",
+                    Fence::LiveLease => "not ours any more, or our lease ran out",
+                };
                 text.push_str(&format!(
-                    "; fenced out (not ours any more) {}",
+                    "; fenced out ({why}) {}",
                     state.labels(fenced_out.iter().copied())
                 ));
             }
@@ -518,6 +611,7 @@ impl OutboxStore for ModelOutbox {
                 "complete",
                 relay_id,
                 seqs.to_vec(),
+                Fence::Holder,
                 String::new(),
                 |row, _started, now| row.view.fate = RowFate::Completed { at: now },
             )
@@ -554,6 +648,7 @@ impl OutboxStore for ModelOutbox {
             "fail",
             relay_id,
             failures.iter().map(|f| f.seq).collect(),
+            Fence::LiveLease,
             detail,
             move |row, started, now| {
                 let Some((disposition, error)) = plans.get(&row.view.seq) else {
@@ -586,6 +681,7 @@ impl OutboxStore for ModelOutbox {
             "release",
             relay_id,
             seqs.to_vec(),
+            Fence::LiveLease,
             String::new(),
             |row, _started, _now| {
                 row.locked_by = None;
