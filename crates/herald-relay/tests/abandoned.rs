@@ -105,14 +105,7 @@ async fn a_release_given_up_as_the_lease_runs_out_does_not_let_the_next_event_of
     let late = LateFirstClaim::new(store.clone(), LATE);
     let relay = Relay::new(late, transport.clone(), config()).unwrap();
     let metrics = relay.metrics();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { relay.run(shutdown).await }
-    });
-    let delivered = collect(&mut stream, events.len(), Duration::from_secs(30)).await;
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    let delivered = run_until_delivered(relay, &mut stream, events.len()).await;
 
     let snapshot = metrics.snapshot();
     assert!(snapshot.late_claims >= 1, "the late claim was injected");

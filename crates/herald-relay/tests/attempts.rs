@@ -115,14 +115,7 @@ async fn claims_too_slow_for_the_lease_are_noticed_and_the_batch_shrinks_until_e
     };
     let relay = Relay::new(SlowClaims(store.clone()), transport.clone(), config).unwrap();
     let metrics = relay.metrics();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { relay.run(shutdown).await }
-    });
-    let delivered = collect(&mut stream, events.len(), Duration::from_secs(30)).await;
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    let delivered = run_until_delivered(relay, &mut stream, events.len()).await;
     assert_eq!(delivered.len(), events.len(), "every event published");
     assert_key_order(&delivered, false);
     assert!(

@@ -96,14 +96,7 @@ async fn a_claim_overlapping_a_failed_write_back_does_not_let_the_next_event_of_
     };
     let relay = Relay::new(sluggish, transport.clone(), config).unwrap();
     let metrics = relay.metrics();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { relay.run(shutdown).await }
-    });
-    let delivered = collect(&mut stream, events.len(), Duration::from_secs(30)).await;
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    let delivered = run_until_delivered(relay, &mut stream, events.len()).await;
 
     assert_eq!(metrics.snapshot().retried, 1, "the nack was injected");
     let order: Vec<u64> = delivered
@@ -237,14 +230,7 @@ async fn rows_of_a_claim_whose_answer_was_lost_still_block_their_key() {
         ..fast_config()
     };
     let relay = Relay::new(lossy, transport.clone(), config).unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { relay.run(shutdown).await }
-    });
-    let delivered = collect(&mut stream, events.len(), Duration::from_secs(30)).await;
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    let delivered = run_until_delivered(relay, &mut stream, events.len()).await;
     assert_key_order(&delivered, true);
     assert_eq!(delivered.len(), events.len());
     pg_drop(&store).await;

@@ -157,3 +157,26 @@ pub async fn finish_with_a_new_relay<S: DeliveryStream>(
     assert_eq!(all.len(), events.len(), "nothing lost, nothing twice");
     assert_key_order(&all, false);
 }
+
+/// Runs `relay` until `stream` has delivered `count` messages (or 30 s have passed), then stops
+/// it and checks that it stopped cleanly; returns what was delivered, in arrival order.
+pub async fn run_until_delivered<St, P, S>(
+    relay: Relay<St, P>,
+    stream: &mut S,
+    count: usize,
+) -> Vec<Envelope>
+where
+    St: herald_core::OutboxStore,
+    P: herald_core::Publisher,
+    S: DeliveryStream,
+{
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { relay.run(shutdown).await }
+    });
+    let delivered = collect(stream, count, Duration::from_secs(30)).await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    delivered
+}
