@@ -1,4 +1,4 @@
-//! What both relay loops share: a batch's outcome, the rows the store needs back, one
+//! What both relay loops share: what became of a batch's rows, the rows the store needs back, one
 //! publish call bounded by the publish timeout, and a failed row's disposition. Which event
 //! goes in which call is the [`Scheduler`](crate::pipeline::Scheduler)'s: an event only after
 //! its predecessor of the same key was confirmed; after a failure, the later events of its key
@@ -10,7 +10,7 @@ use crate::RelayConfig;
 
 /// What became of each row of a batch, ready to be written back to the store.
 #[derive(Debug, Default)]
-pub(crate) struct Outcome {
+pub(crate) struct RowFates {
     pub(crate) completed: Vec<Seq>,
     pub(crate) failures: Vec<Failure>,
     pub(crate) released: Vec<Seq>,

@@ -39,7 +39,7 @@ use herald_core::{ClaimedEvent, Envelope, Result, Seq, Uuid};
 use tokio::time::Instant;
 
 use crate::RelayConfig;
-use crate::batch::{self, Outcome, Row};
+use crate::batch::{self, Row, RowFates};
 
 /// Most publish calls in flight at once.
 pub(crate) const MAX_ROUNDS: usize = 4;
@@ -62,7 +62,7 @@ pub(crate) struct Round {
 
 /// What must be known once a batch's fate was (or could not be) written back.
 #[derive(Debug)]
-pub(crate) struct Settlement {
+pub(crate) struct WriteBackTerms {
     /// Rows claimed.
     pub(crate) claimed: usize,
     /// Last moment to retry the store writes.
@@ -90,7 +90,7 @@ struct Batch {
     envelopes: Vec<Option<Envelope>>,
     /// Rows without a fate yet.
     open: usize,
-    outcome: Outcome,
+    fates: RowFates,
     /// Keys held because of this batch's rows, one entry per row (with the row's seq).
     held: Vec<(String, Seq)>,
 }
@@ -253,7 +253,7 @@ impl Scheduler {
             rows,
             envelopes,
             open: count,
-            outcome: Outcome::default(),
+            fates: RowFates::default(),
             held: Vec::new(),
         });
         let now = Instant::now();
@@ -334,13 +334,13 @@ impl Scheduler {
 
     /// The oldest batch, if every row of it has its fate: what to write back, and what to tell
     /// [`Scheduler::settled`] afterwards.
-    pub(crate) fn pop_settleable(&mut self) -> Option<(Outcome, Settlement)> {
+    pub(crate) fn pop_settleable(&mut self) -> Option<(RowFates, WriteBackTerms)> {
         if self.batches.front()?.open > 0 {
             return None;
         }
         let batch = self.batches.pop_front()?;
         self.settling += 1;
-        let settlement = Settlement {
+        let terms = WriteBackTerms {
             claimed: batch.rows.len(),
             deadline: batch.deadline,
             write_back_until: batch.write_back_until,
@@ -349,15 +349,15 @@ impl Scheduler {
             lease_end: batch.lease_end,
             owner: batch.owner,
         };
-        Some((batch.outcome, settlement))
+        Some((batch.fates, terms))
     }
 
     /// A batch's fate was written back (`written`) or could not be.
-    pub(crate) fn settled(&mut self, settlement: Settlement, written: bool) {
+    pub(crate) fn settled(&mut self, terms: WriteBackTerms, written: bool) {
         self.settling = self.settling.saturating_sub(1);
         // A claim sent before now may have read these rows as they were before the write-back.
         let in_flight = (self.claims_sent > self.claims_done).then_some(self.claims_sent);
-        for (key, seq) in &settlement.held {
+        for (key, seq) in &terms.held {
             if let Some(state) = self.keys.get_mut(key) {
                 if let Some(i) = state.held.iter().position(|s| s == seq) {
                     state.held.swap_remove(i);
@@ -370,12 +370,12 @@ impl Scheduler {
         if !written {
             // The store still holds these rows under our lease, and our own leases do not block
             // our own claims: keep their keys to ourselves until the rows come back.
-            for key in settlement.keys {
+            for key in terms.keys {
                 let state = self.keys.entry(key).or_default();
                 state.held_until = Some(
                     state
                         .held_until
-                        .map_or(settlement.lease_end, |t| t.max(settlement.lease_end)),
+                        .map_or(terms.lease_end, |t| t.max(terms.lease_end)),
                 );
             }
         }
@@ -400,13 +400,13 @@ impl Scheduler {
         let key = row.key.clone();
         let good = matches!(fate, Fate::Completed);
         match fate {
-            Fate::Completed => batch.outcome.completed.push(seq),
+            Fate::Completed => batch.fates.completed.push(seq),
             Fate::Failed(error) => batch
-                .outcome
+                .fates
                 .failures
                 .push(batch::failure(row, &error, config)),
-            Fate::Released => batch.outcome.released.push(seq),
-            Fate::GivenUp(error) => batch.outcome.failures.push(herald_core::Failure {
+            Fate::Released => batch.fates.released.push(seq),
+            Fate::GivenUp(error) => batch.fates.failures.push(herald_core::Failure {
                 seq,
                 error,
                 disposition: herald_core::Disposition::DeadLetter,
@@ -507,10 +507,10 @@ mod tests {
         s.round_done(slots, results);
     }
 
-    fn settle(s: &mut Scheduler, written: bool) -> Outcome {
-        let (outcome, settlement) = s.pop_settleable().unwrap();
-        s.settled(settlement, written);
-        outcome
+    fn settle(s: &mut Scheduler, written: bool) -> RowFates {
+        let (fates, terms) = s.pop_settleable().unwrap();
+        s.settled(terms, written);
+        fates
     }
 
     fn sorted(mut seqs: Vec<Seq>) -> Vec<Seq> {
@@ -553,12 +553,12 @@ mod tests {
             "nothing of `a` goes after its failure"
         );
 
-        let (first, settlement) = s.pop_settleable().unwrap();
+        let (first, terms) = s.pop_settleable().unwrap();
         assert_eq!(first.failures.len(), 2);
         assert_eq!(first.released, vec![2]);
         // A third batch claimed before the failure is written: `a` is still held.
         add(&mut s, &[(6, Some("a")), (7, None)]);
-        s.settled(settlement, true);
+        s.settled(terms, true);
         let (slots, seqs) = round(&mut s);
         assert_eq!(seqs, vec![7]);
         confirm(&mut s, slots, &[]);
@@ -585,10 +585,10 @@ mod tests {
         assert_eq!(s.unsettled(), 2);
         let (slots, _) = round(&mut s);
         confirm(&mut s, slots, &[]);
-        let (_, settlement) = s.pop_settleable().unwrap();
+        let (_, terms) = s.pop_settleable().unwrap();
         let (_, second) = s.pop_settleable().unwrap();
         assert_eq!(s.unsettled(), 2, "both are being written back");
-        s.settled(settlement, true);
+        s.settled(terms, true);
         assert_eq!(s.unsettled(), 1, "room for the next claim only now");
         s.settled(second, true);
         assert_eq!(s.unsettled(), 0);
@@ -602,8 +602,8 @@ mod tests {
         confirm(&mut s, slots, &[1]);
         // Claim sent while seq 1 is leased to us: its snapshot may not show the failure.
         let in_flight = s.claim_sent();
-        let (_, settlement) = s.pop_settleable().unwrap();
-        s.settled(settlement, true);
+        let (_, terms) = s.pop_settleable().unwrap();
+        s.settled(terms, true);
         // The failure is written, but the claim in flight read the row before that.
         let now = Instant::now();
         s.add_batch(
@@ -617,7 +617,7 @@ mod tests {
             round(&mut s).1.is_empty(),
             "seq 2 must wait for seq 1's retry"
         );
-        assert_eq!(s.batches[0].outcome.released, vec![2]);
+        assert_eq!(s.batches[0].fates.released, vec![2]);
         let (_, release) = s.pop_settleable().unwrap();
         // A claim sent while the release of seq 2 is written: seq 1 (retried) may go, not 3.
         let in_flight = s.claim_sent();
@@ -631,7 +631,7 @@ mod tests {
         );
         let (slots, seqs) = round(&mut s);
         assert_eq!(seqs, vec![1]);
-        assert_eq!(s.batches[0].outcome.released, vec![3]);
+        assert_eq!(s.batches[0].fates.released, vec![3]);
         confirm(&mut s, slots, &[]);
         // A claim sent after every write-back returned is trusted again.
         settle(&mut s, true);
@@ -645,8 +645,8 @@ mod tests {
         add(&mut s, &[(1, None), (2, None)]);
         let (slots, _) = round(&mut s);
         confirm(&mut s, slots, &[1]);
-        let outcome = settle(&mut s, true);
-        assert_eq!((outcome.failures.len(), outcome.completed), (1, vec![2]));
+        let fates = settle(&mut s, true);
+        assert_eq!((fates.failures.len(), fates.completed), (1, vec![2]));
         assert!(s.keys.is_empty());
     }
 
@@ -673,7 +673,7 @@ mod tests {
         assert!(old.completed.is_empty());
         let young = s.pop_settleable();
         assert!(young.is_none(), "seq 4 is unconfirmed");
-        assert_eq!(s.batches[0].outcome.released, vec![3], "behind seq 1");
+        assert_eq!(s.batches[0].fates.released, vec![3], "behind seq 1");
     }
 
     #[test]
@@ -706,6 +706,6 @@ mod tests {
         // Our own leases on seqs 1 and 2 would not keep the store from handing us seq 3.
         add(&mut s, &[(3, Some("a")), (4, Some("c"))]);
         assert_eq!(round(&mut s).1, vec![4]);
-        assert_eq!(s.batches[0].outcome.released, vec![3]);
+        assert_eq!(s.batches[0].fates.released, vec![3]);
     }
 }

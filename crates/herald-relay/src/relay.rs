@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::batch::{self, Outcome};
-use crate::pipeline::{MAX_ROUNDS, PIPELINE_DEPTH, Scheduler, Settlement, Slot, Ticket};
+use crate::batch::{self, RowFates};
+use crate::pipeline::{MAX_ROUNDS, PIPELINE_DEPTH, Scheduler, Slot, Ticket, WriteBackTerms};
 use crate::{RelayConfig, RelayMetrics};
 
 /// What one claim-publish-settle cycle did.
@@ -152,7 +152,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         let mut scheduler = Scheduler::new(&self.config);
         let mut rounds: Vec<Pending<'_, Confirmed>> = Vec::new();
         let mut claiming: Option<Pending<'_, Claimed>> = None;
-        let mut settling: Option<Pending<'_, (Settlement, Result<BatchReport>)>> = None;
+        let mut settling: Option<Pending<'_, (WriteBackTerms, Result<BatchReport>)>> = None;
         let mut stopping = false;
         // Whether to look for work now, rather than on a wake-up or the poll interval.
         let mut want_claim = true;
@@ -178,11 +178,11 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 }));
             }
             if settling.is_none()
-                && let Some((outcome, settlement)) = scheduler.pop_settleable()
+                && let Some((fates, terms)) = scheduler.pop_settleable()
             {
                 settling = Some(Box::pin(async move {
-                    let report = self.settle(&settlement, outcome).await;
-                    (settlement, report)
+                    let report = self.settle(&terms, fates).await;
+                    (terms, report)
                 }));
             }
             if stopping
@@ -228,14 +228,14 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                     }
                     scheduler.round_done(slots, results);
                 }
-                (settlement, result) = poll_slot(&mut settling) => {
+                (terms, result) = poll_slot(&mut settling) => {
                     settling = None;
                     match result {
                         Ok(report) => {
                             store_errors = 0;
                             self.metrics.settled(&report);
                             debug!(relay = %self.id, ?report, "batch settled");
-                            scheduler.settled(settlement, true);
+                            scheduler.settled(terms, true);
                         }
                         Err(error) => {
                             // The rows come back after their lease (published rows are
@@ -245,7 +245,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                             let delay = self.config.store_backoff.delay(store_errors);
                             warn!(relay = %self.id, error = %error.chain(), retry_in = ?delay, "could not write a batch back");
                             claim_after = Instant::now() + delay;
-                            scheduler.settled(settlement, false);
+                            scheduler.settled(terms, false);
                         }
                     }
                     // What was settled may have made rows claimable again.
@@ -396,20 +396,20 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
             scheduler.round_done(round.slots, results);
         }
         // With no call in flight every row has its fate: the batch is settleable.
-        let Some((outcome, settlement)) = scheduler.pop_settleable() else {
+        let Some((fates, terms)) = scheduler.pop_settleable() else {
             warn!(relay = %self.id, "batch left without a fate; its rows come back after their lease");
             return Ok(BatchReport {
                 claimed: count,
                 ..BatchReport::default()
             });
         };
-        let report = self.settle(&settlement, outcome).await?;
+        let report = self.settle(&terms, fates).await?;
         self.metrics.settled(&report);
         debug!(relay = %self.id, ?report, "batch settled");
         Ok(report)
     }
 
-    /// Writes a batch's outcome back: one statement each for completions, failures and
+    /// Writes a batch's fates back: one statement each for completions, failures and
     /// releases, each retried briefly (a completion lost here means duplicates later).
     /// Failures and releases are not written once the lease is nearly over: another relay may
     /// soon take the rows over, and a retry scheduled behind its back could put the failed row
@@ -421,14 +421,14 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
     /// its own next claims: the relay then claims under a new id (see [`Relay::claimer`]), so
     /// that those rows block their keys, for this loop as for any other relay, until they come
     /// back.
-    async fn settle(&self, settlement: &Settlement, outcome: Outcome) -> Result<BatchReport> {
-        let unsettled = !outcome.failures.is_empty() || !outcome.released.is_empty();
-        let result = self.write_back(settlement, outcome).await;
+    async fn settle(&self, terms: &WriteBackTerms, fates: RowFates) -> Result<BatchReport> {
+        let unsettled = !fates.failures.is_empty() || !fates.released.is_empty();
+        let result = self.write_back(terms, fates).await;
         let written = match &result {
             Ok((_, written)) => *written,
             Err(_) => false,
         };
-        if unsettled && !written && settlement.owner == self.claimer() {
+        if unsettled && !written && terms.owner == self.claimer() {
             self.renew_claimer("failed or released rows were not written back");
         }
         result.map(|(report, _)| report)
@@ -437,17 +437,17 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
     /// [`Relay::settle`]'s statements. Also says whether every failure and release was written.
     async fn write_back(
         &self,
-        settlement: &Settlement,
-        outcome: Outcome,
+        terms: &WriteBackTerms,
+        fates: RowFates,
     ) -> Result<(BatchReport, bool)> {
-        let deadline = settlement.deadline;
+        let deadline = terms.deadline;
         let mut report = BatchReport {
-            claimed: settlement.claimed,
-            published: outcome.completed.len(),
-            released: outcome.released.len(),
+            claimed: terms.claimed,
+            published: fates.completed.len(),
+            released: fates.released.len(),
             ..BatchReport::default()
         };
-        for failure in &outcome.failures {
+        for failure in &fates.failures {
             match failure.disposition {
                 herald_core::Disposition::DeadLetter => {
                     report.dead_lettered += 1;
@@ -459,34 +459,34 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 }
             }
         }
-        if !outcome.completed.is_empty() {
+        if !fates.completed.is_empty() {
             let done = self
                 .retrying("complete", deadline, || {
-                    self.store.complete(settlement.owner, &outcome.completed)
+                    self.store.complete(terms.owner, &fates.completed)
                 })
                 .await?;
-            if (done as usize) < outcome.completed.len() {
+            if (done as usize) < fates.completed.len() {
                 warn!(
                     relay = %self.id,
-                    lost = outcome.completed.len() - done as usize,
+                    lost = fates.completed.len() - done as usize,
                     "lease expired before completion; those events will be published again"
                 );
             }
         }
         let mut written = true;
-        if !outcome.failures.is_empty() {
-            if self.in_time(settlement, outcome.failures.len()) {
+        if !fates.failures.is_empty() {
+            if self.in_time(terms, fates.failures.len()) {
                 self.retrying("fail", deadline, || {
-                    self.store.fail(settlement.owner, &outcome.failures)
+                    self.store.fail(terms.owner, &fates.failures)
                 })
                 .await?;
             } else {
                 written = false;
             }
         }
-        if !outcome.released.is_empty() {
-            if self.in_time(settlement, outcome.released.len()) {
-                let (owner, seqs) = (settlement.owner, &outcome.released);
+        if !fates.released.is_empty() {
+            if self.in_time(terms, fates.released.len()) {
+                let (owner, seqs) = (terms.owner, &fates.released);
                 self.retrying("release", deadline, || self.store.release(owner, seqs))
                     .await?;
             } else {
@@ -496,9 +496,9 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         Ok((report, written))
     }
 
-    /// Whether `rows` failed or released rows of `settlement` may still be written back.
-    fn in_time(&self, settlement: &Settlement, rows: usize) -> bool {
-        if Instant::now() < settlement.write_back_until {
+    /// Whether `rows` failed or released rows of `terms` may still be written back.
+    fn in_time(&self, terms: &WriteBackTerms, rows: usize) -> bool {
+        if Instant::now() < terms.write_back_until {
             return true;
         }
         self.metrics.abandoned(rows);
