@@ -163,10 +163,10 @@ impl<O: TransactionalOutbox> Transaction<O> {
             Err(error) => return Err(self.abort(error).await),
         };
         let outgoing = std::mem::take(&mut self.outgoing);
-        if !outgoing.is_empty() {
-            if let Err(error) = self.inner.record_all(&outgoing).await {
-                return Err(self.abort(error.into()).await);
-            }
+        if !outgoing.is_empty()
+            && let Err(error) = self.inner.record_all(&outgoing).await
+        {
+            return Err(self.abort(error.into()).await);
         }
         let Transaction {
             inner,
