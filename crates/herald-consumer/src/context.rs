@@ -5,7 +5,8 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use herald_core::{
-    Envelope, Event, Headers, Metadata, OffsetDateTime, TraceContext, TransactionalOutbox, Uuid,
+    Envelope, Event, Headers, Metadata, OffsetDateTime, OutboxTransaction, TraceContext,
+    TransactionalOutbox, Uuid,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -224,9 +225,7 @@ impl<O: TransactionalOutbox> TxContext<O> {
             ..metadata
         };
         let envelope = Envelope::from_event(event, metadata)?;
-        self.outbox
-            .record_envelopes(&mut self.tx, std::slice::from_ref(&envelope))
-            .await?;
+        self.tx.record_all(std::slice::from_ref(&envelope)).await?;
         self.recorded += 1;
         Ok(envelope.id)
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use herald_consumer::{Context, Handler, HandlerError, HandlerResult, Outcome, Router, TxContext};
 use herald_core::{
-    ClaimRequest, Envelope, Event, Inbox, Metadata, OutboxStore, TraceContext, TransactionalOutbox,
+    ClaimRequest, Envelope, Event, Inbox, Metadata, OutboxStore, OutboxTransaction, TraceContext,
     Uuid,
 };
 use herald_memory::MemoryTransport;
@@ -440,7 +440,7 @@ async fn a_duplicate_is_found_by_the_key_not_by_a_read<B: Bank>(bank: &B) {
             .await
             .unwrap()
     );
-    bank.rollback(rolled_back).await.unwrap();
+    rolled_back.rollback().await.unwrap();
     assert!(
         !bank.is_handled(other, "h").await.unwrap(),
         "gone with its transaction"
@@ -467,7 +467,7 @@ async fn a_group_is_marked_in_one_call_and_repeats_count_once<B: Bank>(bank: &B)
         vec![false, false],
         "committed records are duplicates"
     );
-    bank.rollback(again).await.unwrap();
+    again.rollback().await.unwrap();
     assert_eq!(bank.inbox_rows().await, 3);
 }
 
@@ -562,7 +562,7 @@ async fn a_racing_transaction_waits_for_the_first_and_sees_the_duplicate() {
         tokio::spawn(async move {
             let mut second = store.begin().await.unwrap();
             let fresh = store.mark_handled(&mut second, id, "h").await.unwrap();
-            store.rollback(second).await.unwrap();
+            second.rollback().await.unwrap();
             fresh
         })
     };

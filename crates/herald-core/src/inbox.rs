@@ -95,8 +95,9 @@ pub trait Inbox: TransactionalOutbox {
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Commits a transaction in which no event was recorded, without waking the relays (what
-    /// [`TransactionalOutbox::commit`] does after every commit): a handler that only wrote
-    /// business rows and its inbox record has nothing for them.
+    /// [`OutboxTransaction::commit`](crate::OutboxTransaction::commit) does after every
+    /// commit): a handler that only wrote business rows and its inbox record has nothing for
+    /// them.
     fn commit_quietly(&self, tx: Self::Transaction) -> impl Future<Output = Result<()>> + Send;
 
     /// Whether a committed record says that `handler` handled `message_id`. For handlers whose

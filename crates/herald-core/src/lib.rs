@@ -30,7 +30,7 @@ pub use store::{
     ClaimRequest, ClaimedEvent, Completion, DeadLetter, Disposition, Failure, OutboxAdmin,
     OutboxStats, OutboxStore, Replay, Seq,
 };
-pub use transaction::TransactionalOutbox;
+pub use transaction::{OutboxTransaction, TransactionalOutbox};
 pub use transport::{
     Acknowledger, BoxFuture, Delivery, DeliveryStream, Publisher, Settlement, Subscriber,
     SubscriptionSpec,

@@ -9,7 +9,8 @@ use uuid::Uuid;
 
 use crate::config::PgOutboxConfig;
 use crate::error::ResultExt;
-use crate::outbox::{ENVELOPE_COLUMNS, PgOutbox, attempts_from_row, envelope_from_row};
+use crate::outbox::PgOutbox;
+use crate::row::{ENVELOPE_COLUMNS, attempts_from_row, envelope_from_row};
 
 /// The statements of the admin operations, built once per handle.
 pub(crate) struct AdminSql {

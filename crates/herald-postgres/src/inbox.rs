@@ -10,11 +10,12 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use herald_core::{Inbox, Result};
-use sqlx::{AssertSqlSafe, PgConnection, Postgres, Transaction};
+use sqlx::{AssertSqlSafe, PgConnection};
 use uuid::Uuid;
 
 use crate::error::ResultExt;
 use crate::outbox::PgOutbox;
+use crate::transaction::PgOutboxTx;
 
 /// Longest retention accepted (longer ones are capped): keeps the interval arithmetic in range.
 const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -136,8 +137,8 @@ impl Inbox for PgOutbox {
         Ok(())
     }
 
-    async fn commit_quietly(&self, tx: Transaction<'static, Postgres>) -> Result<()> {
-        tx.commit().await.store_err("commit", &self.inner.secrets)
+    async fn commit_quietly(&self, tx: PgOutboxTx<'static>) -> Result<()> {
+        tx.commit_quietly().await
     }
 
     async fn is_handled(&self, message_id: Uuid, handler: &str) -> Result<bool> {

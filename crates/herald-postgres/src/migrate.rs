@@ -10,6 +10,7 @@ use sqlx::{AssertSqlSafe, PgPool};
 
 use crate::config::PgOutboxConfig;
 use crate::error::ResultExt;
+use crate::outbox::PgOutbox;
 
 /// One versioned migration template.
 struct Migration {
@@ -44,8 +45,15 @@ pub(crate) fn latest_version() -> i32 {
     MIGRATIONS.last().map_or(0, |m| m.version)
 }
 
+impl PgOutbox {
+    /// Creates or upgrades the schema and tables. Idempotent and safe to run concurrently.
+    pub async fn migrate(&self) -> Result<()> {
+        run(&self.inner.pool, &self.inner.config, &self.inner.secrets).await
+    }
+}
+
 /// Brings the schema up to date; does nothing when it already is.
-pub(crate) async fn run(pool: &PgPool, config: &PgOutboxConfig, secrets: &[String]) -> Result<()> {
+async fn run(pool: &PgPool, config: &PgOutboxConfig, secrets: &[String]) -> Result<()> {
     let history = config.qualified("_migrations");
     if is_current(pool, config, &history, secrets).await? {
         return Ok(());

@@ -4,7 +4,7 @@
 
 mod common;
 
-use herald_core::{Completion, Envelope, Error, Result};
+use herald_core::{Completion, Envelope, Result};
 use herald_postgres::PgOutbox;
 use herald_testkit::store::StoreFactory;
 
@@ -19,18 +19,12 @@ impl StoreFactory for Postgres {
     }
 
     async fn record(&self, store: &PgOutbox, envelopes: &[Envelope], commit: bool) -> Result<()> {
-        let mut tx = store
-            .pool()
-            .begin()
-            .await
-            .map_err(|e| Error::store("begin", true, e))?;
-        store.record_all(&mut tx, envelopes).await?;
+        let mut tx = store.begin().await?;
+        tx.record_all(envelopes).await?;
         if commit {
-            store.commit(tx).await
+            tx.commit().await
         } else {
-            tx.rollback()
-                .await
-                .map_err(|e| Error::store("rollback", true, e))
+            tx.rollback().await
         }
     }
 }

@@ -153,19 +153,15 @@ async fn relay_wakes_on_commit_not_on_the_poll_interval() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let started = std::time::Instant::now();
-    let mut tx = store.pool().begin().await.unwrap();
-    store
-        .record(
-            &mut tx,
-            &TestEvent {
-                key: "k".into(),
-                n: 0,
-                note: String::new(),
-            },
-        )
-        .await
-        .unwrap();
-    store.commit(tx).await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.record(&TestEvent {
+        key: "k".into(),
+        n: 0,
+        note: String::new(),
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
     let delivered = collect(&mut stream, 1, Duration::from_secs(5)).await;
     assert_eq!(
         delivered.len(),
@@ -186,7 +182,7 @@ async fn a_relay_in_another_process_is_woken_through_postgres() {
         .await
         .unwrap();
     let shutdown = CancellationToken::new();
-    let listener = other.listen(shutdown.clone());
+    let listener = other.watch_commits(shutdown.clone()).await.unwrap();
     let transport = MemoryTransport::new();
     let mut stream = transport.subscribe(&audit()).await.unwrap();
     let config = RelayConfig {

@@ -6,7 +6,7 @@ use herald_core::{DeadLetter, OutboxAdmin, OutboxStats, Replay, Result};
 use sqlx::Row;
 
 use crate::error::{ResultExt, corrupt};
-use crate::outbox::{ENVELOPE_COLUMNS, envelope_from_row, now_micros, query, time_column};
+use crate::row::{ENVELOPE_COLUMNS, envelope_from_row, now_micros, query, time_column};
 use crate::{SqliteOutbox, SqliteOutboxConfig};
 
 /// The operators' statements, built once per outbox.

@@ -9,11 +9,13 @@
 use std::time::Duration;
 
 use herald_core::{Inbox, Result};
-use sqlx::{AssertSqlSafe, Sqlite, SqliteConnection, Transaction};
+use sqlx::{AssertSqlSafe, SqliteConnection};
 use uuid::Uuid;
 
 use crate::error::{ResultExt, retry_busy};
-use crate::outbox::{SqliteOutbox, duration_micros, now_micros};
+use crate::outbox::SqliteOutbox;
+use crate::row::{duration_micros, now_micros};
+use crate::transaction::SqliteOutboxTx;
 
 /// The savepoint of one handler run in a shared transaction, and what is done with it.
 const SAVEPOINT: &str = "SAVEPOINT herald_run";
@@ -94,8 +96,8 @@ impl Inbox for SqliteOutbox {
         Ok(())
     }
 
-    async fn commit_quietly(&self, tx: Transaction<'static, Sqlite>) -> Result<()> {
-        tx.commit().await.store_err("commit")
+    async fn commit_quietly(&self, tx: SqliteOutboxTx<'static>) -> Result<()> {
+        tx.commit_quietly().await
     }
 
     async fn is_handled(&self, message_id: Uuid, handler: &str) -> Result<bool> {

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use crate::SqliteOutbox;
 use crate::error::ResultExt;
-use crate::outbox::unix_micros;
+use crate::row::unix_micros;
 
 /// One schema migration.
 struct Migration {

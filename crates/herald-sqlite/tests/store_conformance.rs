@@ -46,14 +46,10 @@ impl StoreFactory for SqliteFactory {
 
     async fn record(&self, store: &TempStore, envelopes: &[Envelope], commit: bool) -> Result<()> {
         let outbox = &store.outbox;
-        let mut tx = outbox
-            .pool()
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .expect("begin");
-        outbox.record_all(&mut tx, envelopes).await?;
+        let mut tx = outbox.begin().await.expect("begin");
+        tx.record_all(envelopes).await?;
         if commit {
-            outbox.commit(tx).await
+            tx.commit().await
         } else {
             tx.rollback().await.expect("rollback");
             Ok(())

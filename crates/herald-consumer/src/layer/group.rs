@@ -35,7 +35,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_core::{BoxFuture, Inbox, Uuid};
+use herald_core::{BoxFuture, Inbox, OutboxTransaction, Uuid};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::layer::TimedOut;
@@ -192,7 +192,7 @@ async fn run_group<O: Inbox>(
         Ok(fresh) => fresh,
         Err(error) => {
             tracing::debug!(error = %error.chain(), "inbox group could not mark; running alone");
-            rollback(store, tx).await;
+            rollback(tx).await;
             alone(group.drain(..).map(|job| job.reply));
             return;
         }
@@ -257,7 +257,7 @@ async fn run_group<O: Inbox>(
         if let Err(error) = store.rollback_to_savepoint(&mut tx).await {
             tracing::debug!(error = %error.chain(), "inbox group could not roll back to a savepoint; running the others alone");
             let _ = job.reply.send(Verdict::Failed(result));
-            rollback(store, tx).await;
+            rollback(tx).await;
             broken(done, undone, jobs.map(|(job, _)| job.reply));
             return;
         }
@@ -271,13 +271,13 @@ async fn run_group<O: Inbox>(
             .collect();
         if let Err(error) = store.unmark_handled(&mut tx, &records).await {
             tracing::debug!(error = %error.chain(), "inbox group could not remove the records of failed runs; running the others alone");
-            rollback(store, tx).await;
+            rollback(tx).await;
             broken(done, undone, std::iter::empty());
             return;
         }
     }
     let committed = if recorded > 0 {
-        store.commit(tx).await
+        tx.commit().await
     } else {
         store.commit_quietly(tx).await
     };
@@ -329,8 +329,8 @@ fn broken(
     alone(rest);
 }
 
-async fn rollback<O: Inbox>(store: &O, tx: O::Transaction) {
-    if let Err(error) = store.rollback(tx).await {
+async fn rollback(tx: impl OutboxTransaction) {
+    if let Err(error) = tx.rollback().await {
         // The transaction is gone either way (a dropped connection rolls it back).
         tracing::warn!(error = %error.chain(), "inbox group rollback failed");
     }

@@ -14,7 +14,7 @@ use std::marker::PhantomData;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use herald_core::{BoxFuture, Event, Inbox};
+use herald_core::{BoxFuture, Event, Inbox, OutboxTransaction};
 
 use crate::handler::{Endpoint, catch_panic, decode};
 use crate::layer::group::{GroupCommit, Ran, Verdict, Work, cannot_commit};
@@ -107,12 +107,12 @@ where
         {
             Ok(fresh) => fresh,
             Err(error) => {
-                rollback(&self.store, tx).await;
+                rollback(tx).await;
                 return Err(error.into());
             }
         };
         if !fresh {
-            rollback(&self.store, tx).await;
+            rollback(tx).await;
             ctx.mark_duplicate();
             return Ok(Outcome::Done);
         }
@@ -125,12 +125,12 @@ where
                 // A statement the handler saw fail (and swallowed) has aborted a PostgreSQL
                 // transaction, whose COMMIT would then roll back without an error.
                 if let Err(error) = self.store.ensure_committable(&mut tx).await {
-                    rollback(&self.store, tx).await;
+                    rollback(tx).await;
                     return Err(cannot_commit(&error));
                 }
                 // Only a transaction that recorded events has anything for the relays.
                 let committed = if recorded > 0 {
-                    self.store.commit(tx).await
+                    tx.commit().await
                 } else {
                     self.store.commit_quietly(tx).await
                 };
@@ -139,7 +139,7 @@ where
             }
             // Retry, reject or fail: neither the effects nor the inbox record stay.
             other => {
-                rollback(&self.store, tx).await;
+                rollback(tx).await;
                 other
             }
         }
@@ -170,8 +170,8 @@ where
     (tx, ran)
 }
 
-async fn rollback<O: Inbox>(store: &O, tx: O::Transaction) {
-    if let Err(error) = store.rollback(tx).await {
+async fn rollback(tx: impl OutboxTransaction) {
+    if let Err(error) = tx.rollback().await {
         // The transaction is gone either way (a dropped connection rolls it back).
         tracing::warn!(error = %error.chain(), "inbox rollback failed");
     }

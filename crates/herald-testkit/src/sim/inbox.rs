@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use herald_core::error::Message;
-use herald_core::{Envelope, Error, Inbox, Result, TransactionalOutbox, Uuid};
+use herald_core::{Envelope, Error, Inbox, OutboxTransaction, Result, TransactionalOutbox, Uuid};
 
 use super::Sim;
 
@@ -271,23 +271,23 @@ impl TransactionalOutbox for ModelInbox {
             finished: false,
         })
     }
+}
 
-    async fn commit(&self, tx: ModelTransaction) -> Result<()> {
-        self.finish(tx).await
-    }
-
-    async fn rollback(&self, mut tx: ModelTransaction) -> Result<()> {
-        self.statement(&mut tx.conn, "rollback").await;
-        tx.finished = true;
-        self.state().open.remove(&tx.conn.tx);
+impl OutboxTransaction for ModelTransaction {
+    async fn record_all(&mut self, _envelopes: &[Envelope]) -> Result<()> {
         Ok(())
     }
 
-    async fn record_envelopes(
-        &self,
-        _conn: &mut ModelConnection,
-        _envelopes: &[Envelope],
-    ) -> Result<()> {
+    async fn commit(self) -> Result<()> {
+        let inbox = self.conn.inbox.clone();
+        inbox.finish(self).await
+    }
+
+    async fn rollback(mut self) -> Result<()> {
+        let inbox = self.conn.inbox.clone();
+        inbox.statement(&mut self.conn, "rollback").await;
+        self.finished = true;
+        inbox.state().open.remove(&self.conn.tx);
         Ok(())
     }
 }
