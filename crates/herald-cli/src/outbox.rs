@@ -96,7 +96,7 @@ pub async fn run(database: &DatabaseArgs, command: OutboxCommand) -> Result<()> 
 
 /// Two lines about a dead letter: what, when and after how many attempts; then why. One that no
 /// longer decodes shows its raw columns instead of the envelope's.
-fn describe(d: &DeadLetter) -> String {
+pub(crate) fn describe(d: &DeadLetter) -> String {
     let id = d.id.map_or_else(|| "-".to_owned(), |id| id.to_string());
     let at = d
         .dead_lettered_at
