@@ -16,7 +16,7 @@ use herald_consumer::{
     Consumer, ConsumerConfig, Context, Handler, HandlerError, HandlerResult, Outcome, Router,
     TxContext,
 };
-use herald_core::{Envelope, Publisher, Uuid};
+use herald_core::{DeadLetters, Envelope, Page, Publisher, Uuid};
 use herald_sqlite::SqliteOutbox;
 use tokio_util::sync::CancellationToken;
 
@@ -150,18 +150,23 @@ async fn a_failing_message_ends_in_rabbitmqs_dead_letter_queue_after_the_configu
         "(1 + 2 immediate) × (1 + 2 delayed)"
     );
     assert_eq!(metrics.snapshot().acked, 20);
-    let dead = transport.dead_letters(&queue, 10).await.unwrap();
+    let dead = transport
+        .dead_letter_queue(&queue)
+        .unwrap()
+        .dead_letters(Page::first(10))
+        .await
+        .unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].attempts, 3);
     assert!(
-        dead[0].error.contains("gave up after 3 deliveries"),
+        dead[0].reason.contains("gave up after 3 deliveries"),
         "{}",
-        dead[0].error
+        dead[0].reason
     );
     assert!(
-        dead[0].error.contains("dependency is down"),
+        dead[0].reason.contains("dependency is down"),
         "{}",
-        dead[0].error
+        dead[0].reason
     );
     transport.delete_subscription(&queue).await.unwrap();
 }
@@ -356,7 +361,15 @@ async fn deferred_messages_spend_no_attempt_and_are_never_dead_lettered_for_it()
         "in order, each on its second attempt (its one retry), deferrals not counted"
     );
     assert_eq!(snapshot.dead_lettered, 0);
-    assert!(transport.dead_letters(&queue, 10).await.unwrap().is_empty());
+    assert!(
+        transport
+            .dead_letter_queue(&queue)
+            .unwrap()
+            .dead_letters(Page::first(10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     transport.delete_subscription(&queue).await.unwrap();
 }
 

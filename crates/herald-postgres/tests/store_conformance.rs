@@ -27,6 +27,24 @@ impl StoreFactory for Postgres {
             tx.rollback().await
         }
     }
+
+    async fn record_undecodable(&self, store: &PgOutbox) {
+        let table = format!(
+            "{}.{}",
+            store.config().schema.quoted(),
+            store.config().table.quoted()
+        );
+        let sql = format!(
+            "INSERT INTO {table} (id, event_type, version, occurred_at, correlation_id, \
+             partition_key, content_type, headers, payload) \
+             VALUES (gen_random_uuid(), 'bad', -1, now(), gen_random_uuid(), 'bad', \
+             'application/json', '{{}}'::jsonb, '\\x00ff'::bytea)"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
 }
 
 herald_testkit::store_suite!(Postgres);
