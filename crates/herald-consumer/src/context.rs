@@ -3,6 +3,7 @@
 
 use std::ops::Deref;
 use std::sync::Arc;
+use std::time::Duration;
 
 use herald_core::{
     Envelope, Event, Headers, Metadata, OffsetDateTime, TraceContext, TransactionalOutbox, Uuid,
@@ -21,6 +22,11 @@ pub struct Context {
     retry: u32,
     cancellation: CancellationToken,
     duplicate: bool,
+    /// The consumer (subscription) whose per-key order the run keeps, once the router set it.
+    consumer: Option<Arc<str>>,
+    /// Set when the inbox found the message's key held for another message, away for a
+    /// delayed retry: that message, and how long until it is due back.
+    held: Option<(Uuid, Duration)>,
 }
 
 impl Context {
@@ -39,6 +45,8 @@ impl Context {
             retry: 0,
             cancellation,
             duplicate: false,
+            consumer: None,
+            held: None,
         }
     }
 
@@ -144,6 +152,27 @@ impl Context {
 
     pub(crate) fn mark_duplicate(&mut self) {
         self.duplicate = true;
+    }
+
+    pub(crate) fn set_consumer(&mut self, consumer: Arc<str>) {
+        self.consumer = Some(consumer);
+    }
+
+    /// The consumer and the partition key whose order this run keeps, if both are known.
+    pub(crate) fn order_key(&self) -> Option<(&str, &str)> {
+        Some((
+            self.consumer.as_deref()?,
+            self.envelope.partition_key.as_deref()?,
+        ))
+    }
+
+    /// The inbox found the key held by `by`, due back in `due_in`: the handler did not run.
+    pub(crate) fn mark_held(&mut self, by: Uuid, due_in: Duration) {
+        self.held = Some((by, due_in));
+    }
+
+    pub(crate) fn held(&self) -> Option<(Uuid, Duration)> {
+        self.held
     }
 }
 
