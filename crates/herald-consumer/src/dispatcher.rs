@@ -37,6 +37,9 @@ use crate::{ConsumerMetrics, Outcome, UnhandledPolicy};
 /// How much later than the away message a deferred one is asked back.
 const DEFER_MARGIN: Duration = Duration::from_millis(50);
 
+/// How long a delivery whose key could not be held waits before it goes back to the broker.
+const HOLD_FAILED_PAUSE: Duration = Duration::from_secs(1);
+
 /// A delivery taken from the stream, with the prefetch credit it holds until settled.
 pub(crate) struct Job {
     pub(crate) delivery: Delivery,
@@ -435,7 +438,12 @@ async fn work(
                     "holding the key of a message sent for a delayed retry failed; the message is given back to the broker instead"
                 );
                 // Unsettled, it is requeued at the head of the queue: nothing of its key
-                // passes it, and the lane waits for it.
+                // passes it, and the lane waits for it. After a pause: the database is likely
+                // down, and the message would only fail again at once.
+                tokio::select! {
+                    () = cancellation.cancelled() => {}
+                    () = tokio::time::sleep(HOLD_FAILED_PAUSE) => {}
+                }
                 drop(delivery);
                 drop(credit);
                 return Finished {
