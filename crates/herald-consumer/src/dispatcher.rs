@@ -464,14 +464,14 @@ async fn work(
         }
         Routed::Handled(Outcome::Reject { reason }) => {
             // A message that may have been away for a delayed retry leaves its key's hold.
-            if delivery.attempt > 1 || delivery.redelivered {
-                if let Err(error) = routes.release(&envelope).await {
-                    tracing::warn!(
-                        message_id = %id,
-                        error = %error.chain(),
-                        "releasing the key hold of a dead-lettered message failed; its key waits until the hold is stale"
-                    );
-                }
+            if (delivery.attempt > 1 || delivery.redelivered)
+                && let Err(error) = routes.release(&envelope).await
+            {
+                tracing::warn!(
+                    message_id = %id,
+                    error = %error.chain(),
+                    "releasing the key hold of a dead-lettered message failed; its key waits until the hold is stale"
+                );
             }
             metrics.dead_lettered();
             (Settlement::Reject { reason }, None)
