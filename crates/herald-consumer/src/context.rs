@@ -166,6 +166,17 @@ impl Context {
         ))
     }
 
+    /// The consumer and key whose hold this message may have (it was delivered before: a
+    /// delayed retry, or a redelivery after its consumer went away); `None` for a first
+    /// delivery, which holds nothing.
+    pub(crate) fn own_hold(&self) -> Option<(&str, &str)> {
+        if self.attempt > 1 || self.redelivered {
+            self.order_key()
+        } else {
+            None
+        }
+    }
+
     /// The inbox found the key held by `by`, due back in `due_in`: the handler did not run.
     pub(crate) fn mark_held(&mut self, by: Uuid, due_in: Duration) {
         self.held = Some((by, due_in));

@@ -10,9 +10,10 @@
 //! row saying "message M of key K is away until T". A later message of K finds the row in the
 //! same statement that writes its inbox record ([`Inbox::claim_all`]) and is deferred instead of
 //! handled, even by a consumer that started after the retry was sent (a restart, or a standby
-//! taking over a single-active-consumer queue). The row goes when M's effects commit, or when M
-//! is dead-lettered ([`Inbox::release_key`]); a row whose message never comes back stops holding
-//! its key once it is `stale_after` past its due time.
+//! taking over a single-active-consumer queue). The row goes in the transaction that commits M's
+//! effects ([`Inbox::release_keys`]), or when M is dead-lettered ([`Inbox::release_key`]); a row
+//! whose message never comes back stops holding its key once it is `stale_after` past its due
+//! time.
 
 use std::future::Future;
 use std::time::Duration;
@@ -91,10 +92,12 @@ pub trait Inbox: TransactionalOutbox {
     /// Claims, in the transaction behind `conn`, each of `claims` in one go: a claim whose key
     /// is held for another message ([`hold_key`](Self::hold_key), a hold at most `stale_after`
     /// past its due time) is [`Claimed::Held`] and writes nothing; any other writes its inbox
-    /// record as [`mark_all_handled`](Self::mark_all_handled) does (new or duplicate) and
-    /// removes the hold of its own message, so that the hold goes when the run's effects
-    /// commit. Holds more than `stale_after` past their due time are deleted (their messages
-    /// were lost, e.g. purged by an operator) and hold nothing. Answers claim by claim.
+    /// record as [`mark_all_handled`](Self::mark_all_handled) does (new or duplicate). The
+    /// hold of a claim's own message stays: a run that fails must leave it (its message may be
+    /// behind later ones of its key in the queue); [`release_keys`](Self::release_keys) removes
+    /// it with the effects of a run that succeeds. Holds more than `stale_after` past their due
+    /// time are deleted (their messages were lost, e.g. purged by an operator) and hold
+    /// nothing. Answers claim by claim.
     ///
     /// Backends fold the key check into the statement that writes the records: it costs the
     /// hot path no extra round trip.
@@ -115,6 +118,16 @@ pub trait Inbox: TransactionalOutbox {
         key: &str,
         message_id: Uuid,
         back_in: Duration,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Removes, in the transaction behind `conn`, the hold of each `(consumer, key, message)`
+    /// of `holds`, if there is one: their runs succeeded, and the holds go when their effects
+    /// commit. The consumer calls it only for messages that may hold their key (delivered
+    /// before), so a first delivery costs nothing.
+    fn release_keys(
+        &self,
+        conn: &mut Self::Connection,
+        holds: &[(&str, &str, Uuid)],
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Removes the hold of `message_id` on `key` of `consumer`, if there is one (the message

@@ -50,8 +50,8 @@ impl Inbox for PgOutbox {
         let inbox = self.config().qualified("_inbox");
         let holds = self.config().qualified("_held_keys");
         // `claim` numbers the claims; `held` finds, per claim, a live hold of its key by another
-        // message; the others (`free`) delete their own message's hold and insert their
-        // records; stale holds of the claimed keys go. Every CTE sees the same snapshot.
+        // message; the others (`free`) insert their records; stale holds of the claimed keys
+        // go. Every CTE sees the same snapshot.
         let sql = format!(
             "WITH claim AS ( \
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[]) \
@@ -72,10 +72,6 @@ impl Inbox for PgOutbox {
                  ORDER BY c.n, h.due_at \
              ), free AS ( \
                  SELECT c.* FROM claim c WHERE NOT EXISTS (SELECT 1 FROM held WHERE held.n = c.n) \
-             ), released AS ( \
-                 DELETE FROM {holds} h USING free c \
-                 WHERE h.consumer = c.consumer AND h.partition_key = c.partition_key \
-                   AND h.message_id = c.message_id \
              ), inserted AS ( \
                  INSERT INTO {inbox} (message_id, handler) \
                  SELECT message_id, handler FROM free \
@@ -159,6 +155,32 @@ impl Inbox for PgOutbox {
             .execute(self.pool())
             .await
             .store_err("hold key", &self.inner.secrets)?;
+        Ok(())
+    }
+
+    async fn release_keys(
+        &self,
+        conn: &mut PgConnection,
+        holds: &[(&str, &str, Uuid)],
+    ) -> Result<()> {
+        if holds.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "DELETE FROM {} WHERE (consumer, partition_key, message_id) IN \
+             (SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[]))",
+            self.config().qualified("_held_keys")
+        );
+        let consumers: Vec<&str> = holds.iter().map(|h| h.0).collect();
+        let keys: Vec<&str> = holds.iter().map(|h| h.1).collect();
+        let ids: Vec<Uuid> = holds.iter().map(|h| h.2).collect();
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(consumers)
+            .bind(keys)
+            .bind(ids)
+            .execute(conn)
+            .await
+            .store_err("release keys", &self.inner.secrets)?;
         Ok(())
     }
 

@@ -27,7 +27,7 @@ const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT herald_run";
 
 impl SqliteOutbox {
     /// Looks up a live hold of `consumer`'s `key` by a message other than `message_id`,
-    /// deleting the stale ones first; without one, deletes `message_id`'s own hold.
+    /// deleting the stale ones first.
     async fn check_key(
         &self,
         conn: &mut SqliteConnection,
@@ -77,15 +77,6 @@ impl SqliteOutbox {
                 due_in: Duration::from_micros(due_in),
             }));
         }
-        sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM {holds} WHERE consumer = ? AND partition_key = ? AND message_id = ?"
-        )))
-        .bind(consumer)
-        .bind(key)
-        .bind(&id)
-        .execute(&mut *conn)
-        .await
-        .store_err("claim inbox")?;
         Ok(None)
     }
 }
@@ -143,6 +134,27 @@ impl Inbox for SqliteOutbox {
                 .await
         })
         .await?;
+        Ok(())
+    }
+
+    async fn release_keys(
+        &self,
+        conn: &mut SqliteConnection,
+        holds: &[(&str, &str, Uuid)],
+    ) -> Result<()> {
+        let sql = format!(
+            "DELETE FROM {} WHERE consumer = ? AND partition_key = ? AND message_id = ?",
+            self.config().quoted("_held_keys")
+        );
+        for (consumer, key, message_id) in holds {
+            sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(*consumer)
+                .bind(*key)
+                .bind(message_id.hyphenated().to_string())
+                .execute(&mut *conn)
+                .await
+                .store_err("release keys")?;
+        }
         Ok(())
     }
 

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use herald_core::{Claim, Claimed, Inbox, Uuid};
+use herald_core::{Claim, Claimed, Inbox, TransactionalOutbox, Uuid};
 
 /// Makes isolated inboxes for the suite.
 pub trait InboxFactory: Send + Sync + 'static {
@@ -74,6 +74,23 @@ async fn claim<O: Inbox>(
     } else {
         store.rollback(tx).await.expect("rollback");
     }
+    claimed
+}
+
+/// Claims `claims` and releases each keyed claim's own hold in one transaction, which commits:
+/// what the consumer does for a run that succeeded.
+async fn claim_and_release<O: Inbox>(store: &O, claims: &[Claim<'_>]) -> Vec<Claimed> {
+    let mut tx = store.begin().await.expect("begin");
+    let claimed = store.claim_all(&mut tx, claims, LONG).await.expect("claim");
+    let holds: Vec<(&str, &str, Uuid)> = claims
+        .iter()
+        .filter_map(|c| c.key.map(|(consumer, key)| (consumer, key, c.message_id)))
+        .collect();
+    store
+        .release_keys(&mut tx, &holds)
+        .await
+        .expect("release keys");
+    store.commit_quietly(tx).await.expect("commit");
     claimed
 }
 
@@ -183,7 +200,8 @@ pub async fn a_held_key_holds_later_messages_of_its_key_only<F: InboxFactory>(fa
     assert_eq!(claim(&store, &[unkeyed], LONG, false).await, [Claimed::New]);
 }
 
-/// The held message itself is claimed as new; its hold goes only when that claim commits.
+/// The held message itself is claimed as new; its claim leaves its hold (the run may fail),
+/// which goes only when released in a transaction that commits.
 pub async fn the_held_message_goes_ahead_and_its_hold_goes_with_its_commit<F: InboxFactory>(
     factory: &F,
 ) {
@@ -194,27 +212,43 @@ pub async fn the_held_message_goes_ahead_and_its_hold_goes_with_its_commit<F: In
         .await
         .expect("hold");
     assert_eq!(
-        claim(&store, &[keyed(first, "a")], LONG, false).await,
+        claim(&store, &[keyed(first, "a")], LONG, true).await,
         [Claimed::New]
     );
     assert_eq!(
         held_by(&claim(&store, &[keyed(later, "a")], LONG, false).await),
         Some(first),
-        "a rolled back claim keeps the hold"
+        "a claim alone keeps its message's hold"
+    );
+    let mut tx = store.begin().await.expect("begin");
+    store
+        .release_keys(&mut tx, &[(CONSUMER, "a", first)])
+        .await
+        .expect("release keys");
+    store.rollback(tx).await.expect("rollback");
+    assert_eq!(
+        held_by(&claim(&store, &[keyed(later, "a")], LONG, false).await),
+        Some(first),
+        "a rolled back release keeps the hold"
+    );
+    let second = Uuid::now_v7();
+    store
+        .hold_key(CONSUMER, "b", second, Duration::from_secs(60))
+        .await
+        .expect("hold");
+    assert_eq!(
+        claim_and_release(&store, &[keyed(second, "b"), keyed(Uuid::now_v7(), "c")]).await,
+        [Claimed::New, Claimed::New]
     );
     assert_eq!(
-        claim(&store, &[keyed(first, "a")], LONG, true).await,
-        [Claimed::New]
-    );
-    assert_eq!(
-        claim(&store, &[keyed(later, "a")], LONG, true).await,
+        claim(&store, &[keyed(Uuid::now_v7(), "b")], LONG, true).await,
         [Claimed::New],
         "the hold went with the held message's commit"
     );
 }
 
 /// A held message that was handled before (its retry was asked after its effects committed)
-/// removes its hold when its duplicate claim commits.
+/// is a duplicate, and releasing its hold with it frees the key.
 pub async fn a_duplicate_of_the_held_message_removes_its_hold<F: InboxFactory>(factory: &F) {
     let store = factory.create().await;
     let (first, later) = (Uuid::now_v7(), Uuid::now_v7());
@@ -227,7 +261,7 @@ pub async fn a_duplicate_of_the_held_message_removes_its_hold<F: InboxFactory>(f
         .await
         .expect("hold");
     assert_eq!(
-        claim(&store, &[keyed(first, "a")], LONG, true).await,
+        claim_and_release(&store, &[keyed(first, "a")]).await,
         [Claimed::Duplicate]
     );
     assert_eq!(

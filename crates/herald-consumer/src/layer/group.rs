@@ -83,6 +83,8 @@ struct Job<T> {
     message_id: Uuid,
     handler: Arc<str>,
     key: Option<OrderKey>,
+    /// Whether the message may hold its key (delivered before): the hold goes at the commit.
+    own_hold: bool,
     work: Work<T>,
     reply: oneshot::Sender<Verdict>,
 }
@@ -125,6 +127,7 @@ impl<O: Inbox> GroupCommit<O> {
         message_id: Uuid,
         handler: Arc<str>,
         key: Option<OrderKey>,
+        own_hold: bool,
         work: Work<O::Transaction>,
     ) -> Verdict {
         let (reply, verdict) = oneshot::channel();
@@ -132,6 +135,7 @@ impl<O: Inbox> GroupCommit<O> {
             message_id,
             handler,
             key,
+            own_hold,
             work,
             reply,
         };
@@ -229,6 +233,9 @@ async fn run_group<O: Inbox>(
     };
     let mut recorded = 0;
     let mut done: Vec<(oneshot::Sender<Verdict>, bool)> = Vec::with_capacity(group.len());
+    // Key holds of the done runs' messages, which go with their effects; a failed run's hold
+    // stays.
+    let mut releases: Vec<(Arc<str>, Arc<str>, Uuid)> = Vec::new();
     // Runs undone to their savepoint, whose inbox records go before the commit.
     let mut undone: Vec<(Uuid, Arc<str>, oneshot::Sender<Verdict>, HandlerResult)> = Vec::new();
     let mut jobs = group.drain(..).zip(fresh);
@@ -237,6 +244,9 @@ async fn run_group<O: Inbox>(
             Claimed::New => {}
             Claimed::Duplicate => {
                 // Handled before: acknowledged without running the handler.
+                if job.own_hold {
+                    releases.extend(job.key.clone().map(|(c, k)| (c, k, job.message_id)));
+                }
                 done.push((job.reply, true));
                 continue;
             }
@@ -267,6 +277,9 @@ async fn run_group<O: Inbox>(
                     Ok(()) => {
                         tx = back;
                         recorded += r;
+                        if job.own_hold {
+                            releases.extend(job.key.clone().map(|(c, k)| (c, k, job.message_id)));
+                        }
                         done.push((job.reply, false));
                         continue;
                     }
@@ -309,6 +322,18 @@ async fn run_group<O: Inbox>(
             .collect();
         if let Err(error) = store.unmark_handled(&mut tx, &records).await {
             tracing::debug!(error = %error.chain(), "inbox group could not remove the records of failed runs; running the others alone");
+            rollback(store, tx).await;
+            broken(done, undone, std::iter::empty());
+            return;
+        }
+    }
+    if !releases.is_empty() {
+        let holds: Vec<(&str, &str, Uuid)> = releases
+            .iter()
+            .map(|(consumer, key, id)| (&**consumer, &**key, *id))
+            .collect();
+        if let Err(error) = store.release_keys(&mut tx, &holds).await {
+            tracing::debug!(error = %error.chain(), "inbox group could not release key holds; running the others alone");
             rollback(store, tx).await;
             broken(done, undone, std::iter::empty());
             return;

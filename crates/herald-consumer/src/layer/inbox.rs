@@ -110,7 +110,8 @@ where
         let key = ctx
             .order_key()
             .map(|(consumer, key)| (Arc::<str>::from(consumer), Arc::<str>::from(key)));
-        match group.run(message_id, name, key, work).await {
+        let own_hold = ctx.own_hold().is_some();
+        match group.run(message_id, name, key, own_hold, work).await {
             Verdict::Committed { duplicate } => {
                 if duplicate {
                     ctx.mark_duplicate();
@@ -157,9 +158,14 @@ where
         match claimed {
             Some(Claimed::New) => {}
             Some(Claimed::Duplicate) => {
-                // Commits the removal of the message's own key hold, if it had one (its
-                // effects committed earlier, and its retry was asked for after all).
-                if claim.key.is_some() {
+                // Removes the message's own key hold, if it may have one (its effects
+                // committed earlier, and its retry was asked for after all).
+                if let Some((consumer, key)) = ctx.own_hold() {
+                    let hold = [(consumer, key, ctx.message_id())];
+                    if let Err(error) = self.store.release_keys(&mut tx, &hold).await {
+                        rollback(&self.store, tx).await;
+                        return Err(error.into());
+                    }
                     self.store.commit_quietly(tx).await?;
                 } else {
                     rollback(&self.store, tx).await;
@@ -190,6 +196,14 @@ where
                 if let Err(error) = self.store.ensure_committable(&mut tx).await {
                     rollback(&self.store, tx).await;
                     return Err(cannot_commit(&error));
+                }
+                // The message's own key hold, if it may have one, goes with its effects.
+                if let Some((consumer, key)) = ctx.own_hold() {
+                    let hold = [(consumer, key, ctx.message_id())];
+                    if let Err(error) = self.store.release_keys(&mut tx, &hold).await {
+                        rollback(&self.store, tx).await;
+                        return Err(error.into());
+                    }
                 }
                 // Only a transaction that recorded events has anything for the relays.
                 let committed = if recorded > 0 {

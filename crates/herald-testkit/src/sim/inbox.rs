@@ -401,10 +401,6 @@ impl Inbox for ModelInbox {
                     });
                     continue;
                 }
-                if let Some(open) = self.state().open.get_mut(&conn.tx) {
-                    open.released
-                        .push((consumer.to_owned(), key.to_owned(), claim.message_id));
-                }
             }
             let fresh = self.mark(conn, claim.message_id, claim.handler).await?;
             answers.push(if fresh {
@@ -434,6 +430,22 @@ impl Inbox for ModelInbox {
                 .push(((consumer.to_owned(), key.to_owned(), message_id), due));
         }
         self.finish(tx).await
+    }
+
+    async fn release_keys(
+        &self,
+        conn: &mut ModelConnection,
+        holds: &[(&str, &str, Uuid)],
+    ) -> Result<()> {
+        self.statement(conn, "release keys").await;
+        self.usable(conn.tx)?;
+        if let Some(open) = self.state().open.get_mut(&conn.tx) {
+            for (consumer, key, id) in holds {
+                open.released
+                    .push(((*consumer).to_owned(), (*key).to_owned(), *id));
+            }
+        }
+        Ok(())
     }
 
     async fn release_key(&self, consumer: &str, key: &str, message_id: Uuid) -> Result<()> {
