@@ -15,6 +15,16 @@ impl InboxFactory for Postgres {
     async fn create(&self) -> PgOutbox {
         common::outbox(Completion::default()).await
     }
+
+    async fn inbox_rows(&self, store: &PgOutbox) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {}.outbox_inbox",
+            store.config().schema.quoted()
+        )))
+        .fetch_one(store.pool())
+        .await
+        .expect("count inbox rows")
+    }
 }
 
 herald_testkit::inbox_suite!(Postgres);

@@ -31,6 +31,13 @@ impl InboxFactory for SqliteFactory {
         outbox.migrate().await.expect("migrate");
         outbox
     }
+
+    async fn inbox_rows(&self, store: &SqliteOutbox) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM herald_outbox_inbox")
+            .fetch_one(store.pool())
+            .await
+            .expect("count inbox rows")
+    }
 }
 
 herald_testkit::inbox_suite!(SqliteFactory::new());

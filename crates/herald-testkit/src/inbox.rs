@@ -15,6 +15,9 @@ pub trait InboxFactory: Send + Sync + 'static {
 
     /// A fresh, migrated inbox that no other test touches (own schema, own database file).
     fn create(&self) -> impl Future<Output = Self::Store> + Send;
+
+    /// How many inbox records `store` holds (a count of its inbox table).
+    fn inbox_rows(&self, store: &Self::Store) -> impl Future<Output = i64> + Send;
 }
 
 /// Expands to one `#[tokio::test]` per behaviour of the inbox suite, each calling the function
@@ -32,6 +35,10 @@ macro_rules! inbox_suite {
             a_released_key_holds_nothing,
             a_stale_hold_stops_holding_and_is_deleted,
             holding_again_moves_the_due_time,
+            retention_prunes_old_records_in_bounded_batches,
+            a_duplicate_is_found_by_the_key_not_by_a_read,
+            a_group_is_marked_in_one_call_and_repeats_count_once,
+            a_run_rolled_back_to_its_savepoint_loses_only_its_own_writes,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
@@ -351,4 +358,173 @@ pub async fn holding_again_moves_the_due_time<F: InboxFactory>(factory: &F) {
         }
         other => panic!("held, not {other:?}"),
     }
+}
+
+/// Retention deletes records older than asked, at most `limit` per statement.
+pub async fn retention_prunes_old_records_in_bounded_batches<F: InboxFactory>(factory: &F) {
+    let store = factory.create().await;
+    let mut tx = store.begin().await.expect("inbox");
+    for _ in 0..5 {
+        assert!(
+            store
+                .mark_handled(&mut tx, Uuid::now_v7(), "h")
+                .await
+                .expect("inbox")
+        );
+    }
+    store.commit_quietly(tx).await.expect("inbox");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    assert_eq!(
+        store
+            .prune_inbox(Duration::from_secs(3600), 10)
+            .await
+            .expect("inbox"),
+        0,
+        "too young"
+    );
+    assert_eq!(
+        store.prune_inbox(Duration::ZERO, 2).await.expect("inbox"),
+        2
+    );
+    assert_eq!(
+        store.prune_inbox(Duration::ZERO, 2).await.expect("inbox"),
+        2
+    );
+    assert_eq!(
+        store.prune_inbox(Duration::ZERO, 2).await.expect("inbox"),
+        1
+    );
+    assert_eq!(
+        store.prune_inbox(Duration::ZERO, 2).await.expect("inbox"),
+        0
+    );
+    assert_eq!(factory.inbox_rows(&store).await, 0);
+}
+
+/// A duplicate is found by the `(message, handler)` key in the same transaction too; a
+/// rolled-back record is gone.
+pub async fn a_duplicate_is_found_by_the_key_not_by_a_read<F: InboxFactory>(factory: &F) {
+    let store = factory.create().await;
+    let id = Uuid::now_v7();
+    let mut first = store.begin().await.expect("inbox");
+    assert!(
+        store
+            .mark_handled(&mut first, id, "h")
+            .await
+            .expect("inbox")
+    );
+    assert!(
+        !store
+            .mark_handled(&mut first, id, "h")
+            .await
+            .expect("inbox")
+    );
+    assert!(
+        store
+            .mark_handled(&mut first, id, "other")
+            .await
+            .expect("inbox"),
+        "records are per handler"
+    );
+    store.commit_quietly(first).await.expect("inbox");
+    assert!(store.is_handled(id, "h").await.expect("inbox"));
+
+    let mut rolled_back = store.begin().await.expect("inbox");
+    let other = Uuid::now_v7();
+    assert!(
+        store
+            .mark_handled(&mut rolled_back, other, "h")
+            .await
+            .expect("inbox")
+    );
+    store.rollback(rolled_back).await.expect("inbox");
+    assert!(
+        !store.is_handled(other, "h").await.expect("inbox"),
+        "gone with its transaction"
+    );
+}
+
+/// A group's records are written in one call; a pair repeated, or already there, is not new.
+pub async fn a_group_is_marked_in_one_call_and_repeats_count_once<F: InboxFactory>(factory: &F) {
+    let store = factory.create().await;
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut tx = store.begin().await.expect("inbox");
+    assert!(
+        store
+            .mark_handled(&mut tx, b, "other")
+            .await
+            .expect("inbox")
+    );
+    let fresh = store
+        .mark_all_handled(&mut tx, &[(a, "h"), (b, "h"), (a, "h"), (b, "other")])
+        .await
+        .expect("inbox");
+    assert_eq!(fresh, vec![true, true, false, false]);
+    store.commit_quietly(tx).await.expect("inbox");
+    let mut again = store.begin().await.expect("inbox");
+    let fresh = store
+        .mark_all_handled(&mut again, &[(b, "h"), (a, "h")])
+        .await
+        .expect("inbox");
+    assert_eq!(
+        fresh,
+        vec![false, false],
+        "committed records are duplicates"
+    );
+    store.rollback(again).await.expect("inbox");
+    assert_eq!(factory.inbox_rows(&store).await, 3);
+}
+
+/// A run rolled back to its savepoint loses only its own writes; its record can be removed.
+pub async fn a_run_rolled_back_to_its_savepoint_loses_only_its_own_writes<F: InboxFactory>(
+    factory: &F,
+) {
+    let store = factory.create().await;
+    let (kept, undone, later) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let mut tx = store.begin().await.expect("inbox");
+    let fresh = store
+        .mark_all_handled(&mut tx, &[(kept, "h"), (undone, "h"), (later, "h")])
+        .await
+        .expect("inbox");
+    assert_eq!(fresh, vec![true, true, true]);
+    store.savepoint(&mut tx).await.expect("inbox");
+    store
+        .mark_handled(&mut tx, kept, "kept-write")
+        .await
+        .expect("inbox");
+    store.release_savepoint(&mut tx, true).await.expect("inbox");
+    store
+        .mark_handled(&mut tx, undone, "undone-write")
+        .await
+        .expect("inbox");
+    store.rollback_to_savepoint(&mut tx).await.expect("inbox");
+    store
+        .mark_handled(&mut tx, later, "later-write")
+        .await
+        .expect("inbox");
+    store
+        .release_savepoint(&mut tx, false)
+        .await
+        .expect("inbox");
+    store
+        .unmark_handled(&mut tx, &[(undone, "h")])
+        .await
+        .expect("inbox");
+    store.ensure_committable(&mut tx).await.expect("inbox");
+    store.commit_quietly(tx).await.expect("inbox");
+    assert!(store.is_handled(kept, "kept-write").await.expect("inbox"));
+    assert!(store.is_handled(later, "later-write").await.expect("inbox"));
+    assert!(
+        !store
+            .is_handled(undone, "undone-write")
+            .await
+            .expect("inbox")
+    );
+    assert!(
+        !store.is_handled(undone, "h").await.expect("inbox"),
+        "unmarked"
+    );
+    assert!(store.is_handled(kept, "h").await.expect("inbox"));
+    assert_eq!(factory.inbox_rows(&store).await, 4);
 }
