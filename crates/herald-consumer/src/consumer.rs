@@ -60,7 +60,7 @@ impl<S: Subscriber> Consumer<S> {
             prefetch: config.prefetch,
             ..SubscriptionSpec::new(subscription, router.event_types())
         };
-        let (routes, pruners) = router.build(&config, &metrics)?;
+        let (routes, pruners) = router.build(&spec.name, &config, &metrics)?;
         Ok(Consumer {
             subscriber,
             spec,

@@ -26,7 +26,7 @@ pub use envelope::{Envelope, Headers, Metadata, TraceContext};
 pub use error::{BoxError, Error, Result};
 pub use event::Event;
 pub use ident::Identifier;
-pub use inbox::Inbox;
+pub use inbox::{Claim, Claimed, Inbox};
 pub use signal::{Signal, Wakeups};
 pub use store::{
     ClaimRequest, ClaimedEvent, Completion, Disposition, Failure, OutboxAdmin, OutboxStats,

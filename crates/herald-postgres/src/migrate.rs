@@ -31,6 +31,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "inbox",
         template: include_str!("../migrations/0002_inbox.sql"),
     },
+    Migration {
+        version: 3,
+        name: "inbox key holds",
+        template: include_str!("../migrations/0003_held_keys.sql"),
+    },
 ];
 
 /// Fills a template's placeholders.
@@ -166,6 +171,7 @@ mod tests {
         assert!(outbox.contains("\"s\".\"t_dead_letters\""));
         assert!(outbox.contains("\"s\".\"t_archive\""));
         assert!(render(MIGRATIONS[1].template, &config).contains("\"s\".\"t_inbox\""));
-        assert_eq!(latest_version(), 2);
+        assert!(render(MIGRATIONS[2].template, &config).contains("\"s\".\"t_held_keys\""));
+        assert_eq!(latest_version(), 3);
     }
 }

@@ -36,6 +36,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "inbox",
         template: include_str!("../migrations/0002_inbox.sql"),
     },
+    Migration {
+        version: 3,
+        description: "inbox key holds",
+        template: include_str!("../migrations/0003_held_keys.sql"),
+    },
 ];
 
 impl SqliteOutbox {

@@ -29,11 +29,13 @@
 //! ```
 //!
 //! A store does the same with [`store::StoreFactory`] and [`store_suite!`].
+//! [`inbox`] does the same for an [`Inbox`](herald_core::Inbox) (`inbox_suite!`).
 //!
 //! [`sim`] holds the deterministic, seeded simulations' models (outbox, broker, queue, inbox)
 //! that the relay's and the consumer's `tests/simulation.rs` run the real engines against.
 
 pub mod env;
+pub mod inbox;
 pub mod sim;
 pub mod store;
 pub mod transport;
