@@ -18,4 +18,6 @@ pub use outbox::PgOutbox;
 pub use record::Along;
 pub use transaction::PgOutboxTx;
 
-pub use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+/// The sqlx this crate is built on, for the application's own queries (versions match).
+pub use sqlx;
+pub use sqlx::{PgConnection, PgPool, Postgres};

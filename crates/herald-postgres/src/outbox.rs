@@ -93,6 +93,19 @@ impl PgOutbox {
         )
     }
 
+    /// A handle on the same outbox with a pool of its own of at most `max_connections`
+    /// connections to the same database (same options, same scrubbed password), sharing this
+    /// handle's doorbell: [`with_pool`](Self::with_pool) without opening the pool yourself.
+    /// Connections are opened on first use.
+    pub fn with_pool_size(&self, max_connections: u32) -> Self {
+        let options = (*self.inner.pool.connect_options()).clone();
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(options);
+        self.with_pool(pool)
+    }
+
     /// Connects to `url` (`postgres://user:password@host/db`) with a pool of default size.
     ///
     /// A malformed URL is [`Error::Config`]; a server that cannot be reached is a transient

@@ -16,4 +16,6 @@ pub use config::SqliteOutboxConfig;
 pub use outbox::SqliteOutbox;
 pub use transaction::SqliteOutboxTx;
 
-pub use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
+/// The sqlx this crate is built on, for the application's own queries (versions match).
+pub use sqlx;
+pub use sqlx::{Sqlite, SqliteConnection, SqlitePool};

@@ -15,7 +15,7 @@ use std::error::Error;
 
 use herald::Uuid;
 use herald::domain::UnitOfWork;
-use herald::sqlite::{SqliteOutbox, SqliteOutboxConfig};
+use herald::{SqliteOutbox, SqliteOutboxConfig, sqlx};
 
 use application::{CreateOrder, CreateOrderError};
 use domain::OrderLine;
@@ -183,6 +183,7 @@ mod contracts {
 mod repository {
     use herald::domain::Transaction;
     use herald::sqlite::SqliteOutbox;
+    use herald::sqlx;
 
     use super::domain::Order;
 
@@ -229,6 +230,7 @@ mod repository {
 mod application {
     use herald::Uuid;
     use herald::domain::{DomainEnvelope, Origin, Registry, Transaction, UnitOfWork};
+    use herald::sqlx;
     use herald::sqlite::SqliteOutbox;
 
     use super::domain::{self, Order, OrderError, OrderLine};
