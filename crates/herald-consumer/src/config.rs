@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use herald_core::{Error, Result};
+use herald_core::{Error, Result, Retention};
 
 use crate::RetryPolicy;
 
@@ -17,30 +17,6 @@ pub enum UnhandledPolicy {
     /// Acknowledge it and log a warning with its id and the reason (counted in
     /// [`ConsumerSnapshot::unhandled`](crate::ConsumerSnapshot::unhandled)).
     Acknowledge,
-}
-
-/// Removal of old inbox records, off the hot path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InboxRetention {
-    /// Keep records this long (default 7 days). A message redelivered or replayed after its
-    /// record was removed runs its handler again, so keep them longer than any redelivery
-    /// or dead-letter replay you expect.
-    pub keep: Duration,
-    /// Prune this often (default 5 min).
-    pub every: Duration,
-    /// Most records deleted per statement (default 1,000); a prune runs statements until one
-    /// deletes fewer, pausing between them.
-    pub batch: usize,
-}
-
-impl Default for InboxRetention {
-    fn default() -> Self {
-        InboxRetention {
-            keep: Duration::from_secs(7 * 24 * 3600),
-            every: Duration::from_secs(300),
-            batch: 1_000,
-        }
-    }
 }
 
 /// How a consumer runs.
@@ -89,9 +65,11 @@ pub struct ConsumerConfig {
     /// leaves a PostgreSQL transaction unable to commit), only its own writes are rolled back,
     /// its outcome stands, and the others commit.
     pub transaction_batch: usize,
-    /// Removal of old inbox records (default: 7 days kept, pruned every 5 min); `None` leaves
-    /// them alone.
-    pub retention: Option<InboxRetention>,
+    /// Removal of old inbox records, off the hot path (default: 7 days kept, pruned every 5 min,
+    /// 1,000 records per statement, with a pause between statements); `None` leaves them
+    /// alone. A message redelivered or replayed after its record was removed runs its handler
+    /// again, so keep records longer than any redelivery or dead-letter replay you expect.
+    pub retention: Option<Retention>,
 }
 
 impl Default for ConsumerConfig {
@@ -108,7 +86,11 @@ impl Default for ConsumerConfig {
             on_unknown_version: UnhandledPolicy::default(),
             on_malformed: UnhandledPolicy::default(),
             transaction_batch: 32,
-            retention: Some(InboxRetention::default()),
+            retention: Some(Retention {
+                keep: Duration::from_secs(7 * 24 * 3600),
+                every: Duration::from_secs(300),
+                batch: 1_000,
+            }),
         }
     }
 }
@@ -147,12 +129,10 @@ impl ConsumerConfig {
                 "handler timeout must be positive (or None)".into(),
             ));
         }
-        if let Some(retention) = &self.retention
-            && (retention.batch == 0 || retention.every.is_zero())
-        {
-            return Err(Error::Config(
-                "inbox retention needs a positive batch and interval".into(),
-            ));
+        if let Some(retention) = &self.retention {
+            retention
+                .validate()
+                .map_err(|error| Error::Config(format!("consumer inbox {error}")))?;
         }
         Ok(())
     }
@@ -184,6 +164,15 @@ mod tests {
             },
             ConsumerConfig {
                 handler_timeout: Some(Duration::ZERO),
+                ..ConsumerConfig::default()
+            },
+            ConsumerConfig {
+                retention: Some(Retention {
+                    every: Duration::ZERO,
+                    ..ConsumerConfig::default()
+                        .retention
+                        .expect("pruned by default")
+                }),
                 ..ConsumerConfig::default()
             },
             ConsumerConfig {
