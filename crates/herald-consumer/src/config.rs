@@ -30,7 +30,9 @@ pub struct ConsumerConfig {
     /// handlers use a few per handler, one per group.
     pub concurrency: usize,
     /// Most deliveries held unsettled: running, waiting for a free slot, or waiting behind an
-    /// earlier message of their key (default 256). Also the subscription's broker prefetch.
+    /// earlier message of their key (default 256). The transport's prefetch is derived from it
+    /// (the subscription's [`SubscriptionSpec::prefetch`](herald_core::SubscriptionSpec)): set
+    /// it here, nowhere else.
     pub prefetch: usize,
     /// Most deliveries held back behind an earlier message of their key that is waiting for a
     /// delayed redelivery (default 64). Beyond that, later messages of such keys are given back
@@ -43,7 +45,10 @@ pub struct ConsumerConfig {
     /// through the queue's backlog again, or a competing consumer may have taken it. Set it
     /// above the time a message spends in your queue's backlog.
     pub redelivery_grace: Duration,
-    /// Retries of failed handler runs.
+    /// Retries of failed handler runs. The transport's cap on attempts is derived from it:
+    /// the subscription's [`max_attempts`](herald_core::SubscriptionSpec::max_attempts) is
+    /// `1 + retry.delayed`, so the transport never dead-letters a message the policy would
+    /// still retry.
     pub retry: RetryPolicy,
     /// Deadline of one handler run (default 30 s); `None` for none.
     pub handler_timeout: Option<Duration>,

@@ -58,8 +58,12 @@ impl<S: Subscriber> Consumer<S> {
             return Err(Error::Config("subscription name must not be empty".into()));
         }
         let metrics = ConsumerMetrics::default();
+        // The transport's prefetch and cap on attempts derive from this configuration, set
+        // nowhere else: a message that always fails is delivered once, then redelivered
+        // `retry.delayed` times, and the transport dead-letters a retry past that.
         let spec = SubscriptionSpec {
             prefetch: config.prefetch,
+            max_attempts: config.retry.delayed.saturating_add(1),
             ..SubscriptionSpec::new(subscription, router.event_types())
         };
         let (routes, pruners) = router.build(&config, &metrics)?;
