@@ -18,7 +18,7 @@ use herald_core::{Result, SubscriptionSpec};
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 
 pub use crate::config::{AmqpConfig, AmqpTls, ExchangeKind, QueueKind, QueueNames};
-pub use crate::dead_letters::AmqpDeadLetter;
+pub use crate::dead_letters::AmqpDeadLetterQueue;
 pub use crate::subscriber::AmqpStream;
 pub use crate::topology::Declaration;
 

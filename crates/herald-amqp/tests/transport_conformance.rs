@@ -4,8 +4,7 @@
 
 mod common;
 
-use herald_amqp::AmqpTransport;
-use herald_core::Envelope;
+use herald_amqp::{AmqpDeadLetterQueue, AmqpTransport};
 use herald_testkit::transport::TransportFactory;
 
 struct Rabbit;
@@ -19,18 +18,14 @@ impl TransportFactory for Rabbit {
         common::transport().await
     }
 
-    async fn dead_letters(
+    type DeadLetters = AmqpDeadLetterQueue;
+
+    fn dead_letter_queue(
         &self,
         transport: &AmqpTransport,
         subscription: &str,
-    ) -> Vec<(Envelope, String)> {
-        transport
-            .dead_letters(subscription, 100)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|dead| (dead.envelope.unwrap(), dead.error))
-            .collect()
+    ) -> AmqpDeadLetterQueue {
+        transport.dead_letter_queue(subscription).unwrap()
     }
 }
 

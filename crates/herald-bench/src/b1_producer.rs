@@ -1,7 +1,8 @@
 //! B1, producer overhead: a business transaction (insert one ~300-byte order row, commit)
 //! without and with recording one integration event in it, at concurrency 1 and 8. The event
-//! is recorded two ways: [`PgOutbox::record`] (a statement of its own) and
-//! [`PgOutbox::record_along`] (a `WITH` clause of the order's INSERT, no round trip of its own).
+//! is recorded two ways: [`PgOutboxTx::record`](herald_postgres::PgOutboxTx::record) (a
+//! statement of its own) and [`PgOutboxTx::record_along`](herald_postgres::PgOutboxTx::record_along)
+//! (a `WITH` clause of the order's INSERT, no round trip of its own).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -116,26 +117,27 @@ async fn slice(
         tasks.push(tokio::spawn(async move {
             let mut i = worker * 1_000_000;
             while Instant::now() < deadline {
-                let mut tx = outbox.pool().begin().await?;
                 let order = sqlx::query(sqlx::AssertSqlSafe(Arc::clone(&sql)))
                     .bind(format!("customer-{}", i % 997))
                     .bind(8997_i64)
                     .bind(&*body);
                 match mode {
                     Mode::Plain => {
+                        // The business transaction alone: no outbox, no wake-up.
+                        let mut tx = outbox.pool().begin().await?;
                         order.execute(&mut *tx).await?;
                         tx.commit().await?;
                     }
                     Mode::Record => {
+                        let mut tx = outbox.begin().await?;
                         order.execute(&mut *tx).await?;
-                        outbox.record(&mut tx, &fixture::event(i, 1000)).await?;
-                        outbox.commit(tx).await?;
+                        tx.record(&fixture::event(i, 1000)).await?;
+                        tx.commit().await?;
                     }
                     Mode::Along => {
-                        outbox
-                            .record_along(&mut tx, order, &fixture::event(i, 1000))
-                            .await?;
-                        outbox.commit(tx).await?;
+                        let mut tx = outbox.begin().await?;
+                        tx.record_along(order, &fixture::event(i, 1000)).await?;
+                        tx.commit().await?;
                     }
                 }
                 done.fetch_add(1, Ordering::Relaxed);

@@ -191,16 +191,13 @@ async fn load(
             Arc::clone(&committed),
         );
         tasks.spawn(async move {
-            let mut tx = outbox.pool().begin().await?;
+            let mut tx = outbox.begin().await?;
             let order = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(format!("customer-{}", i % 997))
                 .bind(8997_i64)
                 .bind(&*body);
-            let id = outbox
-                .record_along(&mut tx, order, &fixture::event(i, 1000))
-                .await?
-                .id;
-            outbox.commit(tx).await?;
+            let id = tx.record_along(order, &fixture::event(i, 1000)).await?.id;
+            tx.commit().await?;
             if let Ok(mut map) = committed.lock() {
                 map.insert(id, (tick, Instant::now()));
             }

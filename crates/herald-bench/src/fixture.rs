@@ -128,8 +128,8 @@ pub fn envelopes(n: usize, keys: usize) -> Result<Vec<Envelope>> {
 /// Records `envelopes` into `outbox`, 1 000 per transaction.
 pub async fn prefill(outbox: &PgOutbox, envelopes: &[Envelope]) -> Result<()> {
     for chunk in envelopes.chunks(1000) {
-        let mut tx = outbox.pool().begin().await?;
-        outbox.record_all(&mut tx, chunk).await?;
+        let mut tx = outbox.begin().await?;
+        tx.record_all(chunk).await?;
         tx.commit().await?;
     }
     Ok(())

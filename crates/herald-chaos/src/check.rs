@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use herald_amqp::AmqpTransport;
-use herald_core::OutboxAdmin;
+use herald_core::{DeadLetters, OutboxAdmin, Page};
 use herald_postgres::PgOutbox;
 use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
@@ -92,7 +92,10 @@ pub async fn settled(
     if stats.pending + stats.retrying + stats.in_flight > 0 {
         return Ok(false);
     }
-    let dead = transport.dead_letters(queue, 1_000_000).await?;
+    let dead = transport
+        .dead_letter_queue(queue)?
+        .dead_letters(Page::first(1_000_000))
+        .await?;
     Ok(dead.len() as i64 >= poison)
 }
 
@@ -171,7 +174,10 @@ pub async fn check(
         ));
     }
 
-    let dead = transport.dead_letters(queue, 1_000_000).await?;
+    let dead = transport
+        .dead_letter_queue(queue)?
+        .dead_letters(Page::first(1_000_000))
+        .await?;
     let mut dead_ids = HashSet::new();
     let poison: HashSet<Uuid> = produced
         .iter()
@@ -183,8 +189,12 @@ pub async fn check(
         match id {
             Some(id)
                 if poison.contains(&id)
-                    && !letter.error.is_empty()
-                    && !letter.reason.is_empty() =>
+                    && !letter.reason.is_empty()
+                    && letter
+                        .raw
+                        .headers
+                        .get("x-herald-dead-letter-reason")
+                        .is_some_and(|kind| !kind.is_empty()) =>
             {
                 dead_ids.insert(id);
             }

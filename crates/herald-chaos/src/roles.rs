@@ -189,7 +189,7 @@ async fn record(
     steps: &[Step],
     envelopes: &[Envelope],
 ) -> Result<()> {
-    let mut tx = outbox.pool().begin().await?;
+    let mut tx = outbox.begin().await?;
     for (step, envelope) in steps.iter().zip(envelopes) {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO {produced} (event_id, key, n, poison) VALUES ($1, $2, $3, $4)"
@@ -201,8 +201,8 @@ async fn record(
         .execute(&mut *tx)
         .await?;
     }
-    outbox.record_all(&mut tx, envelopes).await?;
-    outbox.commit(tx).await?;
+    tx.record_all(envelopes).await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -240,7 +240,7 @@ pub async fn relay(args: RelayArgs) -> Result<()> {
     };
     let relay = Relay::new(outbox.clone(), transport, config)?;
     let shutdown = CancellationToken::new();
-    let _listener = outbox.listen(shutdown.clone());
+    let _listener = outbox.watch_commits(shutdown.clone()).await?;
     tokio::spawn(report_stats(
         outbox.clone(),
         format!("\"{}\".relay_stats", common.names().schema()),

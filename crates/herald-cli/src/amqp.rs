@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use herald_amqp::{AmqpTransport, Declaration, ExchangeKind, QueueKind};
-use herald_core::SubscriptionSpec;
+use herald_amqp::{AmqpDeadLetterQueue, AmqpTransport, Declaration, ExchangeKind, QueueKind};
+use herald_core::{DeadLetters, Page, Selection, SubscriptionSpec, Uuid};
 
+use crate::outbox::describe;
 use crate::transport::{amqp_config, is_amqp};
 
 #[derive(Subcommand)]
@@ -15,6 +16,118 @@ pub enum AmqpCommand {
     /// dead-letter exchange and queue and its delay queues. Idempotent; a declaration that
     /// contradicts what exists is an error naming it.
     Declare(DeclareArgs),
+    /// List a subscription's dead letters (its `NAME.dlq`), oldest first, without consuming
+    /// them.
+    DeadLetters {
+        #[command(flatten)]
+        queue: DeadLetterQueueArgs,
+        /// Most messages to show.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Messages to skip (the next page: `--offset` = the previous page's limit).
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+    },
+    /// Publish a subscription's dead letters back to its queue, as first attempts.
+    Replay {
+        #[command(flatten)]
+        queue: DeadLetterQueueArgs,
+        /// The event id to replay.
+        id: Option<Uuid>,
+        /// Replay every dead letter.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// Delete a subscription's dead letters for good.
+    Purge {
+        #[command(flatten)]
+        queue: DeadLetterQueueArgs,
+        /// The event id to delete.
+        id: Option<Uuid>,
+        /// Delete every dead letter.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+}
+
+/// Which subscription's dead letters.
+#[derive(Args)]
+pub struct DeadLetterQueueArgs {
+    /// Broker URL: `amqp://user:password@host:5672/vhost` or `amqps://…`.
+    #[arg(long, env = "HERALD_TRANSPORT")]
+    transport: String,
+    /// The subscription (queue) name.
+    #[arg(long)]
+    subscription: String,
+}
+
+impl DeadLetterQueueArgs {
+    async fn open(&self) -> Result<AmqpDeadLetterQueue> {
+        if !is_amqp(&self.transport) {
+            bail!(
+                "`--transport {}` is not an amqp:// or amqps:// URL",
+                herald_core::redact::redact_url(&self.transport)
+            );
+        }
+        let transport = AmqpTransport::lazy(amqp_config(&self.transport)?)?;
+        Ok(transport.dead_letter_queue(&self.subscription)?)
+    }
+}
+
+/// One dead letter or all of them.
+fn selection(id: Option<Uuid>, all: bool) -> Result<Selection> {
+    match (id, all) {
+        (Some(id), false) => Ok(Selection::One(id)),
+        (None, true) => Ok(Selection::All),
+        _ => bail!("name a dead letter's id, or pass --all"),
+    }
+}
+
+pub async fn run(command: AmqpCommand) -> Result<()> {
+    match command {
+        AmqpCommand::Declare(args) => declare(args).await,
+        AmqpCommand::DeadLetters {
+            queue,
+            limit,
+            offset,
+        } => {
+            let dead = queue
+                .open()
+                .await?
+                .dead_letters(Page { offset, limit })
+                .await?;
+            if dead.is_empty() {
+                println!("no dead letters");
+            }
+            for d in &dead {
+                println!("{}", describe(d));
+            }
+            Ok(())
+        }
+        AmqpCommand::Replay { queue, id, all } => {
+            let which = selection(id, all)?;
+            let n = queue
+                .open()
+                .await?
+                .replay(which)
+                .await
+                .context("replay failed")?;
+            if let (Selection::One(id), 0) = (which, n) {
+                bail!("no dead letter with id {id}");
+            }
+            println!("replayed {n} dead letter(s)");
+            Ok(())
+        }
+        AmqpCommand::Purge { queue, id, all } => {
+            let which = selection(id, all)?;
+            let n = queue.open().await?.purge(which).await?;
+            if let (Selection::One(id), 0) = (which, n) {
+                bail!("no dead letter with id {id}");
+            }
+            println!("purged {n} dead letter(s)");
+            Ok(())
+        }
+    }
 }
 
 #[derive(Args)]
@@ -48,8 +161,7 @@ pub struct DeclareArgs {
     dry_run: bool,
 }
 
-pub async fn run(command: AmqpCommand) -> Result<()> {
-    let AmqpCommand::Declare(args) = command;
+async fn declare(args: DeclareArgs) -> Result<()> {
     if !is_amqp(&args.transport) {
         bail!(
             "`--transport {}` is not an amqp:// or amqps:// URL",

@@ -171,13 +171,13 @@ async fn seed(store: &AnyStore, events: usize, keys: usize) -> Result<()> {
         if batch.len() == 1000 || i + 1 == events {
             match store {
                 AnyStore::Postgres(pg) => {
-                    let mut tx = pg.pool().begin().await?;
-                    pg.record_all(&mut tx, &batch).await?;
+                    let mut tx = pg.begin().await?;
+                    tx.record_all(&batch).await?;
                     tx.commit().await?;
                 }
                 AnyStore::Sqlite(sq) => {
-                    let mut tx = sq.pool().begin().await?;
-                    sq.record_all(&mut tx, &batch).await?;
+                    let mut tx = sq.begin().await?;
+                    tx.record_all(&batch).await?;
                     tx.commit().await?;
                 }
             }

@@ -4,7 +4,8 @@
 //! herald demo                       ordering → outbox → relay → broker → inventory, on SQLite
 //! herald migrate  --database URL    create or upgrade the outbox tables
 //! herald relay    --database URL    run the outbox relay
-//! herald outbox   status | dead-letters | replay <ID>|--all | purge --dead-letters
+//! herald outbox   status | dead-letters | replay <ID>|--all | purge --dead-letters [--id ID]
+//! herald amqp     declare | dead-letters | replay <ID>|--all | purge <ID>|--all
 //! herald bench relay                drain a pre-filled outbox and report events per second
 //! ```
 

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use herald_core::{OffsetDateTime, OutboxAdmin, Replay, Uuid};
+use herald_core::{DeadLetter, DeadLetters, OffsetDateTime, OutboxAdmin, Page, Selection, Uuid};
 
 use crate::DatabaseArgs;
 use crate::store::AnyStore;
@@ -16,6 +16,9 @@ pub enum OutboxCommand {
         /// Most rows to show.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Rows to skip (the next page: `--offset` = the previous page's limit).
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
     },
     /// Put dead letters back into the outbox.
     Replay {
@@ -27,9 +30,12 @@ pub enum OutboxCommand {
     },
     /// Delete data for good.
     Purge {
-        /// Delete every dead letter.
+        /// Delete dead letters: every one, or only those of `--id`.
         #[arg(long)]
         dead_letters: bool,
+        /// Delete only the dead letter of this event id.
+        #[arg(long, requires = "dead_letters")]
+        id: Option<Uuid>,
     },
 }
 
@@ -52,43 +58,72 @@ pub async fn run(database: &DatabaseArgs, command: OutboxCommand) -> Result<()> 
             println!("{:<22}{:>12}", "archived", stats.archived);
             println!("{:<22}{:>12}", "oldest pending age", age);
         }
-        OutboxCommand::DeadLetters { limit } => {
-            let dead = store.dead_letters(limit).await?;
+        OutboxCommand::DeadLetters { limit, offset } => {
+            let dead = store.dead_letters(Page { offset, limit }).await?;
             if dead.is_empty() {
                 println!("no dead letters");
             }
-            for d in dead {
-                println!(
-                    "{}  {}  v{}  key={}  attempts={}  at={}\n    error: {}",
-                    d.envelope.id,
-                    d.envelope.event_type,
-                    d.envelope.version,
-                    d.envelope.partition_key.as_deref().unwrap_or("-"),
-                    d.attempts,
-                    d.dead_lettered_at,
-                    d.last_error
-                );
+            for d in &dead {
+                println!("{}", describe(d));
             }
         }
         OutboxCommand::Replay { id, all } => {
             let which = match (id, all) {
-                (Some(id), false) => Replay::One(id),
-                (None, true) => Replay::All,
+                (Some(id), false) => Selection::One(id),
+                (None, true) => Selection::All,
                 _ => bail!("name a dead letter's id, or pass --all"),
             };
             let n = store.replay(which).await.context("replay failed")?;
-            if let (Replay::One(id), 0) = (which, n) {
+            if let (Selection::One(id), 0) = (which, n) {
                 bail!("no dead letter with id {id}");
             }
             println!("replayed {n} dead letter(s)");
         }
-        OutboxCommand::Purge { dead_letters } => {
+        OutboxCommand::Purge { dead_letters, id } => {
             if !dead_letters {
                 bail!("say what to purge: --dead-letters");
             }
-            let n = store.purge_dead_letters().await?;
+            let which = id.map_or(Selection::All, Selection::One);
+            let n = store.purge(which).await?;
+            if let (Selection::One(id), 0) = (which, n) {
+                bail!("no dead letter with id {id}");
+            }
             println!("purged {n} dead letter(s)");
         }
     }
     Ok(())
+}
+
+/// Two lines about a dead letter: what, when and after how many attempts; then why. One that no
+/// longer decodes shows its raw columns instead of the envelope's.
+pub(crate) fn describe(d: &DeadLetter) -> String {
+    let id = d.id.map_or_else(|| "-".to_owned(), |id| id.to_string());
+    let at = d
+        .dead_lettered_at
+        .map_or_else(|| "-".to_owned(), |at| at.to_string());
+    let what = match &d.envelope {
+        Some(e) => format!(
+            "{}  v{}  key={}",
+            e.event_type,
+            e.version,
+            e.partition_key.as_deref().unwrap_or("-")
+        ),
+        None => {
+            let raw: Vec<String> = d
+                .raw
+                .headers
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect();
+            format!(
+                "(does not decode)  {}  payload={} bytes",
+                raw.join("  "),
+                d.raw.payload.len()
+            )
+        }
+    };
+    format!(
+        "{id}  {what}  attempts={}  at={at}\n    error: {}",
+        d.attempts, d.reason
+    )
 }

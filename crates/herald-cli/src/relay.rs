@@ -111,9 +111,10 @@ pub async fn drive(
         // Messages go to the queues consumers (or `herald amqp declare`) bound.
         AnyTransport::Amqp(_) => None,
     };
+    // Commits of other processes wake the relays at once (NOTIFY, or the file's commit counter).
     let listener = match &store {
-        AnyStore::Postgres(pg) => Some(pg.listen(shutdown.clone())),
-        AnyStore::Sqlite(_) => None,
+        AnyStore::Postgres(pg) => pg.watch_commits(shutdown.clone()).await?,
+        AnyStore::Sqlite(sqlite) => sqlite.watch_commits(shutdown.clone()).await?,
     };
 
     let started = Instant::now();
@@ -150,9 +151,7 @@ pub async fn drive(
         relay.await??;
     }
     let elapsed = started.elapsed();
-    if let Some(listener) = listener {
-        listener.await?;
-    }
+    listener.await?;
     transport.close().await;
     if let Some(consumed) = consumed {
         let _ = consumed.await;

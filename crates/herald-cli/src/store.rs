@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use herald_core::{
-    ClaimRequest, ClaimedEvent, Completion, DeadLetter, Failure, OutboxAdmin, OutboxStats,
-    OutboxStore, Replay, Result, Seq, Signal, Uuid,
+    ClaimRequest, ClaimedEvent, Completion, DeadLetter, DeadLetters, Failure, OutboxAdmin,
+    OutboxStats, OutboxStore, Page, Result, Selection, Seq, Signal, Uuid,
 };
 use herald_postgres::{PgOutbox, PgOutboxConfig};
 use herald_sqlite::{SqliteOutbox, SqliteOutboxConfig};
@@ -126,25 +126,27 @@ impl OutboxAdmin for AnyStore {
             AnyStore::Sqlite(s) => s.stats().await,
         }
     }
+}
 
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+impl DeadLetters for AnyStore {
+    async fn dead_letters(&self, page: Page) -> Result<Vec<DeadLetter>> {
         match self {
-            AnyStore::Postgres(s) => s.dead_letters(limit).await,
-            AnyStore::Sqlite(s) => s.dead_letters(limit).await,
+            AnyStore::Postgres(s) => s.dead_letters(page).await,
+            AnyStore::Sqlite(s) => s.dead_letters(page).await,
         }
     }
 
-    async fn replay(&self, which: Replay) -> Result<u64> {
+    async fn replay(&self, which: Selection) -> Result<u64> {
         match self {
             AnyStore::Postgres(s) => s.replay(which).await,
             AnyStore::Sqlite(s) => s.replay(which).await,
         }
     }
 
-    async fn purge_dead_letters(&self) -> Result<u64> {
+    async fn purge(&self, which: Selection) -> Result<u64> {
         match self {
-            AnyStore::Postgres(s) => s.purge_dead_letters().await,
-            AnyStore::Sqlite(s) => s.purge_dead_letters().await,
+            AnyStore::Postgres(s) => s.purge(which).await,
+            AnyStore::Sqlite(s) => s.purge(which).await,
         }
     }
 }

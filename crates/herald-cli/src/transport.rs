@@ -3,7 +3,8 @@
 use anyhow::{Result, bail};
 use herald_amqp::{AmqpConfig, AmqpStream, AmqpTransport};
 use herald_core::{
-    Delivery, DeliveryStream, Envelope, Error, Publisher, Subscriber, SubscriptionSpec,
+    DeadLetter, DeadLetters, Delivery, DeliveryStream, Envelope, Error, Page, Publisher,
+    Subscriber, SubscriptionSpec,
 };
 use herald_memory::{MemoryStream, MemoryTransport};
 
@@ -14,15 +15,6 @@ pub enum AnyTransport {
     Memory(MemoryTransport),
     /// RabbitMQ.
     Amqp(AmqpTransport),
-}
-
-/// A dead letter as any transport reports it.
-#[derive(Debug, Clone)]
-pub struct DeadMessage {
-    /// The message.
-    pub envelope: Envelope,
-    /// Why it was given up on.
-    pub reason: String,
 }
 
 impl AnyTransport {
@@ -65,31 +57,20 @@ impl AnyTransport {
         Ok(())
     }
 
-    /// The dead letters of a subscription.
-    pub async fn dead_letters(&self, subscription: &str) -> Result<Vec<DeadMessage>> {
-        match self {
-            AnyTransport::Memory(t) => Ok(t
-                .dead_letters(subscription)
-                .into_iter()
-                .map(|d| DeadMessage {
-                    envelope: d.envelope,
-                    reason: d.reason,
-                })
-                .collect()),
-            AnyTransport::Amqp(t) => Ok(t
-                .dead_letters(subscription, 10_000)
-                .await?
-                .into_iter()
-                .filter_map(|d| {
-                    let reason = if d.error.is_empty() {
-                        d.reason
-                    } else {
-                        d.error
-                    };
-                    d.envelope.map(|envelope| DeadMessage { envelope, reason })
-                })
-                .collect()),
-        }
+    /// The dead letters of a subscription, oldest first.
+    pub async fn dead_letters(&self, subscription: &str) -> Result<Vec<DeadLetter>> {
+        Ok(match self {
+            AnyTransport::Memory(t) => {
+                t.dead_letter_queue(subscription)
+                    .dead_letters(Page::ALL)
+                    .await?
+            }
+            AnyTransport::Amqp(t) => {
+                t.dead_letter_queue(subscription)?
+                    .dead_letters(Page::first(10_000))
+                    .await?
+            }
+        })
     }
 
     /// Closes the connection; open streams end.

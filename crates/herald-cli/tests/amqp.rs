@@ -134,3 +134,68 @@ fn demo_runs_end_to_end_on_rabbitmq() {
     );
     assert!(!all.contains(":guest@"), "password printed:\n{all}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_dead_letters_are_listed_replayed_and_purged() {
+    use herald_core::{DeliveryStream, Publisher, Subscriber, SubscriptionSpec};
+
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let url = amqp_url();
+    let mut config = herald_amqp::AmqpConfig::new(url.clone());
+    config.exchange = format!("herald-cli-test-{id}");
+    let transport = herald_amqp::AmqpTransport::connect(config).await.unwrap();
+    let name = format!("herald-cli-test-dead-{id}");
+    let mut stream = transport
+        .subscribe(&SubscriptionSpec::new(name.clone(), Vec::<String>::new()))
+        .await
+        .unwrap();
+    let envelope = herald_testkit::envelope("cli", 0);
+    transport.publish(std::slice::from_ref(&envelope)).await[0]
+        .as_ref()
+        .unwrap();
+    let delivery = stream.next().await.unwrap().unwrap();
+    delivery.reject("no such account").await.unwrap();
+    let queue = ["--transport", url.as_str(), "--subscription", name.as_str()];
+    let amqp = |command: &str, rest: &[&str]| -> Output {
+        let args: Vec<&str> = ["amqp", command]
+            .iter()
+            .chain(&queue)
+            .chain(rest)
+            .copied()
+            .collect();
+        herald(&args)
+    };
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let listed = loop {
+        let out = amqp("dead-letters", &[]);
+        let all = text(&out);
+        assert!(out.status.success(), "{all}");
+        if !all.contains("no dead letters") || std::time::Instant::now() > deadline {
+            break all;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(listed.contains(&envelope.id.to_string()), "{listed}");
+    assert!(listed.contains("no such account"), "{listed}");
+
+    let out = amqp("replay", &["--all"]);
+    assert!(text(&out).contains("replayed 1"), "{}", text(&out));
+    let again = stream.next().await.unwrap().unwrap();
+    assert_eq!((again.envelope.id, again.attempt), (envelope.id, 1));
+    again.reject("still no such account").await.unwrap();
+
+    let id_text = envelope.id.to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = amqp("purge", &[&id_text]);
+        if out.status.success() || std::time::Instant::now() > deadline {
+            assert!(text(&out).contains("purged 1"), "{}", text(&out));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let out = amqp("dead-letters", &[]);
+    assert!(text(&out).contains("no dead letters"), "{}", text(&out));
+    transport.delete_subscription(&name).await.unwrap();
+}

@@ -77,6 +77,18 @@ pub struct ConsumerConfig {
     pub retention: Option<Retention>,
 }
 
+impl ConsumerConfig {
+    /// How long past its due time a key hold (a message away for a delayed retry, recorded in
+    /// a transactional inbox) stops holding its key: four times `redelivery_grace`, at least
+    /// 10 min. Generous on purpose: a hold outlives its message only if the message was lost
+    /// (purged from a delay queue by an operator, say).
+    pub(crate) fn hold_stale_after(&self) -> Duration {
+        self.redelivery_grace
+            .saturating_mul(4)
+            .max(Duration::from_secs(600))
+    }
+}
+
 impl Default for ConsumerConfig {
     fn default() -> Self {
         ConsumerConfig {

@@ -66,7 +66,7 @@ impl<S: Subscriber> Consumer<S> {
             max_attempts: config.retry.delayed.saturating_add(1),
             ..SubscriptionSpec::new(subscription, router.event_types())
         };
-        let (routes, pruners) = router.build(&config, &metrics)?;
+        let (routes, pruners) = router.build(&spec.name, &config, &metrics)?;
         Ok(Consumer {
             subscriber,
             spec,

@@ -3,9 +3,11 @@
 
 use std::ops::Deref;
 use std::sync::Arc;
+use std::time::Duration;
 
 use herald_core::{
-    Envelope, Event, Headers, Metadata, OffsetDateTime, TraceContext, TransactionalOutbox, Uuid,
+    Envelope, Event, Headers, Metadata, OffsetDateTime, OutboxTransaction, TraceContext,
+    TransactionalOutbox, Uuid,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +23,11 @@ pub struct Context {
     retry: u32,
     cancellation: CancellationToken,
     duplicate: bool,
+    /// The consumer (subscription) whose per-key order the run keeps, once the router set it.
+    consumer: Option<Arc<str>>,
+    /// Set when the inbox found the message's key held for another message, away for a
+    /// delayed retry: that message, and how long until it is due back.
+    held: Option<(Uuid, Duration)>,
 }
 
 impl Context {
@@ -39,6 +46,8 @@ impl Context {
             retry: 0,
             cancellation,
             duplicate: false,
+            consumer: None,
+            held: None,
         }
     }
 
@@ -145,6 +154,38 @@ impl Context {
     pub(crate) fn mark_duplicate(&mut self) {
         self.duplicate = true;
     }
+
+    pub(crate) fn set_consumer(&mut self, consumer: Arc<str>) {
+        self.consumer = Some(consumer);
+    }
+
+    /// The consumer and the partition key whose order this run keeps, if both are known.
+    pub(crate) fn order_key(&self) -> Option<(&str, &str)> {
+        Some((
+            self.consumer.as_deref()?,
+            self.envelope.partition_key.as_deref()?,
+        ))
+    }
+
+    /// The consumer and key whose hold this message may have (it was delivered before: a
+    /// delayed retry, or a redelivery after its consumer went away); `None` for a first
+    /// delivery, which holds nothing.
+    pub(crate) fn own_hold(&self) -> Option<(&str, &str)> {
+        if self.attempt > 1 || self.redelivered {
+            self.order_key()
+        } else {
+            None
+        }
+    }
+
+    /// The inbox found the key held by `by`, due back in `due_in`: the handler did not run.
+    pub(crate) fn mark_held(&mut self, by: Uuid, due_in: Duration) {
+        self.held = Some((by, due_in));
+    }
+
+    pub(crate) fn held(&self) -> Option<(Uuid, Duration)> {
+        self.held
+    }
 }
 
 /// The context of a handler run in transactional mode: everything [`Context`] has (through
@@ -224,9 +265,7 @@ impl<O: TransactionalOutbox> TxContext<O> {
             ..metadata
         };
         let envelope = Envelope::from_event(event, metadata)?;
-        self.outbox
-            .record_envelopes(&mut self.tx, std::slice::from_ref(&envelope))
-            .await?;
+        self.tx.record_all(std::slice::from_ref(&envelope)).await?;
         self.recorded += 1;
         Ok(envelope.id)
     }

@@ -37,6 +37,9 @@ use crate::{ConsumerMetrics, Outcome, UnhandledPolicy};
 /// How much later than the away message a deferred one is asked back.
 const DEFER_MARGIN: Duration = Duration::from_millis(50);
 
+/// How long a delivery whose key could not be held waits before it goes back to the broker.
+const HOLD_FAILED_PAUSE: Duration = Duration::from_secs(1);
+
 /// A delivery taken from the stream, with the prefetch credit it holds until settled.
 pub(crate) struct Job {
     pub(crate) delivery: Delivery,
@@ -86,6 +89,17 @@ pub(crate) struct Finished {
     id: Uuid,
     /// Set when the message was sent for a delayed redelivery: how long it stays away.
     redeliver_after: Option<Duration>,
+    /// Set when the inbox found its key held by another message (away for a delayed retry,
+    /// due back in the duration): the delivery, unsettled and not handled, goes back to its
+    /// lane behind that message.
+    held: Option<Held>,
+}
+
+/// A delivery whose key the inbox found held by another message.
+struct Held {
+    by: Uuid,
+    due_in: Duration,
+    job: Box<Job>,
 }
 
 /// Settings of a [`Dispatcher`].
@@ -296,18 +310,41 @@ impl Dispatcher {
         if let Some(key) = key {
             if let Some(lane) = self.lanes.get_mut(&key) {
                 lane.busy = false;
-                if let Some(Finished {
-                    id,
-                    redeliver_after: Some(after),
-                    ..
-                }) = finished
-                {
+                let grace = self.limits.redelivery_grace;
+                let away = |id, after: Duration| {
                     let now = Instant::now();
-                    lane.slots.push_front(Slot::Away(Away {
+                    Slot::Away(Away {
                         id,
                         back_at: later(now, after),
-                        give_up_at: later(now, after.saturating_add(self.limits.redelivery_grace)),
-                    }));
+                        give_up_at: later(now, after.saturating_add(grace)),
+                    })
+                };
+                match finished {
+                    Some(Finished {
+                        held: Some(Held { by, due_in, job }),
+                        ..
+                    }) => {
+                        // Back in its place, behind the message holding the key: where the
+                        // lane has that one already (back, or away), or away until its due
+                        // time.
+                        lane.slots.push_front(Slot::Here(job));
+                        let first = lane
+                            .slots
+                            .iter()
+                            .position(|slot| match slot {
+                                Slot::Here(job) => job.delivery.envelope.id == by,
+                                Slot::Away(away) => away.id == by,
+                            })
+                            .and_then(|position| lane.slots.remove(position))
+                            .unwrap_or_else(|| away(by, due_in));
+                        lane.slots.push_front(first);
+                    }
+                    Some(Finished {
+                        id,
+                        redeliver_after: Some(after),
+                        ..
+                    }) => lane.slots.push_front(away(id, after)),
+                    _ => {}
                 }
             }
             self.advance(&key);
@@ -373,7 +410,12 @@ async fn work(
     let attempt = delivery.attempt.max(1);
     let envelope = Arc::new(delivery.envelope.clone());
     let (routed, duplicates) = routes
-        .route(envelope, attempt, delivery.redelivered, &cancellation)
+        .route(
+            envelope.clone(),
+            attempt,
+            delivery.redelivered,
+            &cancellation,
+        )
         .await;
     for _ in 0..duplicates {
         metrics.duplicate();
@@ -384,10 +426,34 @@ async fn work(
             (Settlement::Ack, None)
         }
         Routed::Handled(Outcome::Retry { after, reason }) => {
-            metrics.redelivery();
             // The lane holds the key for as long as the transport really keeps the message
             // away (a delay queue may round the delay up), not only for what was asked.
             let away = delivery.effective_delay(after);
+            // Before the retry is sent, the key's hold is committed: a consumer that starts
+            // while the message is away keeps its key's order too.
+            if let Err(error) = routes.hold(&envelope, away).await {
+                tracing::warn!(
+                    message_id = %id,
+                    error = %error.chain(),
+                    "holding the key of a message sent for a delayed retry failed; the message is given back to the broker instead"
+                );
+                // Unsettled, it is requeued at the head of the queue: nothing of its key
+                // passes it, and the lane waits for it. After a pause: the database is likely
+                // down, and the message would only fail again at once.
+                tokio::select! {
+                    () = cancellation.cancelled() => {}
+                    () = tokio::time::sleep(HOLD_FAILED_PAUSE) => {}
+                }
+                drop(delivery);
+                drop(credit);
+                return Finished {
+                    key,
+                    id,
+                    redeliver_after: Some(Duration::ZERO),
+                    held: None,
+                };
+            }
+            metrics.redelivery();
             (
                 Settlement::Retry {
                     delay: after,
@@ -397,8 +463,32 @@ async fn work(
             )
         }
         Routed::Handled(Outcome::Reject { reason }) => {
+            // A message that may have been away for a delayed retry leaves its key's hold.
+            if (delivery.attempt > 1 || delivery.redelivered)
+                && let Err(error) = routes.release(&envelope).await
+            {
+                tracing::warn!(
+                    message_id = %id,
+                    error = %error.chain(),
+                    "releasing the key hold of a dead-lettered message failed; its key waits until the hold is stale"
+                );
+            }
             metrics.dead_lettered();
             (Settlement::Reject { reason }, None)
+        }
+        Routed::Held { by, due_in } => {
+            // Not handled and not settled: its lane keeps it behind the holding message.
+            tracing::debug!(message_id = %id, held_by = %by, ?due_in, "key held by a message away for a delayed retry; waiting behind it");
+            return Finished {
+                key,
+                id,
+                redeliver_after: None,
+                held: Some(Held {
+                    by,
+                    due_in,
+                    job: Box::new(Job { delivery, credit }),
+                }),
+            };
         }
         Routed::Unhandled {
             reason,
@@ -426,5 +516,6 @@ async fn work(
         key,
         id,
         redeliver_after,
+        held: None,
     }
 }

@@ -99,6 +99,30 @@ pub(crate) trait Endpoint: Send + Sync + 'static {
 
     /// Takes the consumer's settings, once, before the first call.
     fn configure(&self, _config: &crate::ConsumerConfig) {}
+
+    /// Holds `key` of `consumer` in the endpoint's inbox for message `id`, away for a delayed
+    /// retry and due back in `back_in` ([`herald_core::Inbox::hold_key`]); `None` for an
+    /// endpoint that keeps no holds (no transactional inbox).
+    fn hold<'a>(
+        &'a self,
+        _consumer: &'a str,
+        _key: &'a str,
+        _id: herald_core::Uuid,
+        _back_in: std::time::Duration,
+    ) -> Option<BoxFuture<'a, herald_core::Result<()>>> {
+        None
+    }
+
+    /// Removes that hold ([`herald_core::Inbox::release_key`]); `None` as for
+    /// [`hold`](Self::hold).
+    fn release<'a>(
+        &'a self,
+        _consumer: &'a str,
+        _key: &'a str,
+        _id: herald_core::Uuid,
+    ) -> Option<BoxFuture<'a, herald_core::Result<()>>> {
+        None
+    }
 }
 
 /// Decodes the context's envelope as `E`. The router checked decodability before any handler

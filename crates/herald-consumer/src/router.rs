@@ -2,8 +2,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use herald_core::{BoxFuture, Envelope, Event, Inbox, Result};
+use herald_core::{BoxFuture, Envelope, Event, Inbox, Result, Uuid};
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::{Endpoint, Plain};
@@ -164,6 +165,7 @@ impl Router {
     /// The handlers wrapped in their layers, ready to route; the inbox stores to prune.
     pub(crate) fn build(
         self,
+        consumer: &str,
         config: &ConsumerConfig,
         metrics: &ConsumerMetrics,
     ) -> Result<(Routes, Vec<Arc<dyn Pruner>>)> {
@@ -204,6 +206,7 @@ impl Router {
                 .push((r.name, Chain::new(layers.clone(), r.endpoint)));
         }
         let routes = Routes {
+            consumer: consumer.into(),
             types,
             on_unknown_type: config.on_unknown_type,
             on_unknown_version: config.on_unknown_version,
@@ -223,10 +226,15 @@ pub(crate) enum Routed {
         reason: String,
         policy: UnhandledPolicy,
     },
+    /// A transactional inbox found its key held for another message, away for a delayed
+    /// retry and due back in `due_in`: not handled, it must wait behind that one.
+    Held { by: Uuid, due_in: Duration },
 }
 
 /// The router, built: handler chains by event type and version.
 pub(crate) struct Routes {
+    /// The consumer's subscription: the scope of its key holds.
+    consumer: Arc<str>,
     types: HashMap<String, Vec<VersionRoute>>,
     on_unknown_type: UnhandledPolicy,
     on_unknown_version: UnhandledPolicy,
@@ -282,6 +290,7 @@ impl Routes {
                 redelivered,
                 cancellation.clone(),
             );
+            ctx.set_consumer(self.consumer.clone());
             let outcome = match chain.run(&mut ctx).await {
                 Ok(outcome) => outcome,
                 // The retry layer turns every error into an outcome; should one get through,
@@ -290,6 +299,11 @@ impl Routes {
             };
             if ctx.is_duplicate() {
                 duplicates += 1;
+            }
+            if let Some((by, due_in)) = ctx.held() {
+                // The handlers before this one committed (or were duplicates): they find their
+                // records when the message comes back.
+                return (Routed::Held { by, due_in }, duplicates);
             }
             match outcome {
                 Outcome::Done => {}
@@ -308,6 +322,45 @@ impl Routes {
             Outcome::Done
         };
         (Routed::Handled(outcome), duplicates)
+    }
+
+    /// Holds the key of `envelope` in the inbox of each transactional handler of its type
+    /// ([`Inbox::hold_key`]): it is away for a delayed retry, due back in `back_in`. Does
+    /// nothing for a message without a key or without such handlers.
+    pub(crate) async fn hold(&self, envelope: &Envelope, back_in: Duration) -> Result<()> {
+        let Some(key) = envelope.partition_key.as_deref() else {
+            return Ok(());
+        };
+        for (_, chain) in self.handlers(envelope) {
+            if let Some(hold) = chain
+                .endpoint()
+                .hold(&self.consumer, key, envelope.id, back_in)
+            {
+                hold.await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes those holds (the message was dead-lettered).
+    pub(crate) async fn release(&self, envelope: &Envelope) -> Result<()> {
+        let Some(key) = envelope.partition_key.as_deref() else {
+            return Ok(());
+        };
+        for (_, chain) in self.handlers(envelope) {
+            if let Some(release) = chain.endpoint().release(&self.consumer, key, envelope.id) {
+                release.await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The handlers of `envelope`'s type and version.
+    fn handlers(&self, envelope: &Envelope) -> &[(Arc<str>, Chain)] {
+        self.types
+            .get(&envelope.event_type)
+            .and_then(|versions| versions.iter().find(|v| v.version == envelope.version))
+            .map_or(&[], |route| route.handlers.as_slice())
     }
 
     fn unhandled(&self, reason: String, policy: UnhandledPolicy) -> Routed {

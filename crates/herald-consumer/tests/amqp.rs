@@ -16,7 +16,7 @@ use herald_consumer::{
     Consumer, ConsumerConfig, Context, Handler, HandlerError, HandlerResult, Outcome, Router,
     TxContext,
 };
-use herald_core::{Envelope, Publisher, Uuid};
+use herald_core::{DeadLetters, Envelope, Page, Publisher, Uuid};
 use herald_sqlite::SqliteOutbox;
 use tokio_util::sync::CancellationToken;
 
@@ -150,18 +150,23 @@ async fn a_failing_message_ends_in_rabbitmqs_dead_letter_queue_after_the_configu
         "(1 + 2 immediate) × (1 + 2 delayed)"
     );
     assert_eq!(metrics.snapshot().acked, 20);
-    let dead = transport.dead_letters(&queue, 10).await.unwrap();
+    let dead = transport
+        .dead_letter_queue(&queue)
+        .unwrap()
+        .dead_letters(Page::first(10))
+        .await
+        .unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].attempts, 3);
     assert!(
-        dead[0].error.contains("gave up after 3 deliveries"),
+        dead[0].reason.contains("gave up after 3 deliveries"),
         "{}",
-        dead[0].error
+        dead[0].reason
     );
     assert!(
-        dead[0].error.contains("dependency is down"),
+        dead[0].reason.contains("dependency is down"),
         "{}",
-        dead[0].error
+        dead[0].reason
     );
     transport.delete_subscription(&queue).await.unwrap();
 }
@@ -218,7 +223,15 @@ async fn rabbitmqs_cap_on_attempts_follows_the_consumers_retry_policy() {
 
     assert_eq!(*attempts.lock().unwrap(), (1..=12).collect::<Vec<_>>());
     assert_eq!(metrics.snapshot().acked, 1);
-    assert!(transport.dead_letters(&queue, 10).await.unwrap().is_empty());
+    assert!(
+        transport
+            .dead_letter_queue(&queue)
+            .unwrap()
+            .dead_letters(Page::first(10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     transport.delete_subscription(&queue).await.unwrap();
 }
 
@@ -405,7 +418,15 @@ async fn deferred_messages_spend_no_attempt_and_are_never_dead_lettered_for_it()
         "in order, each on its second attempt (its one retry), deferrals not counted"
     );
     assert_eq!(snapshot.dead_lettered, 0);
-    assert!(transport.dead_letters(&queue, 10).await.unwrap().is_empty());
+    assert!(
+        transport
+            .dead_letter_queue(&queue)
+            .unwrap()
+            .dead_letters(Page::first(10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     transport.delete_subscription(&queue).await.unwrap();
 }
 
@@ -448,4 +469,110 @@ async fn a_retry_rounded_up_to_a_longer_delay_queue_still_holds_its_key() {
         "the retried deposit first"
     );
     transport.delete_subscription(&queue).await.unwrap();
+}
+
+/// Records the order in which it handles deposits (once each: in the transaction, the inbox
+/// makes every message's run count once), and asks for one delayed retry of deposit 0.
+#[derive(Clone)]
+struct Ordered {
+    handled: Arc<Mutex<Vec<u64>>>,
+    retried: Arc<Mutex<bool>>,
+}
+
+impl Handler<Deposited, TxContext<herald_postgres::PgOutbox>> for Ordered {
+    async fn handle(
+        &self,
+        d: Deposited,
+        ctx: &mut TxContext<herald_postgres::PgOutbox>,
+    ) -> HandlerResult {
+        if d.n == 0 && !std::mem::replace(&mut *self.retried.lock().unwrap(), true) {
+            return Ok(Outcome::retry(Duration::from_secs(2), "not yet"));
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {} (account, balance, deposits) VALUES ($1, $2, 1) \
+             ON CONFLICT (account) DO UPDATE \
+             SET balance = accounts.balance + EXCLUDED.balance, deposits = accounts.deposits + 1",
+            pg_accounts(ctx.outbox())
+        )))
+        .bind(&d.account)
+        .bind(d.cents)
+        .execute(ctx.db())
+        .await?;
+        self.handled.lock().unwrap().push(d.n);
+        Ok(Outcome::Done)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_order_survives_a_consumer_restart_while_a_retry_waits_in_a_delay_queue() {
+    let db = pg_store().await;
+    // One delay queue, of 2 s.
+    let amqp = AmqpConfig {
+        exchange: format!("herald-consumer-test-{}", Uuid::now_v7().simple()),
+        retry_delays: vec![Duration::from_secs(2)],
+        expires: Some(Duration::from_secs(120)),
+        ..AmqpConfig::new(amqp_url())
+    };
+    let transport = AmqpTransport::connect(amqp).await.unwrap();
+    let queue = queue();
+    let handler = Ordered {
+        handled: Arc::default(),
+        retried: Arc::default(),
+    };
+    let start_consumer = |handler: Ordered| {
+        Consumer::new(
+            transport.clone(),
+            queue.clone(),
+            Router::new().transactional(&db, "bank.ordered", handler),
+            ConsumerConfig {
+                transaction_batch: 1,
+                ..config()
+            },
+        )
+        .unwrap()
+    };
+
+    // The first consumer sends deposit 0 for a delayed retry, then stops.
+    let first = start_consumer(handler.clone());
+    let metrics = first.metrics();
+    let running = start(first, &transport).await;
+    publish_all(&transport, &[deposit("amy", 0)]).await;
+    eventually("deposit 0 sent for a delayed retry", || async {
+        metrics.snapshot().redeliveries == 1
+    })
+    .await;
+    running.stop().await;
+
+    // Another one takes over while deposit 0 waits in the delay queue; the key's later
+    // deposits arrive at once.
+    let second = start_consumer(handler.clone());
+    let metrics = second.metrics();
+    let running = start(second, &transport).await;
+    let later: Vec<Envelope> = (1..5).map(|n| deposit("amy", n)).collect();
+    publish_all(&transport, &later).await;
+    eventually("every deposit handled", || async {
+        handler.handled.lock().unwrap().len() == 5
+    })
+    .await;
+    running.stop().await;
+
+    assert_eq!(
+        *handler.handled.lock().unwrap(),
+        vec![0, 1, 2, 3, 4],
+        "deposits of one account are handled in order, across the restart"
+    );
+    assert!(
+        metrics.snapshot().acked >= 5,
+        "deposit 0 came back to the second consumer"
+    );
+    let holds: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {}.outbox_held_keys",
+        db.config().schema.quoted()
+    )))
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(holds, 0, "deposit 0's hold went with its effects");
+    transport.delete_subscription(&queue).await.unwrap();
+    pg_drop(&db).await;
 }

@@ -18,7 +18,7 @@ use common::*;
 use herald_amqp::mapping::header;
 use herald_amqp::{AmqpConfig, AmqpTransport};
 use herald_consumer::{Consumer, Context, Handler, HandlerResult, Outcome, Router};
-use herald_core::{Publisher, Uuid};
+use herald_core::{DeadLetters, Page, Publisher, Uuid};
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -264,7 +264,12 @@ async fn malformed_messages_are_dead_lettered_with_reasons_and_the_consumer_keep
     .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let dead = loop {
-        let dead = transport.dead_letters(&queue, 1000).await.unwrap();
+        let dead = transport
+            .dead_letter_queue(&queue)
+            .unwrap()
+            .dead_letters(Page::first(1000))
+            .await
+            .unwrap();
         if dead.len() >= bad.len() || tokio::time::Instant::now() > deadline {
             break dead;
         }
@@ -282,15 +287,28 @@ async fn malformed_messages_are_dead_lettered_with_reasons_and_the_consumer_keep
     );
     let malformed = bad.iter().filter(|(kind, ..)| *kind == "malformed").count();
     assert_eq!(
-        dead.iter().filter(|d| d.reason == "malformed").count(),
+        dead.iter()
+            .filter(|d| d
+                .raw
+                .headers
+                .get("x-herald-dead-letter-reason")
+                .map(String::as_str)
+                == Some("malformed"))
+            .count(),
         malformed,
         "{:#?}",
         dead.iter()
-            .map(|d| (&d.reason, &d.error))
+            .map(|d| (
+                d.raw
+                    .headers
+                    .get("x-herald-dead-letter-reason")
+                    .map(String::as_str),
+                &d.reason
+            ))
             .collect::<Vec<_>>()
     );
     for d in &dead {
-        assert!(!d.error.is_empty(), "a dead letter says why: {d:?}");
+        assert!(!d.reason.is_empty(), "a dead letter says why: {d:?}");
     }
     transport.delete_subscription(&queue).await.unwrap();
 }

@@ -32,6 +32,9 @@ const REPLAY: &str = "cargo test -p herald-consumer --test simulation";
 
 const HANDLER: &str = "sim.effect";
 
+/// How long a killed consumer takes to be replaced, in ms.
+const RESTART_MS: u64 = 500;
+
 /// Delayed redeliveries the retry policy allows.
 const DELAYED: u32 = 3;
 
@@ -249,14 +252,19 @@ impl World {
     }
 
     /// Kills the running consumer (its unsettled deliveries go back to the queue) and starts
-    /// another.
+    /// another a moment later: a process takes that long to restart, and RabbitMQ puts a dead
+    /// consumer's unacknowledged messages back before it activates the next single active
+    /// consumer. (Started at once, the new one could receive a later message of a key before
+    /// the broker had put the earlier ones back: a race of the model, not of the consumer.)
     fn crash_consumer(&self) {
         for running in self.consumers.lock().expect("consumers").iter() {
             running.handle.abort();
         }
         self.sim.log(&[], "the consumer is killed");
         book(&self.shared).crashes.push(self.sim.now());
-        self.start_consumer();
+        let world = self.clone();
+        self.sim
+            .run_after("restart", RESTART_MS, move || world.start_consumer());
     }
 }
 
@@ -523,10 +531,11 @@ fn without_faults_the_consumer_simulation_finds_nothing() {
     });
 }
 
-/// The invariant of the one known gap: a message that a consumer sent to a delay queue and then
-/// died is unknown to the consumer that replaces it, whose lanes let later messages of the key go
-/// first. Closing it needs the key's pending redelivery recorded where every consumer sees it
-/// (a per-key marker in the inbox database): not built yet.
+/// The invariant of what was the last known gap: a message that a consumer sent to a delay queue
+/// and then died used to be unknown to the consumer that replaced it, whose lanes let later
+/// messages of the key go first. The key's hold in the inbox database (written before the retry
+/// is sent, deleted with the message's effects) closes it; kept apart to say which cause a
+/// failure has.
 const RESTART_GAP: &str = "order (after a consumer restart)";
 
 /// A seed's verdict on every invariant but [`RESTART_GAP`] (`keep = false`), or on that one
@@ -546,8 +555,6 @@ fn the_consumer_keeps_per_key_order_and_exactly_once_effects_under_seeded_faults
 }
 
 #[test]
-#[ignore = "known gap, not fixed yet: a retry waiting in a delay queue is unknown to a restarted \
-            consumer, so later messages of its key go first"]
 fn per_key_order_survives_a_consumer_restart_while_a_retry_waits_in_a_delay_queue() {
     SeedPlan::from_env(DEFAULT_SEEDS).check("consumer simulation (restart gap)", REPLAY, |seed| {
         one_split(seed, true)

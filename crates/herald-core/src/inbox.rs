@@ -4,6 +4,16 @@
 //! handler's own writes runs the handler's effects once per message, however often the broker
 //! delivers it. The PostgreSQL and SQLite stores implement [`Inbox`] next to their outbox
 //! (table `{table}_inbox`).
+//!
+//! It also keeps per-key order across consumer restarts: when a consumer sends a message of a
+//! partition key for a delayed retry, it first *holds* the key ([`Inbox::hold_key`]), a durable
+//! row saying "message M of key K is away until T". A later message of K finds the row in the
+//! same statement that writes its inbox record ([`Inbox::claim_all`]) and is deferred instead of
+//! handled, even by a consumer that started after the retry was sent (a restart, or a standby
+//! taking over a single-active-consumer queue). The row goes in the transaction that commits M's
+//! effects ([`Inbox::release_keys`]), or when M is dead-lettered ([`Inbox::release_key`]); a row
+//! whose message never comes back stops holding its key once it is `stale_after` past its due
+//! time.
 
 use std::future::Future;
 use std::time::Duration;
@@ -11,6 +21,35 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::{Result, TransactionalOutbox};
+
+/// One handler run's claim on a message: the inbox record to write, and the key to check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim<'a> {
+    /// The message.
+    pub message_id: Uuid,
+    /// The handler (keys the inbox record).
+    pub handler: &'a str,
+    /// The consumer whose per-key order the run keeps (its subscription) and the message's
+    /// partition key; `None` for a message without a key: nothing to check.
+    pub key: Option<(&'a str, &'a str)>,
+}
+
+/// What became of a [`Claim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    /// The record is new: run the handler.
+    New,
+    /// The record was there: the message was handled before.
+    Duplicate,
+    /// Another message of the key is away for a delayed retry ([`Inbox::hold_key`]): nothing
+    /// was written, and this message must wait behind that one.
+    Held {
+        /// The message the key waits for.
+        by: Uuid,
+        /// How long until that message is due back (zero if it is overdue).
+        due_in: Duration,
+    },
+}
 
 /// A database that remembers which messages each handler has handled.
 ///
@@ -49,6 +88,56 @@ pub trait Inbox: TransactionalOutbox {
             Ok(fresh)
         }
     }
+
+    /// Claims, in the transaction behind `conn`, each of `claims` in one go: a claim whose key
+    /// is held for another message ([`hold_key`](Self::hold_key), a hold at most `stale_after`
+    /// past its due time) is [`Claimed::Held`] and writes nothing; any other writes its inbox
+    /// record as [`mark_all_handled`](Self::mark_all_handled) does (new or duplicate). The
+    /// hold of a claim's own message stays: a run that fails must leave it (its message may be
+    /// behind later ones of its key in the queue); [`release_keys`](Self::release_keys) removes
+    /// it with the effects of a run that succeeds. Holds more than `stale_after` past their due
+    /// time are deleted (their messages were lost, e.g. purged by an operator) and hold
+    /// nothing. Answers claim by claim.
+    ///
+    /// Backends fold the key check into the statement that writes the records: it costs the
+    /// hot path no extra round trip.
+    fn claim_all(
+        &self,
+        conn: &mut Self::Connection,
+        claims: &[Claim<'_>],
+        stale_after: Duration,
+    ) -> impl Future<Output = Result<Vec<Claimed>>> + Send;
+
+    /// Holds `key` of `consumer` for `message_id`, which is away for a delayed retry and due
+    /// back in `back_in`: until the message's effects commit (or it is released), other
+    /// messages of the key claim [`Claimed::Held`]. Writes and commits in a transaction of its
+    /// own (before the consumer sends the retry); holding again moves the due time.
+    fn hold_key(
+        &self,
+        consumer: &str,
+        key: &str,
+        message_id: Uuid,
+        back_in: Duration,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Removes, in the transaction behind `conn`, the hold of each `(consumer, key, message)`
+    /// of `holds`, if there is one: their runs succeeded, and the holds go when their effects
+    /// commit. The consumer calls it only for messages that may hold their key (delivered
+    /// before), so a first delivery costs nothing.
+    fn release_keys(
+        &self,
+        conn: &mut Self::Connection,
+        holds: &[(&str, &str, Uuid)],
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Removes the hold of `message_id` on `key` of `consumer`, if there is one (the message
+    /// was dead-lettered), in a transaction of its own.
+    fn release_key(
+        &self,
+        consumer: &str,
+        key: &str,
+        message_id: Uuid,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Removes, in the transaction behind `conn`, the records of `records` written earlier in
     /// the same transaction: the runs they stood for were undone (rolled back to their
@@ -95,8 +184,9 @@ pub trait Inbox: TransactionalOutbox {
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Commits a transaction in which no event was recorded, without waking the relays (what
-    /// [`TransactionalOutbox::commit`] does after every commit): a handler that only wrote
-    /// business rows and its inbox record has nothing for them.
+    /// [`OutboxTransaction::commit`](crate::OutboxTransaction::commit) does after every
+    /// commit): a handler that only wrote business rows and its inbox record has nothing for
+    /// them.
     fn commit_quietly(&self, tx: Self::Transaction) -> impl Future<Output = Result<()>> + Send;
 
     /// Whether a committed record says that `handler` handled `message_id`. For handlers whose

@@ -7,6 +7,7 @@
 
 pub mod backoff;
 pub mod codec;
+pub mod dead_letter;
 pub mod envelope;
 pub mod error;
 pub mod event;
@@ -21,18 +22,19 @@ pub mod transport;
 
 pub use backoff::{Backoff, InvalidBackoff};
 pub use codec::{Codec, Json};
+pub use dead_letter::{DeadLetter, DeadLetterOrigin, DeadLetters, Page, RawMessage, Selection};
 pub use envelope::{Envelope, Headers, Metadata, TraceContext};
 pub use error::{BoxError, Error, Result};
 pub use event::Event;
 pub use ident::Identifier;
-pub use inbox::Inbox;
+pub use inbox::{Claim, Claimed, Inbox};
 pub use retention::{InvalidRetention, Retention};
 pub use signal::{Signal, Wakeups};
 pub use store::{
-    ClaimRequest, ClaimedEvent, Completion, DeadLetter, Disposition, Failure, OutboxAdmin,
-    OutboxStats, OutboxStore, Replay, Seq,
+    ClaimRequest, ClaimedEvent, Completion, Disposition, Failure, OutboxAdmin, OutboxStats,
+    OutboxStore, Seq,
 };
-pub use transaction::TransactionalOutbox;
+pub use transaction::{OutboxTransaction, TransactionalOutbox};
 pub use transport::{
     Acknowledger, BoxFuture, Delivery, DeliveryStream, Publisher, Settlement, Subscriber,
     SubscriptionSpec,

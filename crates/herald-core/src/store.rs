@@ -133,42 +133,12 @@ pub struct OutboxStats {
     pub oldest_pending_at: Option<OffsetDateTime>,
 }
 
-/// A dead-lettered event with the reason it was given up on.
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    /// The event.
-    pub envelope: Envelope,
-    /// How many times it was tried.
-    pub attempts: u32,
-    /// The last error.
-    pub last_error: String,
-    /// When it was dead-lettered.
-    pub dead_lettered_at: OffsetDateTime,
-}
-
-/// Which dead letters to replay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Replay {
-    /// The dead letter of this event id.
-    One(Uuid),
-    /// Every dead letter.
-    All,
-}
-
-/// Operations on an outbox for operators (the `herald outbox` commands).
+/// Operations on an outbox for operators (the `herald outbox` commands). Its dead letters are
+/// listed, replayed and purged through [`DeadLetters`](crate::DeadLetters), which every store
+/// implements too.
 pub trait OutboxAdmin: Send + Sync + 'static {
     /// Counts by state.
     fn stats(&self) -> impl Future<Output = Result<OutboxStats>> + Send;
-
-    /// The most recent dead letters, newest first.
-    fn dead_letters(&self, limit: usize) -> impl Future<Output = Result<Vec<DeadLetter>>> + Send;
-
-    /// Puts dead letters back into the outbox with a fresh attempt count, behind every
-    /// event already pending for their keys. Returns how many were replayed.
-    fn replay(&self, which: Replay) -> impl Future<Output = Result<u64>> + Send;
-
-    /// Deletes every dead letter; returns how many.
-    fn purge_dead_letters(&self) -> impl Future<Output = Result<u64>> + Send;
 }
 
 /// What happens to a row once it is published.

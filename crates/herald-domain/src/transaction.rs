@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 
-use herald_core::{Envelope, Event, Metadata, TransactionalOutbox};
+use herald_core::{Envelope, Event, Metadata, OutboxTransaction, TransactionalOutbox};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -163,22 +163,17 @@ impl<O: TransactionalOutbox> Transaction<O> {
             Err(error) => return Err(self.abort(error).await),
         };
         let outgoing = std::mem::take(&mut self.outgoing);
-        if !outgoing.is_empty() {
-            let recorded = self
-                .uow
-                .outbox()
-                .record_envelopes(&mut self.inner, &outgoing);
-            if let Err(error) = recorded.await {
-                return Err(self.abort(error.into()).await);
-            }
+        if !outgoing.is_empty()
+            && let Err(error) = self.inner.record_all(&outgoing).await
+        {
+            return Err(self.abort(error.into()).await);
         }
         let Transaction {
-            uow,
             inner,
             correlation_id,
             ..
         } = self;
-        uow.outbox().commit(inner).await?;
+        inner.commit().await?;
         tracing::debug!(
             %correlation_id,
             domain_events = dispatched,
@@ -190,8 +185,7 @@ impl<O: TransactionalOutbox> Transaction<O> {
 
     /// Rolls back: nothing of the unit of work is kept.
     pub async fn rollback(self) -> Result<()> {
-        let Transaction { uow, inner, .. } = self;
-        uow.outbox().rollback(inner).await?;
+        self.inner.rollback().await?;
         Ok(())
     }
 

@@ -7,24 +7,16 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 
-use herald_core::{Envelope, SubscriptionSpec};
+use herald_core::{
+    DeadLetter, DeadLetterOrigin, Envelope, OffsetDateTime, Page, RawMessage, Selection,
+    SubscriptionSpec,
+};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::MemoryConfig;
 
 /// Decides whether a publish fails: `Some(error text)` fails it.
 pub(crate) type FaultFn = dyn Fn(&Envelope) -> Option<String> + Send + Sync;
-
-/// A message that a queue dead-lettered, with why and after how many attempts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemoryDeadLetter {
-    /// The message, as published.
-    pub envelope: Envelope,
-    /// The reason given when it was rejected.
-    pub reason: String,
-    /// The attempt that rejected it (1 for the first delivery).
-    pub attempts: u32,
-}
 
 /// Everything one [`MemoryTransport`](crate::MemoryTransport) and its clones share.
 pub(crate) struct Broker {
@@ -192,7 +184,8 @@ struct QueueState {
     ready: VecDeque<Message>,
     unacked: usize,
     delayed: usize,
-    dead: Vec<MemoryDeadLetter>,
+    /// Oldest first.
+    dead: VecDeque<DeadLetter>,
     /// The prefetch credit of each stream consuming this queue, closed on shutdown.
     consumers: Vec<Weak<Semaphore>>,
 }
@@ -279,10 +272,20 @@ impl Queue {
     pub(crate) fn dead_letter(&self, message: Message, reason: String) {
         let mut state = self.state();
         state.unacked = state.unacked.saturating_sub(1);
-        state.dead.push(MemoryDeadLetter {
-            envelope: Envelope::clone(&message.envelope),
+        let envelope = Envelope::clone(&message.envelope);
+        state.dead.push_back(DeadLetter {
+            id: Some(envelope.id),
+            raw: RawMessage {
+                headers: envelope.headers.clone(),
+                payload: envelope.payload.clone(),
+            },
+            envelope: Some(envelope),
+            origin: DeadLetterOrigin::Queue {
+                name: self.name.clone(),
+            },
             reason,
             attempts: message.attempt,
+            dead_lettered_at: Some(OffsetDateTime::now_utc()),
         });
     }
 
@@ -292,8 +295,48 @@ impl Queue {
         state.ready.len() + state.unacked + state.delayed
     }
 
-    pub(crate) fn dead_letters(&self) -> Vec<MemoryDeadLetter> {
-        self.state().dead.clone()
+    /// A page of the dead letters, oldest first.
+    pub(crate) fn dead_letters(&self, page: Page) -> Vec<DeadLetter> {
+        self.state()
+            .dead
+            .iter()
+            .skip(page.offset)
+            .take(page.limit)
+            .cloned()
+            .collect()
+    }
+
+    /// Takes the selected dead letters out, oldest first.
+    fn take_dead(&self, which: Selection) -> Vec<DeadLetter> {
+        let mut state = self.state();
+        let (taken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut state.dead)
+            .into_iter()
+            .partition(|dead| match which {
+                Selection::All => true,
+                Selection::One(id) => dead.id == Some(id),
+            });
+        state.dead = kept.into();
+        taken
+    }
+
+    /// Puts the selected dead letters back at the end of the queue as first deliveries;
+    /// returns how many.
+    pub(crate) fn replay_dead(&self, which: Selection) -> u64 {
+        let replayed: Vec<Arc<Envelope>> = self
+            .take_dead(which)
+            .into_iter()
+            .filter_map(|dead| dead.envelope.map(Arc::new))
+            .collect();
+        let n = replayed.len() as u64;
+        if n > 0 {
+            self.publish(replayed);
+        }
+        n
+    }
+
+    /// Deletes the selected dead letters; returns how many.
+    pub(crate) fn purge_dead(&self, which: Selection) -> u64 {
+        self.take_dead(which).len() as u64
     }
 
     fn add_consumer(&self, credit: Weak<Semaphore>) {

@@ -7,11 +7,10 @@ mod subscriber;
 use std::fmt;
 use std::sync::{Arc, PoisonError};
 
-use herald_core::{Envelope, SubscriptionSpec};
+use herald_core::{DeadLetter, DeadLetters, Envelope, Page, Result, Selection, SubscriptionSpec};
 
 use crate::broker::Broker;
 
-pub use crate::broker::MemoryDeadLetter;
 pub use crate::subscriber::MemoryStream;
 
 /// Options of a [`MemoryTransport`].
@@ -109,13 +108,13 @@ impl MemoryTransport {
             .unwrap_or_else(PoisonError::into_inner) = None;
     }
 
-    /// The messages that subscription `queue` rejected, oldest first (empty for an unknown
-    /// queue).
-    pub fn dead_letters(&self, queue: &str) -> Vec<MemoryDeadLetter> {
-        self.broker
-            .queue(queue)
-            .map(|q| q.dead_letters())
-            .unwrap_or_default()
+    /// The dead letters of subscription `queue`: the messages its consumers rejected, listed,
+    /// replayed and purged through [`DeadLetters`] (an unknown queue has none).
+    pub fn dead_letter_queue(&self, queue: &str) -> MemoryDeadLetterQueue {
+        MemoryDeadLetterQueue {
+            broker: self.broker.clone(),
+            queue: queue.to_owned(),
+        }
     }
 
     /// Messages of subscription `queue` not yet acknowledged or dead-lettered: ready, handed
@@ -138,5 +137,46 @@ impl MemoryTransport {
     /// Whether [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
         self.broker.is_closed()
+    }
+}
+
+/// The dead letters of one subscription of a [`MemoryTransport`]
+/// ([`MemoryTransport::dead_letter_queue`]). Listed oldest first; a replayed message goes to
+/// the back of the subscription's queue as a first delivery.
+#[derive(Clone)]
+pub struct MemoryDeadLetterQueue {
+    broker: Arc<Broker>,
+    queue: String,
+}
+
+impl fmt::Debug for MemoryDeadLetterQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryDeadLetterQueue")
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeadLetters for MemoryDeadLetterQueue {
+    async fn dead_letters(&self, page: Page) -> Result<Vec<DeadLetter>> {
+        Ok(self
+            .broker
+            .queue(&self.queue)
+            .map(|q| q.dead_letters(page))
+            .unwrap_or_default())
+    }
+
+    async fn replay(&self, which: Selection) -> Result<u64> {
+        Ok(self
+            .broker
+            .queue(&self.queue)
+            .map_or(0, |q| q.replay_dead(which)))
+    }
+
+    async fn purge(&self, which: Selection) -> Result<u64> {
+        Ok(self
+            .broker
+            .queue(&self.queue)
+            .map_or(0, |q| q.purge_dead(which)))
     }
 }

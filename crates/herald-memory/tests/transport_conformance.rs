@@ -2,8 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use herald_core::Envelope;
-use herald_memory::MemoryTransport;
+use herald_memory::{MemoryDeadLetterQueue, MemoryTransport};
 use herald_testkit::transport::TransportFactory;
 
 struct Memory;
@@ -17,16 +16,14 @@ impl TransportFactory for Memory {
         MemoryTransport::new()
     }
 
-    async fn dead_letters(
+    type DeadLetters = MemoryDeadLetterQueue;
+
+    fn dead_letter_queue(
         &self,
         transport: &MemoryTransport,
         subscription: &str,
-    ) -> Vec<(Envelope, String)> {
-        transport
-            .dead_letters(subscription)
-            .into_iter()
-            .map(|dead| (dead.envelope, dead.reason))
-            .collect()
+    ) -> MemoryDeadLetterQueue {
+        transport.dead_letter_queue(subscription)
     }
 }
 

@@ -1,15 +1,22 @@
-//! Operators' side: counts, dead letters, replay and purge ([`OutboxAdmin`]).
+//! Operators' side: counts ([`OutboxAdmin`]); dead letters listed, replayed and purged
+//! ([`DeadLetters`]).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use herald_core::{DeadLetter, OutboxAdmin, OutboxStats, Replay, Result};
+use herald_core::{
+    DeadLetter, DeadLetterOrigin, DeadLetters, OutboxAdmin, OutboxStats, Page, RawMessage, Result,
+    Selection,
+};
+use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::config::PgOutboxConfig;
 use crate::error::ResultExt;
-use crate::outbox::{ENVELOPE_COLUMNS, PgOutbox, attempts_from_row, envelope_from_row};
+use crate::outbox::PgOutbox;
+use crate::row::{ENVELOPE_COLUMNS, attempts_from_row, envelope_from_row};
 
 /// The statements of the admin operations, built once per handle.
 pub(crate) struct AdminSql {
@@ -17,6 +24,8 @@ pub(crate) struct AdminSql {
     dead_letters: Arc<str>,
     replay: Arc<str>,
     purge: Arc<str>,
+    /// The outbox table as operators name it (`schema.table`).
+    table: Arc<str>,
 }
 
 impl AdminSql {
@@ -37,11 +46,15 @@ impl AdminSql {
              FROM {outbox}"
         );
 
+        // The row's columns as JSON too (its raw form), so that a row whose envelope no longer
+        // decodes is still listed.
         let list = format!(
-            "SELECT {ENVELOPE_COLUMNS}, attempts, last_error, dead_lettered_at \
-             FROM {dead_letters} \
+            "SELECT {ENVELOPE_COLUMNS}, attempts, last_error, dead_lettered_at, \
+                 to_jsonb(d) - ARRAY['payload', 'attempts', 'last_error', 'dead_lettered_at'] \
+                     AS raw_columns \
+             FROM {dead_letters} AS d \
              ORDER BY dead_lettered_at DESC, seq DESC \
-             LIMIT $1"
+             LIMIT $1 OFFSET $2"
         );
 
         // New rows (new seq, so behind everything pending for their keys), in the order they
@@ -59,7 +72,8 @@ impl AdminSql {
             stats: stats.into(),
             dead_letters: list.into(),
             replay: replay.into(),
-            purge: format!("DELETE FROM {dead_letters}").into(),
+            purge: format!("DELETE FROM {dead_letters} WHERE $1::uuid IS NULL OR id = $1").into(),
+            table: format!("{}.{}", config.schema, config.table).into(),
         }
     }
 }
@@ -89,34 +103,72 @@ impl OutboxAdmin for PgOutbox {
         })();
         stats.store_err("read stats", secrets)
     }
+}
 
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+/// A `usize` as a bound SQL `bigint`, saturated.
+fn bigint(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The event id of a [`Selection`] (`None` for all).
+fn selected(which: Selection) -> Option<Uuid> {
+    match which {
+        Selection::One(id) => Some(id),
+        Selection::All => None,
+    }
+}
+
+/// A listed dead-letter row as a [`DeadLetter`]; the envelope is `None` when the row does not
+/// decode as one, and the raw columns always hold it.
+fn dead_letter_from_row(
+    row: &sqlx::postgres::PgRow,
+    table: &str,
+) -> std::result::Result<DeadLetter, sqlx::Error> {
+    let Json(columns): Json<BTreeMap<String, serde_json::Value>> = row.try_get("raw_columns")?;
+    let headers = columns
+        .into_iter()
+        .filter(|(_, value)| !value.is_null())
+        .map(|(name, value)| match value {
+            serde_json::Value::String(text) => (name, text),
+            other => (name, other.to_string()),
+        })
+        .collect();
+    let payload: Vec<u8> = row.try_get("payload")?;
+    Ok(DeadLetter {
+        id: row.try_get("id")?,
+        envelope: envelope_from_row(row).ok(),
+        raw: RawMessage {
+            headers,
+            payload: payload.into(),
+        },
+        origin: DeadLetterOrigin::Outbox {
+            table: table.to_owned(),
+        },
+        reason: row.try_get("last_error")?,
+        attempts: attempts_from_row(row)?,
+        dead_lettered_at: Some(row.try_get::<OffsetDateTime, _>("dead_lettered_at")?),
+    })
+}
+
+impl DeadLetters for PgOutbox {
+    async fn dead_letters(&self, page: Page) -> Result<Vec<DeadLetter>> {
         let secrets = &self.inner.secrets;
-        let rows = sqlx::query(AssertSqlSafe(self.inner.admin.dead_letters.clone()))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        let admin = &self.inner.admin;
+        let rows = sqlx::query(AssertSqlSafe(admin.dead_letters.clone()))
+            .bind(bigint(page.limit))
+            .bind(bigint(page.offset))
             .fetch_all(&self.inner.pool)
             .await
             .store_err("list dead letters", secrets)?;
         rows.iter()
-            .map(|row| {
-                Ok(DeadLetter {
-                    envelope: envelope_from_row(row)?,
-                    attempts: attempts_from_row(row)?,
-                    last_error: row.try_get("last_error")?,
-                    dead_lettered_at: row.try_get::<OffsetDateTime, _>("dead_lettered_at")?,
-                })
-            })
+            .map(|row| dead_letter_from_row(row, &admin.table))
             .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
             .store_err("list dead letters", secrets)
     }
 
-    async fn replay(&self, which: Replay) -> Result<u64> {
-        let id: Option<Uuid> = match which {
-            Replay::One(id) => Some(id),
-            Replay::All => None,
-        };
+    async fn replay(&self, which: Selection) -> Result<u64> {
         let replayed = sqlx::query(AssertSqlSafe(self.inner.admin.replay.clone()))
-            .bind(id)
+            .bind(selected(which))
             .execute(&self.inner.pool)
             .await
             .store_err("replay dead letters", &self.inner.secrets)?
@@ -127,8 +179,9 @@ impl OutboxAdmin for PgOutbox {
         Ok(replayed)
     }
 
-    async fn purge_dead_letters(&self) -> Result<u64> {
+    async fn purge(&self, which: Selection) -> Result<u64> {
         let purged = sqlx::query(AssertSqlSafe(self.inner.admin.purge.clone()))
+            .bind(selected(which))
             .execute(&self.inner.pool)
             .await
             .store_err("purge dead letters", &self.inner.secrets)?;

@@ -30,9 +30,8 @@ use uuid::Uuid;
 
 use crate::config::PgOutboxConfig;
 use crate::error::ResultExt;
-use crate::outbox::{
-    ENVELOPE_COLUMNS, PgOutbox, attempts_from_row, envelope_columns, envelope_from_row,
-};
+use crate::outbox::PgOutbox;
+use crate::row::{ENVELOPE_COLUMNS, attempts_from_row, envelope_columns, envelope_from_row};
 
 /// Longest delay or lease passed to the database (keeps timestamps in range).
 const MAX_INTERVAL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);

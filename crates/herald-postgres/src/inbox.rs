@@ -5,16 +5,21 @@
 //! nothing when the pair is already there, and while another open transaction holds the same
 //! pair it waits for that transaction to end, so two deliveries of one message racing each other
 //! cannot both see "new".
+//!
+//! Key holds ([`Inbox::hold_key`]) are rows of `"{schema}"."{table}_held_keys"`; the statement
+//! that writes a group's inbox records also looks their keys up there, deletes the holds of the
+//! claiming messages and the stale ones: one round trip, as before.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use herald_core::{Inbox, Result};
-use sqlx::{AssertSqlSafe, PgConnection, Postgres, Transaction};
+use herald_core::{Claim, Claimed, Inbox, Result};
+use sqlx::{AssertSqlSafe, PgConnection};
 use uuid::Uuid;
 
 use crate::error::ResultExt;
 use crate::outbox::PgOutbox;
+use crate::transaction::PgOutboxTx;
 
 /// Longest retention accepted (longer ones are capped): keeps the interval arithmetic in range.
 const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -25,7 +30,176 @@ const RELEASE: &str = "RELEASE SAVEPOINT herald_run";
 const RELEASE_AND_REOPEN: &str = "RELEASE SAVEPOINT herald_run; SAVEPOINT herald_run";
 const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT herald_run";
 
+/// A duration as whole microseconds for `$n::float8 * interval '1 microsecond'`, capped.
+fn micros(duration: Duration) -> f64 {
+    duration.min(MAX_RETENTION).as_micros() as f64
+}
+
+/// One row of the claim statement's answer.
+type ClaimRow = (i64, Option<Uuid>, Option<f64>, bool, i64);
+
 impl Inbox for PgOutbox {
+    async fn claim_all(
+        &self,
+        conn: &mut PgConnection,
+        claims: &[Claim<'_>],
+        stale_after: Duration,
+    ) -> Result<Vec<Claimed>> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inbox = self.config().qualified("_inbox");
+        let holds = self.config().qualified("_held_keys");
+        // `claim` numbers the claims; `held` finds, per claim, a live hold of its key by another
+        // message; the others (`free`) insert their records; stale holds of the claimed keys
+        // go. Every CTE sees the same snapshot.
+        let sql = format!(
+            "WITH claim AS ( \
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[]) \
+                 WITH ORDINALITY AS c(message_id, handler, consumer, partition_key, n) \
+             ), stale AS ( \
+                 DELETE FROM {holds} h USING claim c \
+                 WHERE h.consumer = c.consumer AND h.partition_key = c.partition_key \
+                   AND h.message_id <> c.message_id \
+                   AND h.due_at < now() - $5::float8 * interval '1 microsecond' \
+                 RETURNING h.message_id \
+             ), held AS ( \
+                 SELECT DISTINCT ON (c.n) c.n, h.message_id AS held_by, \
+                        GREATEST(EXTRACT(EPOCH FROM h.due_at - now())::float8, 0) AS due_in \
+                 FROM claim c JOIN {holds} h \
+                   ON h.consumer = c.consumer AND h.partition_key = c.partition_key \
+                  AND h.message_id <> c.message_id \
+                 WHERE h.due_at >= now() - $5::float8 * interval '1 microsecond' \
+                 ORDER BY c.n, h.due_at \
+             ), free AS ( \
+                 SELECT c.* FROM claim c WHERE NOT EXISTS (SELECT 1 FROM held WHERE held.n = c.n) \
+             ), inserted AS ( \
+                 INSERT INTO {inbox} (message_id, handler) \
+                 SELECT message_id, handler FROM free \
+                 ON CONFLICT DO NOTHING \
+                 RETURNING message_id, handler \
+             ) \
+             SELECT c.n, held.held_by, held.due_in, \
+                    EXISTS (SELECT 1 FROM inserted i \
+                            WHERE i.message_id = c.message_id AND i.handler = c.handler), \
+                    (SELECT count(*) FROM stale) \
+             FROM claim c LEFT JOIN held ON held.n = c.n \
+             ORDER BY c.n"
+        );
+        let ids: Vec<Uuid> = claims.iter().map(|c| c.message_id).collect();
+        let handlers: Vec<&str> = claims.iter().map(|c| c.handler).collect();
+        let consumers: Vec<Option<&str>> = claims
+            .iter()
+            .map(|c| c.key.map(|(consumer, _)| consumer))
+            .collect();
+        let keys: Vec<Option<&str>> = claims.iter().map(|c| c.key.map(|(_, key)| key)).collect();
+        let rows: Vec<ClaimRow> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(ids)
+            .bind(handlers)
+            .bind(consumers)
+            .bind(keys)
+            .bind(micros(stale_after))
+            .fetch_all(conn)
+            .await
+            .store_err("claim inbox", &self.inner.secrets)?;
+        if let Some(&(_, _, _, _, stale)) = rows.first()
+            && stale > 0
+        {
+            tracing::warn!(
+                holds = stale,
+                "deleted key holds long past their due time: their messages never came back (purged?); their keys go on"
+            );
+        }
+        if rows.len() != claims.len() {
+            return Err(herald_core::Error::store(
+                "claim inbox",
+                false,
+                herald_core::error::Message("one answer per claim expected".into()),
+            ));
+        }
+        // A pair listed twice was inserted once: only its first occurrence is new.
+        let mut seen: HashSet<(Uuid, &str)> = HashSet::new();
+        Ok(rows
+            .into_iter()
+            .zip(claims)
+            .map(|((_, held_by, due_in, inserted, _), claim)| match held_by {
+                Some(by) => Claimed::Held {
+                    by,
+                    due_in: Duration::try_from_secs_f64(due_in.unwrap_or(0.0))
+                        .unwrap_or(Duration::ZERO),
+                },
+                None if inserted && seen.insert((claim.message_id, claim.handler)) => Claimed::New,
+                None => Claimed::Duplicate,
+            })
+            .collect())
+    }
+
+    async fn hold_key(
+        &self,
+        consumer: &str,
+        key: &str,
+        message_id: Uuid,
+        back_in: Duration,
+    ) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO {} (consumer, partition_key, message_id, due_at) \
+             VALUES ($1, $2, $3, now() + $4::float8 * interval '1 microsecond') \
+             ON CONFLICT (consumer, partition_key, message_id) \
+             DO UPDATE SET due_at = EXCLUDED.due_at",
+            self.config().qualified("_held_keys")
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(consumer)
+            .bind(key)
+            .bind(message_id)
+            .bind(micros(back_in))
+            .execute(self.pool())
+            .await
+            .store_err("hold key", &self.inner.secrets)?;
+        Ok(())
+    }
+
+    async fn release_keys(
+        &self,
+        conn: &mut PgConnection,
+        holds: &[(&str, &str, Uuid)],
+    ) -> Result<()> {
+        if holds.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "DELETE FROM {} WHERE (consumer, partition_key, message_id) IN \
+             (SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[]))",
+            self.config().qualified("_held_keys")
+        );
+        let consumers: Vec<&str> = holds.iter().map(|h| h.0).collect();
+        let keys: Vec<&str> = holds.iter().map(|h| h.1).collect();
+        let ids: Vec<Uuid> = holds.iter().map(|h| h.2).collect();
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(consumers)
+            .bind(keys)
+            .bind(ids)
+            .execute(conn)
+            .await
+            .store_err("release keys", &self.inner.secrets)?;
+        Ok(())
+    }
+
+    async fn release_key(&self, consumer: &str, key: &str, message_id: Uuid) -> Result<()> {
+        let sql = format!(
+            "DELETE FROM {} WHERE consumer = $1 AND partition_key = $2 AND message_id = $3",
+            self.config().qualified("_held_keys")
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(consumer)
+            .bind(key)
+            .bind(message_id)
+            .execute(self.pool())
+            .await
+            .store_err("release key", &self.inner.secrets)?;
+        Ok(())
+    }
+
     async fn mark_handled(
         &self,
         conn: &mut PgConnection,
@@ -136,8 +310,8 @@ impl Inbox for PgOutbox {
         Ok(())
     }
 
-    async fn commit_quietly(&self, tx: Transaction<'static, Postgres>) -> Result<()> {
-        tx.commit().await.store_err("commit", &self.inner.secrets)
+    async fn commit_quietly(&self, tx: PgOutboxTx<'static>) -> Result<()> {
+        tx.commit_quietly().await
     }
 
     async fn is_handled(&self, message_id: Uuid, handler: &str) -> Result<bool> {

@@ -10,6 +10,7 @@ use sqlx::{AssertSqlSafe, PgPool};
 
 use crate::config::PgOutboxConfig;
 use crate::error::ResultExt;
+use crate::outbox::PgOutbox;
 
 /// One versioned migration template.
 struct Migration {
@@ -30,6 +31,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "inbox",
         template: include_str!("../migrations/0002_inbox.sql"),
     },
+    Migration {
+        version: 3,
+        name: "inbox key holds",
+        template: include_str!("../migrations/0003_held_keys.sql"),
+    },
 ];
 
 /// Fills a template's placeholders.
@@ -44,8 +50,15 @@ pub(crate) fn latest_version() -> i32 {
     MIGRATIONS.last().map_or(0, |m| m.version)
 }
 
+impl PgOutbox {
+    /// Creates or upgrades the schema and tables. Idempotent and safe to run concurrently.
+    pub async fn migrate(&self) -> Result<()> {
+        run(&self.inner.pool, &self.inner.config, &self.inner.secrets).await
+    }
+}
+
 /// Brings the schema up to date; does nothing when it already is.
-pub(crate) async fn run(pool: &PgPool, config: &PgOutboxConfig, secrets: &[String]) -> Result<()> {
+async fn run(pool: &PgPool, config: &PgOutboxConfig, secrets: &[String]) -> Result<()> {
     let history = config.qualified("_migrations");
     if is_current(pool, config, &history, secrets).await? {
         return Ok(());
@@ -158,6 +171,7 @@ mod tests {
         assert!(outbox.contains("\"s\".\"t_dead_letters\""));
         assert!(outbox.contains("\"s\".\"t_archive\""));
         assert!(render(MIGRATIONS[1].template, &config).contains("\"s\".\"t_inbox\""));
-        assert_eq!(latest_version(), 2);
+        assert!(render(MIGRATIONS[2].template, &config).contains("\"s\".\"t_held_keys\""));
+        assert_eq!(latest_version(), 3);
     }
 }

@@ -1,11 +1,12 @@
 //! Cross-process wake-ups with LISTEN/NOTIFY, kept out of the writers' transactions.
 //!
 //! A `NOTIFY` inside the writing transaction takes a global lock at commit and serializes every
-//! writer. Instead, [`PgOutbox::notify`](crate::PgOutbox::notify) (called after commit) asks a
+//! writer. Instead, [`PgOutbox::notify`] (called after commit, by
+//! [`PgOutboxTx::commit`](crate::PgOutboxTx::commit)) rings this process's [`Signal`] and asks a
 //! background task to send `pg_notify` on a pooled connection of its own, at most once per
 //! [`THROTTLE`] however many commits happen meanwhile. A relay in another process
-//! [`listen`]s and rings its [`Signal`]; the poll interval stays the fallback when a
-//! notification is lost.
+//! [`watch_commits`](PgOutbox::watch_commits) and rings its [`Signal`] on each notification;
+//! the poll interval stays the fallback when a notification is lost.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,40 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::scrub_all;
+use crate::outbox::PgOutbox;
+
+impl PgOutbox {
+    /// Tells relays that work was committed: rings this process's [`Signal`] at once, and has a
+    /// background task send one `NOTIFY` on a pooled connection for other processes (at most
+    /// one per few milliseconds, however often this is called). Call it after committing (what
+    /// [`PgOutboxTx::commit`](crate::PgOutboxTx::commit) does); it never touches the caller's
+    /// transaction.
+    pub fn notify(&self) {
+        self.inner.signal.ring();
+        self.inner.notifier.request();
+    }
+
+    /// Watches for commits made through other handles and processes, and rings this outbox's
+    /// [`signal`](herald_core::OutboxStore::signal) on each, until `shutdown` is cancelled: it
+    /// listens for the notifications of [`notify`](Self::notify) on this outbox's channel.
+    /// Reconnects with backoff after errors, and rings once after every (re)connection, since
+    /// notifications may have been missed meanwhile. Holds one pooled connection.
+    ///
+    /// Never fails on PostgreSQL (the listener connects, and reconnects, in the background);
+    /// the `Result` is the shape both stores share.
+    pub async fn watch_commits(
+        &self,
+        shutdown: CancellationToken,
+    ) -> herald_core::Result<JoinHandle<()>> {
+        Ok(tokio::spawn(listen(
+            self.inner.pool.clone(),
+            self.inner.channel.clone(),
+            self.inner.signal.clone(),
+            self.inner.secrets.clone(),
+            shutdown,
+        )))
+    }
+}
 
 /// Shortest time between two NOTIFYs from one handle (and its clones).
 pub(crate) const THROTTLE: Duration = Duration::from_millis(5);
@@ -131,8 +166,8 @@ async fn send_notifications(
     }
 }
 
-/// The listener task behind [`PgOutbox::listen`](crate::PgOutbox::listen).
-pub(crate) async fn listen(
+/// The listener task behind [`PgOutbox::watch_commits`].
+async fn listen(
     pool: PgPool,
     channel: Arc<str>,
     signal: Signal,

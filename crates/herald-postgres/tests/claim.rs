@@ -23,12 +23,11 @@ fn request(relay_id: Uuid, lease: Duration) -> ClaimRequest {
 #[tokio::test]
 async fn a_row_locked_by_a_write_back_after_its_lease_expired_blocks_its_key() {
     let outbox = common::outbox(Completion::Delete).await;
-    let mut tx = outbox.pool().begin().await.unwrap();
-    outbox
-        .record_all(&mut tx, &[envelope("k", 0), envelope("k", 1)])
+    let mut tx = outbox.begin().await.unwrap();
+    tx.record_all(&[envelope("k", 0), envelope("k", 1)])
         .await
         .unwrap();
-    outbox.commit(tx).await.unwrap();
+    tx.commit().await.unwrap();
 
     // Relay A claims both rows of `k` and is slow: its lease runs out.
     let slow = Uuid::now_v7();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use herald_core::error::error_chain;
 use herald_core::{ClaimRequest, Completion, Error, Event, Metadata, OutboxAdmin, OutboxStore};
-use herald_postgres::{PgOutbox, PgOutboxConfig};
+use herald_postgres::{PgOutbox, PgOutboxConfig, PgOutboxTx};
 use serde::{Deserialize, Serialize};
 use sqlx::AssertSqlSafe;
 use tokio_util::sync::CancellationToken;
@@ -44,7 +44,7 @@ async fn outbox_with_orders() -> (PgOutbox, String) {
 }
 
 async fn place_order(outbox: &PgOutbox, orders: &str, order: &OrderPlaced, commit: bool) -> Uuid {
-    let mut tx = outbox.pool().begin().await.expect("begin");
+    let mut tx = outbox.begin().await.expect("begin");
     sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO {orders} (id, total_cents) VALUES ($1, $2)"
     )))
@@ -53,16 +53,12 @@ async fn place_order(outbox: &PgOutbox, orders: &str, order: &OrderPlaced, commi
     .execute(&mut *tx)
     .await
     .expect("insert order");
-    let id = outbox
-        .record_with(
-            &mut tx,
-            order,
-            Metadata::default().with_header("source", "test"),
-        )
+    let id = tx
+        .record_with(order, Metadata::default().with_header("source", "test"))
         .await
         .expect("record");
     if commit {
-        outbox.commit(tx).await.expect("commit");
+        tx.commit().await.expect("commit");
     } else {
         tx.rollback().await.expect("rollback");
     }
@@ -144,7 +140,7 @@ async fn migrate_is_idempotent_and_safe_to_run_concurrently() {
             .fetch_all(a.pool())
             .await
             .expect("history");
-    assert_eq!(versions, vec![1, 2], "each migration applied once");
+    assert_eq!(versions, vec![1, 2, 3], "each migration applied once");
     assert_eq!(a.stats().await.expect("stats").pending, 0);
     common::drop_schema(&a).await;
 }
@@ -223,7 +219,10 @@ async fn notify_from_one_handle_wakes_a_listening_handle() {
 
     let mut wakeups = relay.signal().subscribe();
     let shutdown = CancellationToken::new();
-    let listener = relay.listen(shutdown.clone());
+    let listener = relay
+        .watch_commits(shutdown.clone())
+        .await
+        .expect("watch commits");
     // The listener rings once when it starts listening (it may have missed notifications).
     tokio::time::timeout(Duration::from_secs(5), wakeups.rung())
         .await
@@ -237,18 +236,14 @@ async fn notify_from_one_handle_wakes_a_listening_handle() {
             .is_err()
     );
 
-    let mut tx = writer.pool().begin().await.expect("begin");
-    writer
-        .record(
-            &mut tx,
-            &OrderPlaced {
-                order_id: 3,
-                total_cents: 1,
-            },
-        )
-        .await
-        .expect("record");
-    writer.commit(tx).await.expect("commit, then notify");
+    let mut tx = writer.begin().await.expect("begin");
+    tx.record(&OrderPlaced {
+        order_id: 3,
+        total_cents: 1,
+    })
+    .await
+    .expect("record");
+    tx.commit().await.expect("commit, then notify");
     tokio::time::timeout(Duration::from_secs(1), wakeups.rung())
         .await
         .expect("the notification rings the other handle's signal");
@@ -274,18 +269,14 @@ async fn notify_from_one_handle_wakes_a_listening_handle() {
 async fn commit_rings_the_in_process_signal() {
     let outbox = common::outbox(Completion::Delete).await;
     let mut wakeups = outbox.signal().subscribe();
-    let mut tx = outbox.pool().begin().await.expect("begin");
-    outbox
-        .record(
-            &mut tx,
-            &OrderPlaced {
-                order_id: 4,
-                total_cents: 1,
-            },
-        )
-        .await
-        .expect("record");
-    outbox.commit(tx).await.expect("commit");
+    let mut tx = outbox.begin().await.expect("begin");
+    tx.record(&OrderPlaced {
+        order_id: 4,
+        total_cents: 1,
+    })
+    .await
+    .expect("record");
+    tx.commit().await.expect("commit");
     tokio::time::timeout(Duration::from_millis(100), wakeups.rung())
         .await
         .expect("rung at once");
@@ -307,18 +298,14 @@ fn outbox_table(outbox: &PgOutbox) -> String {
 }
 
 /// Begins a transaction and inserts `order` with `insert`, the event recorded along.
-async fn place_along<'a>(
-    outbox: &'a PgOutbox,
+async fn place_along(
+    outbox: &PgOutbox,
     insert: &str,
     order: &OrderPlaced,
-) -> (
-    sqlx::Transaction<'a, sqlx::Postgres>,
-    herald_postgres::Along,
-) {
-    let mut tx = outbox.pool().begin().await.unwrap();
-    let along = outbox
+) -> (PgOutboxTx<'static>, herald_postgres::Along) {
+    let mut tx = outbox.begin().await.unwrap();
+    let along = tx
         .record_along_with(
-            &mut tx,
             sqlx::query(AssertSqlSafe(insert.to_owned()))
                 .bind(order.order_id)
                 .bind(order.total_cents),
@@ -361,7 +348,7 @@ async fn the_event_and_the_business_row_commit_in_one_statement_or_roll_back_tog
     );
 
     let (tx, along) = place_along(&outbox, &insert, &order).await;
-    outbox.commit(tx).await.unwrap();
+    tx.commit().await.unwrap();
     assert_eq!(count(&outbox, &orders).await, 1);
     let claimed = claim_all(&outbox).await;
     assert_eq!(claimed.len(), 1);
@@ -381,14 +368,13 @@ async fn the_event_and_the_business_row_commit_in_one_statement_or_roll_back_tog
 async fn a_failing_statement_records_nothing_and_a_statement_with_its_own_with_list_works() {
     let (outbox, orders) = outbox_with_orders().await;
     // The CHECK constraint fails: the statement, event included, is undone.
-    let mut tx = outbox.pool().begin().await.unwrap();
+    let mut tx = outbox.begin().await.unwrap();
     let bad = OrderPlaced {
         order_id: 1,
         total_cents: -1,
     };
-    let err = outbox
+    let err = tx
         .record_along(
-            &mut tx,
             sqlx::query(AssertSqlSafe(format!(
                 "INSERT INTO {orders} (id, total_cents) VALUES ($1, $2)"
             )))
@@ -404,7 +390,7 @@ async fn a_failing_statement_records_nothing_and_a_statement_with_its_own_with_l
 
     // Its own WITH list, a placeholder inside it and one outside; an UPDATE of no row still
     // records the event (a data-modifying WITH clause runs once): rows_affected tells.
-    let mut tx = outbox.pool().begin().await.unwrap();
+    let mut tx = outbox.begin().await.unwrap();
     sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO {orders} (id, total_cents) VALUES (2, 10)"
     )))
@@ -419,9 +405,8 @@ async fn a_failing_statement_records_nothing_and_a_statement_with_its_own_with_l
         order_id: 2,
         total_cents: 20,
     };
-    let hit = outbox
+    let hit = tx
         .record_along(
-            &mut tx,
             sqlx::query(AssertSqlSafe(statement.clone()))
                 .bind(20_i64)
                 .bind(2_i64),
@@ -429,9 +414,8 @@ async fn a_failing_statement_records_nothing_and_a_statement_with_its_own_with_l
         )
         .await
         .unwrap();
-    let miss = outbox
+    let miss = tx
         .record_along(
-            &mut tx,
             sqlx::query(AssertSqlSafe(statement))
                 .bind(30_i64)
                 .bind(99_i64),
@@ -440,7 +424,7 @@ async fn a_failing_statement_records_nothing_and_a_statement_with_its_own_with_l
         .await
         .unwrap();
     assert_eq!((hit.rows_affected, miss.rows_affected), (1, 0));
-    outbox.commit(tx).await.unwrap();
+    tx.commit().await.unwrap();
     let total: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT total_cents FROM {orders} WHERE id = 2"
     )))
@@ -456,9 +440,9 @@ async fn a_failing_statement_records_nothing_and_a_statement_with_its_own_with_l
     assert_eq!(ids, vec![hit.id, miss.id]);
 
     // A leading comment is refused before anything is sent.
-    let mut conn = outbox.pool().acquire().await.unwrap();
-    let err = outbox
-        .record_along(&mut conn, sqlx::query("-- why\nSELECT 1"), &changed)
+    let mut tx = outbox.begin().await.unwrap();
+    let err = tx
+        .record_along(sqlx::query("-- why\nSELECT 1"), &changed)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err}");
@@ -472,18 +456,15 @@ async fn a_handle_on_another_pool_shares_the_outbox_and_its_doorbell() {
     let mut wakeups = relay_side.signal().subscribe();
     wakeups.mark_seen();
 
-    let mut tx = outbox.pool().begin().await.unwrap();
-    let id = outbox
-        .record(
-            &mut tx,
-            &OrderPlaced {
-                order_id: 1,
-                total_cents: 1,
-            },
-        )
+    let mut tx = outbox.begin().await.unwrap();
+    let id = tx
+        .record(&OrderPlaced {
+            order_id: 1,
+            total_cents: 1,
+        })
         .await
         .unwrap();
-    outbox.commit(tx).await.unwrap();
+    tx.commit().await.unwrap();
     tokio::time::timeout(Duration::from_secs(1), wakeups.rung())
         .await
         .expect("a commit through one handle rings the other's doorbell");
@@ -507,18 +488,14 @@ async fn the_relays_write_backs_leave_the_pooled_connection_committing_synchrono
     let outbox = common::outbox(Completion::Delete)
         .await
         .with_pool(pool.clone());
-    let mut tx = pool.begin().await.unwrap();
+    let mut tx = outbox.begin().await.unwrap();
     for order_id in 0..3 {
-        outbox
-            .record(
-                &mut tx,
-                &OrderPlaced {
-                    order_id,
-                    total_cents: 1,
-                },
-            )
-            .await
-            .unwrap();
+        tx.record(&OrderPlaced {
+            order_id,
+            total_cents: 1,
+        })
+        .await
+        .unwrap();
     }
     tx.commit().await.unwrap();
     let relay = Uuid::now_v7();
@@ -563,5 +540,71 @@ async fn the_relays_write_backs_leave_the_pooled_connection_committing_synchrono
         vec![(seqs[1], 1, Some("nack".to_owned())), (seqs[2], 0, None)],
         "completed row gone, failed row rescheduled with its error, released row as new"
     );
+    common::drop_schema(&outbox).await;
+}
+
+// The write path as a type: dropping rolls back, a transaction the application holds is
+// adopted (on a borrowed connection too), and its commit wakes the relays.
+
+#[tokio::test]
+async fn a_dropped_transaction_records_nothing() {
+    let (outbox, orders) = outbox_with_orders().await;
+    {
+        let mut tx = outbox.begin().await.unwrap();
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {orders} (id, total_cents) VALUES (1, 1)"
+        )))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.record(&OrderPlaced {
+            order_id: 1,
+            total_cents: 1,
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(count_orders(&outbox, &orders).await, 0);
+    assert_eq!(count(&outbox, &outbox_table(&outbox)).await, 0);
+    common::drop_schema(&outbox).await;
+}
+
+#[tokio::test]
+async fn an_adopted_transaction_on_a_borrowed_connection_records_and_its_commit_rings() {
+    let (outbox, orders) = outbox_with_orders().await;
+    let mut wakeups = outbox.signal().subscribe();
+    wakeups.mark_seen();
+
+    let mut conn = outbox.pool().acquire().await.unwrap();
+    let order = OrderPlaced {
+        order_id: 5,
+        total_cents: 10,
+    };
+    let mut tx = outbox.adopt(sqlx::Connection::begin(&mut *conn).await.unwrap());
+    let along = tx
+        .record_along(
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {orders} (id, total_cents) VALUES ($1, $2)"
+            )))
+            .bind(order.order_id)
+            .bind(order.total_cents),
+            &order,
+        )
+        .await
+        .unwrap();
+    let second = tx.record(&order).await.unwrap();
+    tx.commit().await.unwrap();
+    drop(conn);
+
+    tokio::time::timeout(Duration::from_millis(100), wakeups.rung())
+        .await
+        .expect("the commit rings the doorbell");
+    assert_eq!(count_orders(&outbox, &orders).await, 1);
+    let ids: Vec<Uuid> = claim_all(&outbox)
+        .await
+        .iter()
+        .map(|c| c.envelope.id)
+        .collect();
+    assert_eq!(ids, vec![along.id, second]);
     common::drop_schema(&outbox).await;
 }

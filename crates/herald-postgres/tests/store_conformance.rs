@@ -4,7 +4,7 @@
 
 mod common;
 
-use herald_core::{Completion, Envelope, Error, Result};
+use herald_core::{Completion, Envelope, Result};
 use herald_postgres::PgOutbox;
 use herald_testkit::store::StoreFactory;
 
@@ -19,19 +19,31 @@ impl StoreFactory for Postgres {
     }
 
     async fn record(&self, store: &PgOutbox, envelopes: &[Envelope], commit: bool) -> Result<()> {
-        let mut tx = store
-            .pool()
-            .begin()
-            .await
-            .map_err(|e| Error::store("begin", true, e))?;
-        store.record_all(&mut tx, envelopes).await?;
+        let mut tx = store.begin().await?;
+        tx.record_all(envelopes).await?;
         if commit {
-            store.commit(tx).await
+            tx.commit().await
         } else {
-            tx.rollback()
-                .await
-                .map_err(|e| Error::store("rollback", true, e))
+            tx.rollback().await
         }
+    }
+
+    async fn record_undecodable(&self, store: &PgOutbox) {
+        let table = format!(
+            "{}.{}",
+            store.config().schema.quoted(),
+            store.config().table.quoted()
+        );
+        let sql = format!(
+            "INSERT INTO {table} (id, event_type, version, occurred_at, correlation_id, \
+             partition_key, content_type, headers, payload) \
+             VALUES (gen_random_uuid(), 'bad', -1, now(), gen_random_uuid(), 'bad', \
+             'application/json', '{{}}'::jsonb, '\\x00ff'::bytea)"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(store.pool())
+            .await
+            .unwrap();
     }
 }
 

@@ -32,12 +32,12 @@ const PAUSE: Duration = Duration::from_millis(120);
 
 /// Records `n` events in one committed transaction; returns their ids.
 async fn record(outbox: &PgOutbox, n: u32) -> BTreeSet<Uuid> {
-    let mut tx = outbox.pool().begin().await.unwrap();
+    let mut tx = outbox.begin().await.unwrap();
     let mut ids = BTreeSet::new();
     for i in 0..n {
-        ids.insert(outbox.record(&mut tx, &Ping { n: i }).await.unwrap());
+        ids.insert(tx.record(&Ping { n: i }).await.unwrap());
     }
-    outbox.commit(tx).await.unwrap();
+    tx.commit().await.unwrap();
     ids
 }
 
@@ -73,13 +73,13 @@ async fn complete(outbox: &PgOutbox, relay: Uuid, claimed: &[ClaimedEvent]) {
 async fn rounds_behind_an_open_writer(
     outbox: &PgOutbox,
     relay: Uuid,
-) -> (Uuid, sqlx::Transaction<'static, sqlx::Postgres>) {
+) -> (Uuid, herald_postgres::PgOutboxTx<'static>) {
     // Some history first, so there is something to move past.
     let first = record(outbox, 3).await;
     assert_eq!(claim_and_complete(outbox, relay).await, first);
 
-    let mut writer = outbox.pool().begin().await.unwrap();
-    let late = outbox.record(&mut writer, &Ping { n: 99 }).await.unwrap();
+    let mut writer = outbox.begin().await.unwrap();
+    let late = writer.record(&Ping { n: 99 }).await.unwrap();
     for _ in 0..8 {
         let ids = record(outbox, 5).await;
         tokio::time::sleep(PAUSE).await;
@@ -95,7 +95,7 @@ async fn an_event_committed_late_is_still_claimed() {
     let relay = Uuid::now_v7();
     let (late, writer) = rounds_behind_an_open_writer(&outbox, relay).await;
 
-    outbox.commit(writer).await.unwrap();
+    writer.commit().await.unwrap();
     tokio::time::sleep(PAUSE).await;
     let claimed = claim_and_complete(&outbox, relay).await;
     assert_eq!(claimed, BTreeSet::from([late]));

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use herald_amqp::{AmqpConfig, AmqpTransport};
-use herald_core::{Envelope, OutboxAdmin, Publisher, Result, Subscriber};
+use herald_core::{DeadLetters, Envelope, Page, Publisher, Result, Subscriber};
 use herald_memory::MemoryTransport;
 use herald_relay::Relay;
 use herald_testkit::interleaved;
@@ -69,12 +69,12 @@ async fn a_broker_outage_spends_no_attempt_and_dead_letters_nothing() {
     let delivered = collect(&mut stream, events.len(), Duration::from_secs(30)).await;
     shutdown.cancel();
     task.await.unwrap().unwrap();
-    let dead = store.dead_letters(100).await.unwrap();
+    let dead = store.dead_letters(Page::first(100)).await.unwrap();
     assert!(
         dead.is_empty(),
         "{} events dead-lettered by the outage: {}",
         dead.len(),
-        dead.first().map_or("", |d| d.last_error.as_str())
+        dead.first().map_or("", |d| d.reason.as_str())
     );
     assert_eq!(delivered.len(), events.len(), "every event published once");
     assert_key_order(&delivered, false);

@@ -8,7 +8,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
-use herald_core::{Envelope, OutboxAdmin, Publisher, Replay, Result, Subscriber, Uuid};
+use herald_core::{
+    DeadLetters, Envelope, OutboxAdmin, Page, Publisher, Result, Selection, Subscriber, Uuid,
+};
 use herald_memory::MemoryTransport;
 use herald_relay::{Relay, RelayConfig};
 use herald_testkit::{TestEvent, envelope, interleaved};
@@ -110,14 +112,14 @@ async fn failing_publishes_back_off_then_dead_letter_while_other_keys_flow() {
         false,
     );
 
-    let dead = store.dead_letters(10).await.unwrap();
+    let dead = store.dead_letters(Page::first(10)).await.unwrap();
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].envelope.id, poison_id);
+    assert_eq!(dead[0].envelope.as_ref().unwrap().id, poison_id);
     assert_eq!(dead[0].attempts, 3, "dead-lettered after max_attempts");
     assert!(
-        dead[0].last_error.contains("injected broker failure"),
+        dead[0].reason.contains("injected broker failure"),
         "reason kept: {}",
-        dead[0].last_error
+        dead[0].reason
     );
     let snapshot = metrics.snapshot();
     assert_eq!(snapshot.retried, 2);
@@ -125,7 +127,7 @@ async fn failing_publishes_back_off_then_dead_letter_while_other_keys_flow() {
 
     // The operator fixes the broker and replays the dead letter.
     transport.clear_faults();
-    assert_eq!(store.replay(Replay::All).await.unwrap(), 1);
+    assert_eq!(store.replay(Selection::All).await.unwrap(), 1);
     store.notify();
     let replayed = collect(&mut stream, 1, Duration::from_secs(10)).await;
     assert_eq!(replayed.len(), 1);
@@ -153,19 +155,15 @@ async fn relay_wakes_on_commit_not_on_the_poll_interval() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let started = std::time::Instant::now();
-    let mut tx = store.pool().begin().await.unwrap();
-    store
-        .record(
-            &mut tx,
-            &TestEvent {
-                key: "k".into(),
-                n: 0,
-                note: String::new(),
-            },
-        )
-        .await
-        .unwrap();
-    store.commit(tx).await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.record(&TestEvent {
+        key: "k".into(),
+        n: 0,
+        note: String::new(),
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
     let delivered = collect(&mut stream, 1, Duration::from_secs(5)).await;
     assert_eq!(
         delivered.len(),
@@ -186,7 +184,7 @@ async fn a_relay_in_another_process_is_woken_through_postgres() {
         .await
         .unwrap();
     let shutdown = CancellationToken::new();
-    let listener = other.listen(shutdown.clone());
+    let listener = other.watch_commits(shutdown.clone()).await.unwrap();
     let transport = MemoryTransport::new();
     let mut stream = transport.subscribe(&audit()).await.unwrap();
     let config = RelayConfig {

@@ -1,12 +1,18 @@
-//! What operators do with the outbox: counts, dead letters, replay, purge.
+//! What operators do with the outbox: counts ([`OutboxAdmin`]); dead letters listed, replayed
+//! and purged ([`DeadLetters`]).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use herald_core::{DeadLetter, OutboxAdmin, OutboxStats, Replay, Result};
+use herald_core::{
+    DeadLetter, DeadLetterOrigin, DeadLetters, OutboxAdmin, OutboxStats, Page, RawMessage, Result,
+    Selection,
+};
 use sqlx::Row;
+use uuid::Uuid;
 
 use crate::error::{ResultExt, corrupt};
-use crate::outbox::{ENVELOPE_COLUMNS, envelope_from_row, now_micros, query, time_column};
+use crate::row::{ENVELOPE_COLUMNS, envelope_from_row, now_micros, query, time_column};
 use crate::{SqliteOutbox, SqliteOutboxConfig};
 
 /// The operators' statements, built once per outbox.
@@ -14,7 +20,7 @@ use crate::{SqliteOutbox, SqliteOutboxConfig};
 pub(crate) struct AdminSql {
     /// ?1 now.
     stats: Arc<str>,
-    /// ?1 limit.
+    /// ?1 limit, ?2 offset.
     dead_letters: Arc<str>,
     /// ?1 now, ?2 id (the newest dead letter of that id).
     replay_one: Arc<str>,
@@ -23,6 +29,10 @@ pub(crate) struct AdminSql {
     /// ?1 now.
     replay_all: Arc<str>,
     forget_all: Arc<str>,
+    /// ?1 id (every dead letter of that id).
+    purge_one: Arc<str>,
+    /// The outbox table as operators name it.
+    table: Arc<str>,
 }
 
 impl AdminSql {
@@ -54,17 +64,72 @@ impl AdminSql {
                    (SELECT MIN(recorded_at) FROM {t} WHERE {unleased}) AS oldest_pending_at"
             )
             .into(),
+            // The row's columns as JSON too (its raw form), so that a row whose envelope no
+            // longer decodes is still listed.
             dead_letters: format!(
-                "SELECT {cols}, attempts, last_error, dead_lettered_at FROM {dead} \
-                 ORDER BY dead_lettered_at DESC, seq DESC LIMIT ?1"
+                "SELECT {cols}, attempts, last_error, dead_lettered_at, {raw} AS raw_columns \
+                 FROM {dead} ORDER BY dead_lettered_at DESC, seq DESC LIMIT ?1 OFFSET ?2",
+                raw = raw_columns()
             )
             .into(),
             replay_one: replay(&format!("WHERE {}", newest_of_id("?2"))).into(),
             forget_one: format!("DELETE FROM {dead} WHERE {}", newest_of_id("?1")).into(),
             replay_all: replay("").into(),
             forget_all: format!("DELETE FROM {dead}").into(),
+            purge_one: format!("DELETE FROM {dead} WHERE id = ?1").into(),
+            table: config.table.to_string().into(),
         }
     }
+}
+
+/// `json_object(...)` of every envelope column but the payload.
+fn raw_columns() -> String {
+    let pairs: Vec<String> = ENVELOPE_COLUMNS
+        .split(", ")
+        .filter(|column| *column != "payload")
+        .map(|column| format!("'{column}', {column}"))
+        .collect();
+    format!("json_object({})", pairs.join(", "))
+}
+
+/// A `usize` as a bound SQL integer, saturated.
+fn integer(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A listed dead-letter row as a [`DeadLetter`]; the envelope is `None` when the row does not
+/// decode as one, and the raw columns always hold it.
+fn dead_letter_from_row(row: &sqlx::sqlite::SqliteRow, table: &str) -> Result<DeadLetter> {
+    let op = "list dead letters";
+    let raw: String = row.try_get("raw_columns").store_err(op)?;
+    let columns: BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(&raw).map_err(|err| corrupt(op, format!("raw columns: {err}")))?;
+    let headers = columns
+        .into_iter()
+        .filter(|(_, value)| !value.is_null())
+        .map(|(name, value)| match value {
+            serde_json::Value::String(text) => (name, text),
+            other => (name, other.to_string()),
+        })
+        .collect::<BTreeMap<_, _>>();
+    let id = headers.get("id").and_then(|id| Uuid::parse_str(id).ok());
+    let payload: Vec<u8> = row.try_get("payload").store_err(op)?;
+    let attempts: i64 = row.try_get("attempts").store_err(op)?;
+    Ok(DeadLetter {
+        id,
+        envelope: envelope_from_row(row, op).ok(),
+        raw: RawMessage {
+            headers,
+            payload: payload.into(),
+        },
+        origin: DeadLetterOrigin::Outbox {
+            table: table.to_owned(),
+        },
+        reason: row.try_get("last_error").store_err(op)?,
+        attempts: u32::try_from(attempts)
+            .map_err(|_| corrupt(op, format!("attempts {attempts}")))?,
+        dead_lettered_at: Some(time_column(row, "dead_lettered_at", op)?),
+    })
 }
 
 fn count(row: &sqlx::sqlite::SqliteRow, column: &str) -> Result<u64> {
@@ -98,29 +163,23 @@ impl OutboxAdmin for SqliteOutbox {
             },
         })
     }
+}
 
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
-        let op = "list dead letters";
+impl DeadLetters for SqliteOutbox {
+    async fn dead_letters(&self, page: Page) -> Result<Vec<DeadLetter>> {
         let rows = query(&self.admin_sql().dead_letters)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(integer(page.limit))
+            .bind(integer(page.offset))
             .fetch_all(self.pool())
             .await
-            .store_err(op)?;
+            .store_err("list dead letters")?;
+        let table = &self.admin_sql().table;
         rows.iter()
-            .map(|row| {
-                let attempts: i64 = row.try_get("attempts").store_err(op)?;
-                Ok(DeadLetter {
-                    envelope: envelope_from_row(row, op)?,
-                    attempts: u32::try_from(attempts)
-                        .map_err(|_| corrupt(op, format!("attempts {attempts}")))?,
-                    last_error: row.try_get("last_error").store_err(op)?,
-                    dead_lettered_at: time_column(row, "dead_lettered_at", op)?,
-                })
-            })
+            .map(|row| dead_letter_from_row(row, table))
             .collect()
     }
 
-    async fn replay(&self, which: Replay) -> Result<u64> {
+    async fn replay(&self, which: Selection) -> Result<u64> {
         let op = "replay dead letters";
         let sql = self.admin_sql();
         let mut tx = self
@@ -129,14 +188,14 @@ impl OutboxAdmin for SqliteOutbox {
             .await
             .store_err(op)?;
         let (insert, delete) = match which {
-            Replay::One(id) => {
+            Selection::One(id) => {
                 let id = id.hyphenated().to_string();
                 (
                     query(&sql.replay_one).bind(now_micros()).bind(id.clone()),
                     query(&sql.forget_one).bind(id),
                 )
             }
-            Replay::All => (
+            Selection::All => (
                 query(&sql.replay_all).bind(now_micros()),
                 query(&sql.forget_all),
             ),
@@ -154,8 +213,13 @@ impl OutboxAdmin for SqliteOutbox {
         Ok(replayed)
     }
 
-    async fn purge_dead_letters(&self) -> Result<u64> {
-        let done = query(&self.admin_sql().forget_all)
+    async fn purge(&self, which: Selection) -> Result<u64> {
+        let sql = self.admin_sql();
+        let purge = match which {
+            Selection::One(id) => query(&sql.purge_one).bind(id.hyphenated().to_string()),
+            Selection::All => query(&sql.forget_all),
+        };
+        let done = purge
             .execute(self.pool())
             .await
             .store_err("purge dead letters")?;

@@ -22,7 +22,7 @@ use sqlx::sqlite::SqliteRow;
 use uuid::Uuid;
 
 use crate::error::{ResultExt, corrupt, retry_busy};
-use crate::outbox::{ENVELOPE_COLUMNS, duration_micros, envelope_from_row, now_micros, query};
+use crate::row::{ENVELOPE_COLUMNS, duration_micros, envelope_from_row, now_micros, query};
 use crate::{SqliteOutbox, SqliteOutboxConfig};
 
 /// The relay's statements, built once per outbox.

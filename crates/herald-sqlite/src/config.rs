@@ -1,5 +1,7 @@
 //! Which tables hold the outbox and what happens to published rows.
 
+use std::time::Duration;
+
 use herald_core::{Completion, Identifier, Result};
 
 /// Configuration of a SQLite outbox.
@@ -14,11 +16,17 @@ pub struct SqliteOutboxConfig {
     pub table: Identifier,
     /// What happens to a row once it is published (default: delete it).
     pub completion: Completion,
+    /// How often [`SqliteOutbox::watch_commits`](crate::SqliteOutbox::watch_commits) reads
+    /// the database's commit counter (default 10 ms: one read of shared memory each).
+    pub watch_interval: Duration,
 }
 
 impl SqliteOutboxConfig {
     /// Default table name.
     pub const DEFAULT_TABLE: &'static str = "herald_outbox";
+
+    /// Default [`watch_interval`](Self::watch_interval).
+    pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(10);
 
     /// A configuration for `table`, deleting published rows.
     ///
@@ -34,12 +42,19 @@ impl SqliteOutboxConfig {
         Ok(SqliteOutboxConfig {
             table,
             completion: Completion::default(),
+            watch_interval: Self::DEFAULT_WATCH_INTERVAL,
         })
     }
 
     /// Sets what happens to published rows.
     pub fn with_completion(mut self, completion: Completion) -> Self {
         self.completion = completion;
+        self
+    }
+
+    /// Sets how often [`watch_commits`](crate::SqliteOutbox::watch_commits) looks for commits.
+    pub fn with_watch_interval(mut self, every: Duration) -> Self {
+        self.watch_interval = every;
         self
     }
 
@@ -62,6 +77,7 @@ impl Default for SqliteOutboxConfig {
         SqliteOutboxConfig {
             table,
             completion: Completion::default(),
+            watch_interval: Self::DEFAULT_WATCH_INTERVAL,
         }
     }
 }

@@ -8,7 +8,12 @@ mod inbox;
 mod migrate;
 mod notify;
 mod outbox;
+mod record;
+mod row;
 mod transaction;
 
 pub use config::SqliteOutboxConfig;
 pub use outbox::SqliteOutbox;
+pub use transaction::SqliteOutboxTx;
+
+pub use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};

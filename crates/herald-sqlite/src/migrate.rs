@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use crate::SqliteOutbox;
 use crate::error::ResultExt;
-use crate::outbox::unix_micros;
+use crate::row::unix_micros;
 
 /// One schema migration.
 struct Migration {
@@ -35,6 +35,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 2,
         description: "inbox",
         template: include_str!("../migrations/0002_inbox.sql"),
+    },
+    Migration {
+        version: 3,
+        description: "inbox key holds",
+        template: include_str!("../migrations/0003_held_keys.sql"),
     },
 ];
 

@@ -1,13 +1,12 @@
 //! Wake-ups: telling relays that work was committed.
 //!
 //! SQLite has no LISTEN/NOTIFY. Inside one process, writers ring the outbox's
-//! [`Signal`](herald_core::Signal) after committing ([`SqliteOutbox::commit`] does it), and
+//! [`Signal`](herald_core::Signal) after committing ([`SqliteOutboxTx::commit`](crate::SqliteOutboxTx::commit)
+//! does it), and
 //! relays built on the same handle wake at once; nothing is added to the writer's transaction.
 //! Commits made by other processes (or through another handle) are seen by
 //! [`SqliteOutbox::watch_commits`], which polls SQLite's `PRAGMA data_version` — a counter
 //! read from shared memory, no table is touched — or else at the relay's next poll.
-
-use std::time::Duration;
 
 use sqlx::{Connection, Row};
 use tokio::task::JoinHandle;
@@ -18,23 +17,25 @@ use crate::error::ResultExt;
 
 impl SqliteOutbox {
     /// Rings this outbox's signal: relays waiting on it look for work now. Call it after
-    /// committing a transaction that recorded events (or use [`SqliteOutbox::commit`]).
+    /// committing a transaction that recorded events (what
+    /// [`SqliteOutboxTx::commit`](crate::SqliteOutboxTx::commit) does).
     pub fn notify(&self) {
         self.inner.signal.ring();
     }
 
-    /// Watches the database file for commits made by any other connection (another process
-    /// included) and rings this outbox's signal when one happens, checking every `every`
-    /// until `shutdown` is cancelled.
+    /// Watches for commits made through other handles and processes, and rings this outbox's
+    /// [`signal`](herald_core::OutboxStore::signal) when one happens, until `shutdown` is
+    /// cancelled: it reads the database file's commit counter every
+    /// [`watch_interval`](crate::SqliteOutboxConfig::watch_interval).
     ///
-    /// It opens one connection of its own (with the pool's options) for as long as it runs. A relay's own claims and
-    /// completions are commits too, so it also wakes for those: a spare look for work, never a
-    /// missed one. Fails if no connection can be had.
+    /// It opens one connection of its own (with the pool's options) for as long as it runs. A
+    /// relay's own claims and completions are commits too, so it also wakes for those: a spare
+    /// look for work, never a missed one. Fails if no connection can be had.
     pub async fn watch_commits(
         &self,
-        every: Duration,
         shutdown: CancellationToken,
     ) -> herald_core::Result<JoinHandle<()>> {
+        let every = self.inner.config.watch_interval;
         let options = self.pool().connect_options();
         let mut conn = sqlx::SqliteConnection::connect_with(&options)
             .await

@@ -66,20 +66,16 @@ async fn orders(outbox: &SqliteOutbox) -> i64 {
 
 /// Places an order and records its event in one transaction; commits if `commit`.
 async fn place_order(outbox: &SqliteOutbox, order: &OrderPlaced, commit: bool) -> Uuid {
-    let mut tx = outbox
-        .pool()
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .expect("begin");
+    let mut tx = outbox.begin().await.expect("begin");
     sqlx::query("INSERT INTO orders (id, total_cents) VALUES (?, ?)")
         .bind(order.order_id)
         .bind(order.total_cents)
         .execute(&mut *tx)
         .await
         .expect("business row");
-    let id = outbox.record(&mut tx, order).await.expect("record");
+    let id = tx.record(order).await.expect("record");
     if commit {
-        outbox.commit(tx).await.expect("commit");
+        tx.commit().await.expect("commit");
     } else {
         tx.rollback().await.expect("rollback");
     }
@@ -132,20 +128,13 @@ async fn record_with_keeps_the_metadata() {
         .with_correlation_id(correlation)
         .with_partition_key("customer-3")
         .with_header("tenant", "acme");
-    let mut tx = outbox
-        .pool()
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .expect("begin");
+    let mut tx = outbox.begin().await.expect("begin");
     let order = OrderPlaced {
         order_id: 3,
         total_cents: 5,
     };
-    let id = outbox
-        .record_with(&mut tx, &order, meta)
-        .await
-        .expect("record");
-    outbox.commit(tx).await.expect("commit");
+    let id = tx.record_with(&order, meta).await.expect("record");
+    tx.commit().await.expect("commit");
     let claimed = outbox.claim(&request(10)).await.expect("claim");
     let envelope = &claimed[0].envelope;
     assert_eq!(envelope.id, id);
@@ -260,7 +249,7 @@ async fn migrating_again_changes_nothing() {
         .fetch_one(outbox.pool())
         .await
         .expect("ledger");
-    assert_eq!(applied, 2, "each migration applied once");
+    assert_eq!(applied, 3, "each migration applied once");
     assert_eq!(other.stats().await.expect("stats").pending, 1);
 }
 
@@ -357,7 +346,7 @@ async fn watcher_sees_commits_made_through_another_connection() {
     let relay_side = open(&url).await;
     let shutdown = CancellationToken::new();
     let watcher = relay_side
-        .watch_commits(Duration::from_millis(10), shutdown.clone())
+        .watch_commits(shutdown.clone())
         .await
         .expect("watch");
     // Another handle, as another process would have: it cannot ring relay_side's signal.
@@ -394,16 +383,9 @@ async fn large_batches_are_recorded_in_order_across_chunks() {
     let (_dir, url) = temp_db();
     let outbox = open(&url).await;
     let envelopes = herald_testkit::interleaved(7, 181); // 1,267 rows: 2 full chunks + 267
-    let mut tx = outbox
-        .pool()
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .expect("begin");
-    outbox
-        .record_all(&mut tx, &envelopes)
-        .await
-        .expect("record");
-    outbox.commit(tx).await.expect("commit");
+    let mut tx = outbox.begin().await.expect("begin");
+    tx.record_all(&envelopes).await.expect("record");
+    tx.commit().await.expect("commit");
     let claimed = outbox.claim(&request(5000)).await.expect("claim");
     assert_eq!(
         claimed.iter().map(|c| c.envelope.id).collect::<Vec<_>>(),
@@ -417,17 +399,12 @@ async fn recording_an_id_twice_is_a_permanent_error() {
     let (_dir, url) = temp_db();
     let outbox = open(&url).await;
     let envelope = herald_testkit::envelope("k", 0);
-    let mut tx = outbox
-        .pool()
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .expect("begin");
-    outbox
-        .record_all(&mut tx, std::slice::from_ref(&envelope))
+    let mut tx = outbox.begin().await.expect("begin");
+    tx.record_all(std::slice::from_ref(&envelope))
         .await
         .expect("first");
-    let err = outbox
-        .record_all(&mut tx, std::slice::from_ref(&envelope))
+    let err = tx
+        .record_all(std::slice::from_ref(&envelope))
         .await
         .expect_err("duplicate id");
     assert!(
@@ -489,12 +466,96 @@ async fn outboxes_in_one_file_are_independent() {
         .expect("b");
     a.migrate().await.expect("migrate a");
     b.migrate().await.expect("migrate b");
-    let mut tx = a.pool().begin_with("BEGIN IMMEDIATE").await.expect("begin");
-    a.record_all(&mut tx, &herald_testkit::interleaved(2, 2))
+    let mut tx = a.begin().await.expect("begin");
+    tx.record_all(&herald_testkit::interleaved(2, 2))
         .await
         .expect("record");
-    a.commit(tx).await.expect("commit");
+    tx.commit().await.expect("commit");
     assert_eq!(a.stats().await.expect("stats").pending, 4);
     assert_eq!(b.stats().await.expect("stats").pending, 0);
     assert!(b.claim(&request(10)).await.expect("claim").is_empty());
+}
+
+// The write path as a type: `begin` takes the write lock, dropping rolls back, a transaction
+// the application holds is adopted, and commit rings the doorbell.
+
+#[tokio::test]
+async fn begin_takes_the_write_lock_at_once() {
+    let (_dir, url) = temp_db();
+    let outbox = open(&url).await;
+    let tx = outbox.begin().await.expect("begin");
+
+    // Another writer cannot take the lock while the transaction is open, though it has not
+    // written yet: a deferred BEGIN would hold no lock until its first write.
+    let options = SqliteConnectOptions::from_str(&url)
+        .expect("url")
+        .busy_timeout(Duration::from_millis(50));
+    let mut other = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .expect("other");
+    let err = other
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .expect_err("the write lock is held");
+    assert!(err.to_string().contains("locked"), "{err}");
+
+    tx.rollback().await.expect("rollback");
+    other
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .expect("free once rolled back")
+        .rollback()
+        .await
+        .expect("rollback");
+}
+
+#[tokio::test]
+async fn a_dropped_transaction_records_nothing() {
+    let (_dir, url) = temp_db();
+    let outbox = open(&url).await;
+    {
+        let mut tx = outbox.begin().await.expect("begin");
+        sqlx::query("INSERT INTO orders (id, total_cents) VALUES (1, 1)")
+            .execute(&mut *tx)
+            .await
+            .expect("business row");
+        tx.record(&OrderPlaced {
+            order_id: 1,
+            total_cents: 1,
+        })
+        .await
+        .expect("record");
+    }
+    assert_eq!(orders(&outbox).await, 0);
+    assert_eq!(outbox.stats().await.expect("stats").pending, 0);
+    assert!(outbox.claim(&request(10)).await.expect("claim").is_empty());
+}
+
+#[tokio::test]
+async fn an_adopted_transaction_on_a_borrowed_connection_records_and_its_commit_rings() {
+    let (_dir, url) = temp_db();
+    let outbox = open(&url).await;
+    let mut wakeups = outbox.signal().subscribe();
+    wakeups.mark_seen();
+
+    let mut conn = outbox.pool().acquire().await.expect("connection");
+    let mut tx = outbox.adopt(conn.begin_with("BEGIN IMMEDIATE").await.expect("begin"));
+    let id = tx
+        .record(&OrderPlaced {
+            order_id: 7,
+            total_cents: 1,
+        })
+        .await
+        .expect("record");
+    tx.commit().await.expect("commit");
+    drop(conn);
+
+    tokio::time::timeout(Duration::from_millis(100), wakeups.rung())
+        .await
+        .expect("the commit rings the doorbell");
+    let claimed = outbox.claim(&request(10)).await.expect("claim");
+    assert_eq!(
+        claimed.iter().map(|c| c.envelope.id).collect::<Vec<_>>(),
+        vec![id]
+    );
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::{
-    ClaimRequest, ClaimedEvent, Completion, DeadLetter, Envelope, Failure, OutboxAdmin,
-    OutboxStats, OutboxStore, Replay, Result, Seq, Signal, Uuid,
+    ClaimRequest, ClaimedEvent, Completion, DeadLetter, DeadLetters, Envelope, Failure,
+    OutboxAdmin, OutboxStats, OutboxStore, Page, Result, Selection, Seq, Signal, Uuid,
 };
 use herald_sqlite::{SqliteOutbox, SqliteOutboxConfig};
 use herald_testkit::store::StoreFactory;
@@ -46,18 +46,29 @@ impl StoreFactory for SqliteFactory {
 
     async fn record(&self, store: &TempStore, envelopes: &[Envelope], commit: bool) -> Result<()> {
         let outbox = &store.outbox;
-        let mut tx = outbox
-            .pool()
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .expect("begin");
-        outbox.record_all(&mut tx, envelopes).await?;
+        let mut tx = outbox.begin().await.expect("begin");
+        tx.record_all(envelopes).await?;
         if commit {
-            outbox.commit(tx).await
+            tx.commit().await
         } else {
             tx.rollback().await.expect("rollback");
             Ok(())
         }
+    }
+
+    async fn record_undecodable(&self, store: &TempStore) {
+        let table = store.outbox.config().table.quoted();
+        let sql = format!(
+            "INSERT INTO {table} (id, event_type, version, occurred_at, correlation_id, \
+             partition_key, content_type, headers, payload, recorded_at, available_at) \
+             VALUES ('00000000-0000-7000-8000-0000000000bd', 'bad', -1, 0, \
+             '00000000-0000-7000-8000-0000000000bd', 'bad', 'application/json', '{{}}', \
+             x'00ff', 0, 0)"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(store.outbox.pool())
+            .await
+            .unwrap();
     }
 }
 
@@ -91,17 +102,19 @@ impl OutboxAdmin for TempStore {
     async fn stats(&self) -> Result<OutboxStats> {
         self.outbox.stats().await
     }
+}
 
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
-        self.outbox.dead_letters(limit).await
+impl DeadLetters for TempStore {
+    async fn dead_letters(&self, page: Page) -> Result<Vec<DeadLetter>> {
+        self.outbox.dead_letters(page).await
     }
 
-    async fn replay(&self, which: Replay) -> Result<u64> {
+    async fn replay(&self, which: Selection) -> Result<u64> {
         self.outbox.replay(which).await
     }
 
-    async fn purge_dead_letters(&self) -> Result<u64> {
-        self.outbox.purge_dead_letters().await
+    async fn purge(&self, which: Selection) -> Result<u64> {
+        self.outbox.purge(which).await
     }
 }
 

@@ -4,16 +4,38 @@
 //! expands to one `#[tokio::test]` per behaviour, so each guarantee shows up (and fails) on
 //! its own:
 //!
-//! ```ignore
-//! struct Factory;
-//! impl herald_testkit::store::StoreFactory for Factory { /* … */ }
-//! herald_testkit::store_suite!(Factory);
+//! ```no_run
+//! use herald_memory::{MemoryDeadLetterQueue, MemoryTransport};
+//! use herald_testkit::transport::TransportFactory;
+//!
+//! struct Memory;
+//!
+//! impl TransportFactory for Memory {
+//!     type Transport = MemoryTransport;
+//!     type DeadLetters = MemoryDeadLetterQueue;
+//!     const MANDATORY: bool = true;
+//!
+//!     async fn create(&self) -> MemoryTransport {
+//!         MemoryTransport::new()
+//!     }
+//!
+//!     fn dead_letter_queue(&self, transport: &MemoryTransport, name: &str) -> Self::DeadLetters {
+//!         transport.dead_letter_queue(name)
+//!     }
+//! }
+//!
+//! herald_testkit::transport_suite!(Memory);
+//! # fn main() {}
 //! ```
+//!
+//! A store does the same with [`store::StoreFactory`] and [`store_suite!`].
+//! [`inbox`] does the same for an [`Inbox`](herald_core::Inbox) (`inbox_suite!`).
 //!
 //! [`sim`] holds the deterministic, seeded simulations' models (outbox, broker, queue, inbox)
 //! that the relay's and the consumer's `tests/simulation.rs` run the real engines against.
 
 pub mod env;
+pub mod inbox;
 pub mod sim;
 pub mod store;
 pub mod transport;

@@ -1,4 +1,5 @@
-//! The store conformance suite: what every [`OutboxStore`] + [`OutboxAdmin`] must do.
+//! The store conformance suite: what every [`OutboxStore`] + [`OutboxAdmin`] +
+//! [`DeadLetters`] must do.
 //!
 //! Implement [`StoreFactory`] in the backend's integration tests and call
 //! [`store_suite!`](crate::store_suite).
@@ -9,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herald_core::{
-    ClaimRequest, ClaimedEvent, Completion, Disposition, Envelope, Failure, Metadata, OutboxAdmin,
-    OutboxStore, Replay, Result, TraceContext, Uuid,
+    ClaimRequest, ClaimedEvent, Completion, DeadLetterOrigin, DeadLetters, Disposition, Envelope,
+    Failure, Metadata, OutboxAdmin, OutboxStore, Page, Result, Selection, TraceContext, Uuid,
 };
 
 use crate::{TestEvent, envelope, interleaved};
@@ -18,7 +19,7 @@ use crate::{TestEvent, envelope, interleaved};
 /// Makes isolated stores for the suite.
 pub trait StoreFactory: Send + Sync + 'static {
     /// The store under test.
-    type Store: OutboxStore + OutboxAdmin + Clone;
+    type Store: OutboxStore + OutboxAdmin + DeadLetters + Clone;
 
     /// A fresh, migrated store that no other test touches (own schema, own database file).
     fn create(&self, completion: Completion) -> impl Future<Output = Self::Store> + Send;
@@ -31,6 +32,11 @@ pub trait StoreFactory: Send + Sync + 'static {
         envelopes: &[Envelope],
         commit: bool,
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Inserts, bypassing the write path (as another program might), one pending row whose
+    /// envelope does not decode, of event type `bad`, partition key `bad` and payload
+    /// `[0x00, 0xff]`: a negative version, say.
+    fn record_undecodable(&self, store: &Self::Store) -> impl Future<Output = ()> + Send;
 }
 
 /// Expands to one `#[tokio::test]` per behaviour of the store suite, each calling the function
@@ -48,6 +54,7 @@ macro_rules! store_suite {
             per_key_order_holds_with_concurrent_claimers,
             failed_row_blocks_only_its_own_key_until_backoff,
             dead_letter_then_replay,
+            undecodable_dead_letter_is_listed,
             release_does_not_count_an_attempt,
             write_backs_after_the_lease_expired_change_nothing,
             archive_is_pruned_by_retention,
@@ -339,7 +346,7 @@ pub async fn failed_row_blocks_only_its_own_key_until_backoff<F: StoreFactory>(f
 }
 
 /// A row given up on becomes a dead letter with its error and attempts, stops blocking its
-/// key, and can be replayed (one or all) or purged.
+/// key, is listed by page (newest first), and can be replayed or purged (one or all).
 pub async fn dead_letter_then_replay<F: StoreFactory>(factory: &F) {
     let store = factory.create(Completion::Delete).await;
     let (p0, p1, q0) = (envelope("p", 0), envelope("p", 1), envelope("q", 0));
@@ -371,12 +378,38 @@ pub async fn dead_letter_then_replay<F: StoreFactory>(factory: &F) {
 
     let stats = store.stats().await.expect("stats");
     assert_eq!((stats.pending, stats.dead_lettered), (1, 2));
-    let dead = store.dead_letters(10).await.expect("dead letters");
+    let dead = store
+        .dead_letters(Page::first(10))
+        .await
+        .expect("dead letters");
     assert_eq!(dead.len(), 2);
-    let by_id: BTreeMap<Uuid, _> = dead.iter().map(|d| (d.envelope.id, d)).collect();
-    assert_eq!(by_id[&p0.id].last_error, "poison: cannot route");
+    let by_id: BTreeMap<Uuid, _> = dead
+        .iter()
+        .map(|d| (d.envelope.as_ref().expect("decodes").id, d))
+        .collect();
+    assert_eq!(by_id[&p0.id].reason, "poison: cannot route");
     assert_eq!(by_id[&p0.id].attempts, 1);
-    assert_eq!(by_id[&p0.id].envelope.payload, p0.payload);
+    assert_eq!(
+        by_id[&p0.id].envelope.as_ref().expect("decodes").payload,
+        p0.payload
+    );
+    assert_eq!(by_id[&p0.id].id, Some(p0.id));
+    assert_eq!(
+        by_id[&p0.id].raw.payload, p0.payload,
+        "the raw form is kept"
+    );
+    assert!(by_id[&p0.id].dead_lettered_at.is_some());
+    assert!(matches!(
+        by_id[&p0.id].origin,
+        DeadLetterOrigin::Outbox { .. }
+    ));
+    let first = store.dead_letters(Page::first(1)).await.expect("page 1");
+    let second = store
+        .dead_letters(Page::first(1).next())
+        .await
+        .expect("page 2");
+    assert_eq!((first.len(), second.len()), (1, 1));
+    assert_ne!(first[0].id, second[0].id, "pages do not overlap");
 
     let next = claim(&store, relay, 10).await;
     assert_eq!(
@@ -386,10 +419,13 @@ pub async fn dead_letter_then_replay<F: StoreFactory>(factory: &F) {
     );
     store.complete(relay, &seqs(&next)).await.expect("complete");
 
-    assert_eq!(store.replay(Replay::One(p0.id)).await.expect("replay"), 1);
+    assert_eq!(
+        store.replay(Selection::One(p0.id)).await.expect("replay"),
+        1
+    );
     assert_eq!(
         store
-            .replay(Replay::One(Uuid::now_v7()))
+            .replay(Selection::One(Uuid::now_v7()))
             .await
             .expect("replay"),
         0
@@ -402,7 +438,7 @@ pub async fn dead_letter_then_replay<F: StoreFactory>(factory: &F) {
         .await
         .expect("complete");
 
-    assert_eq!(store.replay(Replay::All).await.expect("replay all"), 1);
+    assert_eq!(store.replay(Selection::All).await.expect("replay all"), 1);
     assert_eq!(ids(&claim(&store, relay, 10).await), vec![q0.id]);
     assert_eq!(store.stats().await.expect("stats").dead_lettered, 0);
 
@@ -422,14 +458,80 @@ pub async fn dead_letter_then_replay<F: StoreFactory>(factory: &F) {
         )
         .await
         .expect("fail");
-    assert_eq!(store.purge_dead_letters().await.expect("purge"), 1);
+    assert_eq!(store.purge(Selection::All).await.expect("purge"), 1);
     assert!(
         store
-            .dead_letters(10)
+            .dead_letters(Page::first(10))
             .await
             .expect("dead letters")
             .is_empty()
     );
+
+    // Purge one: only the selected dead letter goes.
+    record(factory, &store, &[envelope("s", 0), envelope("t", 0)]).await;
+    let st = claim(&store, relay, 10).await;
+    let failures: Vec<Failure> = st
+        .iter()
+        .map(|c| Failure {
+            seq: c.seq,
+            error: "y".into(),
+            disposition: Disposition::DeadLetter,
+        })
+        .collect();
+    store.fail(relay, &failures).await.expect("fail");
+    let s0 = st[0].envelope.id;
+    assert_eq!(
+        store
+            .purge(Selection::One(Uuid::now_v7()))
+            .await
+            .expect("purge"),
+        0
+    );
+    assert_eq!(store.purge(Selection::One(s0)).await.expect("purge one"), 1);
+    let left = store.dead_letters(Page::ALL).await.expect("dead letters");
+    assert_eq!(
+        left.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![Some(st[1].envelope.id)]
+    );
+}
+
+/// A row whose envelope does not decode is dead-lettered by the claim and is still listed:
+/// with its raw columns and payload, and the reason it was given up on.
+pub async fn undecodable_dead_letter_is_listed<F: StoreFactory>(factory: &F) {
+    let store = factory.create(Completion::Delete).await;
+    let good = envelope("k", 0);
+    record(factory, &store, std::slice::from_ref(&good)).await;
+    factory.record_undecodable(&store).await;
+    let relay = Uuid::now_v7();
+    let claimed = claim(&store, relay, 10).await;
+    assert_eq!(ids(&claimed), vec![good.id], "the bad row is set aside");
+    store
+        .complete(relay, &seqs(&claimed))
+        .await
+        .expect("complete");
+
+    let dead = store
+        .dead_letters(Page::first(10))
+        .await
+        .expect("an undecodable dead letter does not break the listing");
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0].reason.starts_with("malformed row: "),
+        "{}",
+        dead[0].reason
+    );
+    assert!(dead[0].envelope.is_none(), "it does not decode");
+    assert_eq!(dead[0].event_type(), Some("bad"), "{:?}", dead[0].raw);
+    assert_eq!(
+        dead[0].raw.headers.get("partition_key").map(String::as_str),
+        Some("bad")
+    );
+    assert_eq!(dead[0].raw.payload.as_ref(), &[0x00, 0xff]);
+    assert_eq!(dead[0].attempts, 1);
+    assert!(matches!(dead[0].origin, DeadLetterOrigin::Outbox { .. }));
+    let id = dead[0].id.expect("its id reads as a UUID");
+    assert_eq!(store.purge(Selection::One(id)).await.expect("purge"), 1);
+    assert_eq!(store.stats().await.expect("stats").dead_lettered, 0);
 }
 
 /// Rows released by a relay shutting down are claimable at once, and the claim that was given

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use herald_core::{
-    Bytes, Delivery, DeliveryStream, Envelope, Metadata, Publisher, Subscriber, SubscriptionSpec,
-    TraceContext, Uuid,
+    Bytes, DeadLetter, DeadLetterOrigin, DeadLetters, Delivery, DeliveryStream, Envelope, Metadata,
+    Page, Publisher, Selection, Subscriber, SubscriptionSpec, TraceContext, Uuid,
 };
 
 use crate::{TestEvent, envelope, interleaved};
@@ -36,12 +36,16 @@ pub trait TransportFactory: Send + Sync + 'static {
     /// A transport that no other test shares: its own exchange, queues or stream names.
     fn create(&self) -> impl Future<Output = Self::Transport> + Send;
 
-    /// The dead letters of `subscription`, oldest first, each with the reason it was rejected.
-    fn dead_letters(
+    /// The transport's view of one subscription's dead letters.
+    type DeadLetters: DeadLetters;
+
+    /// The dead letters of `subscription` (the transport's own accessor, such as
+    /// `dead_letter_queue`), listed oldest first.
+    fn dead_letter_queue(
         &self,
         transport: &Self::Transport,
         subscription: &str,
-    ) -> impl Future<Output = Vec<(Envelope, String)>> + Send;
+    ) -> Self::DeadLetters;
 }
 
 /// Expands to one `#[tokio::test]` per behaviour of the transport suite, each calling the
@@ -61,6 +65,7 @@ macro_rules! transport_suite {
             retry_redelivers_after_the_delay,
             rejected_message_lands_in_the_dead_letters,
             retries_stop_at_the_subscriptions_max_attempts,
+            dead_letters_are_paged_replayed_and_purged,
             dropped_delivery_is_delivered_again,
             prefetch_bounds_unsettled_deliveries,
             unroutable_publish_fails,
@@ -418,17 +423,11 @@ pub async fn retries_stop_at_the_subscriptions_max_attempts<F: TransportFactory>
         .await
         .expect("retry");
 
-    let deadline = Instant::now() + WAIT;
-    let dead = loop {
-        let dead = factory.dead_letters(&transport, &name).await;
-        if !dead.is_empty() || Instant::now() > deadline {
-            break dead;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let dead = wait_for_dead_letters(&factory.dead_letter_queue(&transport, &name), 1).await;
     assert_eq!(dead.len(), 1, "the retry past the cap dead-lettered it");
-    let (envelope, why) = &dead[0];
-    assert_eq!(envelope.id, envs[0].id);
+    assert_eq!(dead[0].id, Some(envs[0].id));
+    assert_eq!(dead[0].attempts, 2);
+    let why = &dead[0].reason;
     assert!(why.contains(&reason), "reason `{why}` keeps `{reason}`");
     quiet(
         &mut stream,
@@ -463,21 +462,132 @@ pub async fn rejected_message_lands_in_the_dead_letters<F: TransportFactory>(fac
     );
     ack(healthy).await;
 
-    let deadline = Instant::now() + WAIT;
-    let dead = loop {
-        let dead = factory.dead_letters(&transport, &name).await;
-        if !dead.is_empty() || Instant::now() > deadline {
-            break dead;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let dead = wait_for_dead_letters(&factory.dead_letter_queue(&transport, &name), 1).await;
     assert_eq!(dead.len(), 1, "one dead letter");
-    let (envelope, why) = &dead[0];
+    let (envelope, why) = match &dead[0] {
+        DeadLetter {
+            envelope: Some(envelope),
+            reason,
+            ..
+        } => (envelope, reason),
+        other => panic!("a dead letter that does not decode: {other:?}"),
+    };
     assert_eq!(envelope.id, envs[0].id);
     assert_eq!(envelope.event_type, envs[0].event_type);
     assert_eq!(envelope.payload, envs[0].payload);
     assert!(why.contains(&reason), "reason `{why}` keeps `{reason}`");
     quiet(&mut stream, "a rejected message is not redelivered").await;
+}
+
+/// Lists `dead_letters` until at least `n` are there or [`WAIT`] passed.
+async fn wait_for_dead_letters<D: DeadLetters>(dead_letters: &D, n: usize) -> Vec<DeadLetter> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let dead = match dead_letters.dead_letters(Page::ALL).await {
+            Ok(dead) => dead,
+            Err(err) => panic!("listing dead letters failed: {}", err.chain()),
+        };
+        if dead.len() >= n || Instant::now() > deadline {
+            return dead;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn dead_ids(dead: &[DeadLetter]) -> Vec<Option<Uuid>> {
+    dead.iter().map(|d| d.id).collect()
+}
+
+/// Dead letters are listed by page in queue order, with where and why; one is replayed as a
+/// first delivery, one purged, and the rest purged at once; an unknown id selects nothing.
+pub async fn dead_letters_are_paged_replayed_and_purged<F: TransportFactory>(factory: &F) {
+    let transport = factory.create().await;
+    let name = unique("dead");
+    let mut stream = subscribe(&transport, &spec(&name, &[])).await;
+    let envs = interleaved(3, 1);
+    publish(&transport, &envs).await;
+    for env in &envs {
+        let delivery = next(&mut stream).await;
+        assert_eq!(delivery.envelope.id, env.id);
+        let reason = format!("cannot handle {}", env.id);
+        delivery.reject(reason).await.expect("reject");
+    }
+    let queue = factory.dead_letter_queue(&transport, &name);
+    let dead = wait_for_dead_letters(&queue, 3).await;
+    let expected: Vec<Option<Uuid>> = envs.iter().map(|e| Some(e.id)).collect();
+    assert_eq!(dead_ids(&dead), expected, "oldest first");
+    for (letter, env) in dead.iter().zip(&envs) {
+        assert_eq!(letter.envelope.as_ref(), Some(env));
+        assert_eq!(letter.raw.payload, env.payload, "the raw form is kept");
+        assert!(
+            letter.reason.contains(&format!("cannot handle {}", env.id)),
+            "{}",
+            letter.reason
+        );
+        assert_eq!(letter.attempts, 1);
+        assert_eq!(
+            letter.origin,
+            DeadLetterOrigin::Queue { name: name.clone() }
+        );
+    }
+    let page = queue
+        .dead_letters(Page {
+            offset: 1,
+            limit: 1,
+        })
+        .await
+        .expect("page");
+    assert_eq!(
+        dead_ids(&page),
+        vec![Some(envs[1].id)],
+        "the second page of one"
+    );
+
+    assert_eq!(
+        queue
+            .replay(Selection::One(Uuid::now_v7()))
+            .await
+            .expect("replay"),
+        0
+    );
+    assert_eq!(
+        queue
+            .purge(Selection::One(Uuid::now_v7()))
+            .await
+            .expect("purge"),
+        0
+    );
+    assert_eq!(
+        queue
+            .replay(Selection::One(envs[0].id))
+            .await
+            .expect("replay"),
+        1
+    );
+    let replayed = next(&mut stream).await;
+    assert_eq!(replayed.envelope, envs[0], "the same message comes back");
+    assert_eq!(replayed.attempt, 1, "as a first attempt");
+    ack(replayed).await;
+    quiet(&mut stream, "only the selected dead letter is replayed").await;
+
+    assert_eq!(
+        queue
+            .purge(Selection::One(envs[1].id))
+            .await
+            .expect("purge"),
+        1
+    );
+    let left = queue.dead_letters(Page::ALL).await.expect("list");
+    assert_eq!(dead_ids(&left), vec![Some(envs[2].id)]);
+    assert_eq!(queue.purge(Selection::All).await.expect("purge all"), 1);
+    assert!(
+        queue
+            .dead_letters(Page::ALL)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    quiet(&mut stream, "purged dead letters are gone").await;
 }
 
 /// A delivery dropped without being settled (a consumer that crashed) is delivered again,

@@ -88,9 +88,9 @@ pub async fn drop_schema(store: &herald_postgres::PgOutbox) {
 /// Records `envelopes` in committed transactions of 500.
 pub async fn record(store: &herald_postgres::PgOutbox, envelopes: &[herald_core::Envelope]) {
     for chunk in envelopes.chunks(500) {
-        let mut tx = store.pool().begin().await.unwrap();
-        store.record_all(&mut tx, chunk).await.unwrap();
-        store.commit(tx).await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        tx.record_all(chunk).await.unwrap();
+        tx.commit().await.unwrap();
     }
 }
 

@@ -59,7 +59,7 @@ impl Ordering {
     pub async fn place(&self, order: &OrderCreated) -> Result<Uuid> {
         match self {
             Ordering::Postgres { outbox, schema } => {
-                let mut tx = outbox.pool().begin().await?;
+                let mut tx = outbox.begin().await?;
                 let sql = format!(
                     "INSERT INTO {schema}.orders (id, customer, sku, quantity, total_cents, status) \
                      VALUES ($1, $2, $3, $4, $5, 'placed')"
@@ -72,12 +72,12 @@ impl Ordering {
                     .bind(order.total_cents)
                     .execute(&mut *tx)
                     .await?;
-                let id = outbox.record(&mut tx, order).await?;
-                outbox.commit(tx).await?;
+                let id = tx.record(order).await?;
+                tx.commit().await?;
                 Ok(id)
             }
             Ordering::Sqlite { outbox } => {
-                let mut tx = outbox.pool().begin_with("BEGIN IMMEDIATE").await?;
+                let mut tx = outbox.begin().await?;
                 sqlx::query(
                     "INSERT INTO orders (id, customer, sku, quantity, total_cents, status) \
                      VALUES (?, ?, ?, ?, ?, 'placed')",
@@ -89,8 +89,8 @@ impl Ordering {
                 .bind(order.total_cents)
                 .execute(&mut *tx)
                 .await?;
-                let id = outbox.record(&mut tx, order).await?;
-                outbox.commit(tx).await?;
+                let id = tx.record(order).await?;
+                tx.commit().await?;
                 Ok(id)
             }
         }
@@ -100,24 +100,24 @@ impl Ordering {
     pub async fn cancel(&self, event: &OrderCancelled) -> Result<Uuid> {
         match self {
             Ordering::Postgres { outbox, schema } => {
-                let mut tx = outbox.pool().begin().await?;
+                let mut tx = outbox.begin().await?;
                 let sql = format!("UPDATE {schema}.orders SET status = 'cancelled' WHERE id = $1");
                 sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(event.order_id)
                     .execute(&mut *tx)
                     .await?;
-                let id = outbox.record(&mut tx, event).await?;
-                outbox.commit(tx).await?;
+                let id = tx.record(event).await?;
+                tx.commit().await?;
                 Ok(id)
             }
             Ordering::Sqlite { outbox } => {
-                let mut tx = outbox.pool().begin_with("BEGIN IMMEDIATE").await?;
+                let mut tx = outbox.begin().await?;
                 sqlx::query("UPDATE orders SET status = 'cancelled' WHERE id = ?")
                     .bind(event.order_id.to_string())
                     .execute(&mut *tx)
                     .await?;
-                let id = outbox.record(&mut tx, event).await?;
-                outbox.commit(tx).await?;
+                let id = tx.record(event).await?;
+                tx.commit().await?;
                 Ok(id)
             }
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use herald_consumer::ConsumerSnapshot;
-use herald_core::Uuid;
+use herald_core::{DeadLetter, Uuid};
 use herald_relay::RelaySnapshot;
 
 use super::events::OrderCreated;
@@ -14,7 +14,6 @@ use super::inventory::{Inventory, Meter};
 use super::lost_confirms::ConfirmCounters;
 use super::ordering::Ordering;
 use crate::fmt_ms;
-use crate::transport::DeadMessage;
 
 /// Counters of the ordering side, shared by the producers.
 #[derive(Default)]
@@ -33,7 +32,7 @@ pub struct Report {
     lost_confirms: u64,
     consumer: ConsumerSnapshot,
     relays: RelaySnapshot,
-    dead_letters: Vec<DeadMessage>,
+    dead_letters: Vec<DeadLetter>,
     latencies: Vec<Duration>,
     elapsed: Duration,
 }
@@ -47,7 +46,7 @@ impl Report {
         confirms: &ConfirmCounters,
         consumer: ConsumerSnapshot,
         relays: Vec<RelaySnapshot>,
-        dead_letters: Vec<DeadMessage>,
+        dead_letters: Vec<DeadLetter>,
         mut latencies: Vec<Duration>,
         elapsed: Duration,
     ) -> Self {
@@ -142,7 +141,9 @@ impl Report {
         for dead in &self.dead_letters {
             println!(
                 "  dead letter: {} {}: {}",
-                dead.envelope.event_type, dead.envelope.id, dead.reason
+                dead.event_type().unwrap_or("(undecodable)"),
+                dead.id.map_or_else(|| "-".to_owned(), |id| id.to_string()),
+                dead.reason
             );
         }
 
@@ -154,8 +155,9 @@ impl Report {
         let dead_orders: HashSet<Uuid> = self
             .dead_letters
             .iter()
-            .filter(|d| d.envelope.event_type == <OrderCreated as herald_core::Event>::TYPE)
-            .filter_map(|d| serde_json::from_slice::<OrderCreated>(&d.envelope.payload).ok())
+            .filter_map(|d| d.envelope.as_ref())
+            .filter(|e| e.event_type == <OrderCreated as herald_core::Event>::TYPE)
+            .filter_map(|e| serde_json::from_slice::<OrderCreated>(&e.payload).ok())
             .map(|order| order.order_id)
             .collect();
         // Each order must be reserved exactly while ordering says it is open: a cancelled order

@@ -4,7 +4,8 @@
 //!
 //! Each run is a [`Job`]: it takes the open transaction, runs the handler on it, and hands the
 //! transaction back. The inbox records of a whole group are written first, in one statement
-//! ([`Inbox::mark_all_handled`]): a duplicate is acknowledged without running its handler. A
+//! ([`Inbox::claim_all`]): a duplicate is acknowledged without running its handler, and a run
+//! whose key is held for another message (away for a delayed retry) is not run either. A
 //! worker takes the first waiting job, then every job already waiting (up to the batch size)
 //! without waiting for more, so a lone message is never delayed, and runs them one after the
 //! other on one transaction, each under a savepoint of its own. Then:
@@ -35,7 +36,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_core::{BoxFuture, Inbox, Uuid};
+use herald_core::{BoxFuture, Claim, Claimed, Inbox, OutboxTransaction, Uuid};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::layer::TimedOut;
@@ -61,6 +62,13 @@ pub(crate) enum Verdict {
     },
     /// The job's own result; its writes were rolled back.
     Failed(HandlerResult),
+    /// Not run: its key is held for another message, due back in `due_in`.
+    Held {
+        /// The message the key waits for.
+        by: Uuid,
+        /// How long until it is due back.
+        due_in: Duration,
+    },
     /// Not committed through no fault of its own: run it again in a transaction of its own.
     Alone,
 }
@@ -68,9 +76,15 @@ pub(crate) enum Verdict {
 /// One handler run waiting for a group: takes the transaction, gives it back with what it did.
 pub(crate) type Work<T> = Box<dyn FnOnce(T) -> BoxFuture<'static, (T, Ran)> + Send>;
 
+/// A consumer (subscription) and a partition key.
+pub(crate) type OrderKey = (Arc<str>, Arc<str>);
+
 struct Job<T> {
     message_id: Uuid,
     handler: Arc<str>,
+    key: Option<OrderKey>,
+    /// Whether the message may hold its key (delivered before): the hold goes at the commit.
+    own_hold: bool,
     work: Work<T>,
     reply: oneshot::Sender<Verdict>,
 }
@@ -88,13 +102,20 @@ impl<O: Inbox> GroupCommit<O> {
         batch: usize,
         concurrency: usize,
         timeout: Option<Duration>,
+        stale_after: Duration,
     ) -> Self {
         let batch = batch.max(1);
         let workers = workers(concurrency, batch);
         let (jobs, receiver) = mpsc::channel(batch * workers);
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..workers {
-            tokio::spawn(work(store.clone(), Arc::clone(&receiver), batch, timeout));
+            tokio::spawn(work(
+                store.clone(),
+                Arc::clone(&receiver),
+                batch,
+                timeout,
+                stale_after,
+            ));
         }
         GroupCommit { jobs }
     }
@@ -105,12 +126,16 @@ impl<O: Inbox> GroupCommit<O> {
         &self,
         message_id: Uuid,
         handler: Arc<str>,
+        key: Option<OrderKey>,
+        own_hold: bool,
         work: Work<O::Transaction>,
     ) -> Verdict {
         let (reply, verdict) = oneshot::channel();
         let job = Job {
             message_id,
             handler,
+            key,
+            own_hold,
             work,
             reply,
         };
@@ -133,6 +158,7 @@ async fn work<O: Inbox>(
     jobs: Arc<Mutex<mpsc::Receiver<Job<O::Transaction>>>>,
     batch: usize,
     timeout: Option<Duration>,
+    stale_after: Duration,
 ) {
     let mut group = Vec::with_capacity(batch);
     loop {
@@ -149,7 +175,7 @@ async fn work<O: Inbox>(
                 }
             }
         }
-        run_group(&store, &mut group, timeout).await;
+        run_group(&store, &mut group, timeout, stale_after).await;
         group.clear();
     }
 }
@@ -159,6 +185,7 @@ async fn run_group<O: Inbox>(
     store: &O,
     group: &mut Vec<Job<O::Transaction>>,
     timeout: Option<Duration>,
+    stale_after: Duration,
 ) {
     // A caller that stopped waiting (its run timed out, the consumer shut down) is not run.
     group.retain(|job| !job.reply.is_closed());
@@ -175,11 +202,18 @@ async fn run_group<O: Inbox>(
     };
     // Every inbox record of the group in one statement; duplicates are known before any
     // handler runs. Then the first run's savepoint.
-    let records: Vec<(Uuid, &str)> = group
+    let claims: Vec<Claim<'_>> = group
         .iter()
-        .map(|job| (job.message_id, &*job.handler))
+        .map(|job| Claim {
+            message_id: job.message_id,
+            handler: &job.handler,
+            key: job
+                .key
+                .as_ref()
+                .map(|(consumer, key)| (&**consumer, &**key)),
+        })
         .collect();
-    let marked = match store.mark_all_handled(&mut tx, &records).await {
+    let marked = match store.claim_all(&mut tx, &claims, stale_after).await {
         Ok(fresh) if fresh.len() == group.len() => store.savepoint(&mut tx).await.map(|()| fresh),
         Ok(_) => Err(herald_core::Error::store(
             "mark inbox",
@@ -192,21 +226,35 @@ async fn run_group<O: Inbox>(
         Ok(fresh) => fresh,
         Err(error) => {
             tracing::debug!(error = %error.chain(), "inbox group could not mark; running alone");
-            rollback(store, tx).await;
+            rollback(tx).await;
             alone(group.drain(..).map(|job| job.reply));
             return;
         }
     };
     let mut recorded = 0;
     let mut done: Vec<(oneshot::Sender<Verdict>, bool)> = Vec::with_capacity(group.len());
+    // Key holds of the done runs' messages, which go with their effects; a failed run's hold
+    // stays.
+    let mut releases: Vec<(Arc<str>, Arc<str>, Uuid)> = Vec::new();
     // Runs undone to their savepoint, whose inbox records go before the commit.
     let mut undone: Vec<(Uuid, Arc<str>, oneshot::Sender<Verdict>, HandlerResult)> = Vec::new();
     let mut jobs = group.drain(..).zip(fresh);
-    while let Some((mut job, fresh)) = jobs.next() {
-        if !fresh {
-            // Handled before: acknowledged without running the handler.
-            done.push((job.reply, true));
-            continue;
+    while let Some((mut job, claimed)) = jobs.next() {
+        match claimed {
+            Claimed::New => {}
+            Claimed::Duplicate => {
+                // Handled before: acknowledged without running the handler.
+                if job.own_hold {
+                    releases.extend(job.key.clone().map(|(c, k)| (c, k, job.message_id)));
+                }
+                done.push((job.reply, true));
+                continue;
+            }
+            Claimed::Held { by, due_in } => {
+                // Nothing of it was written: it waits behind the message holding its key.
+                let _ = job.reply.send(Verdict::Held { by, due_in });
+                continue;
+            }
         }
         let run = async {
             match timeout {
@@ -229,6 +277,9 @@ async fn run_group<O: Inbox>(
                     Ok(()) => {
                         tx = back;
                         recorded += r;
+                        if job.own_hold {
+                            releases.extend(job.key.clone().map(|(c, k)| (c, k, job.message_id)));
+                        }
                         done.push((job.reply, false));
                         continue;
                     }
@@ -257,7 +308,7 @@ async fn run_group<O: Inbox>(
         if let Err(error) = store.rollback_to_savepoint(&mut tx).await {
             tracing::debug!(error = %error.chain(), "inbox group could not roll back to a savepoint; running the others alone");
             let _ = job.reply.send(Verdict::Failed(result));
-            rollback(store, tx).await;
+            rollback(tx).await;
             broken(done, undone, jobs.map(|(job, _)| job.reply));
             return;
         }
@@ -271,13 +322,25 @@ async fn run_group<O: Inbox>(
             .collect();
         if let Err(error) = store.unmark_handled(&mut tx, &records).await {
             tracing::debug!(error = %error.chain(), "inbox group could not remove the records of failed runs; running the others alone");
-            rollback(store, tx).await;
+            rollback(tx).await;
+            broken(done, undone, std::iter::empty());
+            return;
+        }
+    }
+    if !releases.is_empty() {
+        let holds: Vec<(&str, &str, Uuid)> = releases
+            .iter()
+            .map(|(consumer, key, id)| (&**consumer, &**key, *id))
+            .collect();
+        if let Err(error) = store.release_keys(&mut tx, &holds).await {
+            tracing::debug!(error = %error.chain(), "inbox group could not release key holds; running the others alone");
+            rollback(tx).await;
             broken(done, undone, std::iter::empty());
             return;
         }
     }
     let committed = if recorded > 0 {
-        store.commit(tx).await
+        tx.commit().await
     } else {
         store.commit_quietly(tx).await
     };
@@ -329,8 +392,8 @@ fn broken(
     alone(rest);
 }
 
-async fn rollback<O: Inbox>(store: &O, tx: O::Transaction) {
-    if let Err(error) = store.rollback(tx).await {
+async fn rollback(tx: impl OutboxTransaction) {
+    if let Err(error) = tx.rollback().await {
         // The transaction is gone either way (a dropped connection rolls it back).
         tracing::warn!(error = %error.chain(), "inbox group rollback failed");
     }

@@ -3,7 +3,10 @@
 //!
 //! - [`Transactional`]: opens a transaction, writes the record first (a duplicate is found by
 //!   the table's primary key, not by a read), runs the handler on the same transaction and
-//!   commits both, or rolls both back. Effects in that database happen exactly once.
+//!   commits both, or rolls both back. Effects in that database happen exactly once. The same
+//!   statement checks the message's key for a hold ([`Inbox::claim_all`]): a message whose key
+//!   waits for another one, away for a delayed retry, is not run (the dispatcher defers it),
+//!   and a message's own hold goes when its effects commit.
 //! - [`Deduplicated`]: for handlers whose effects are elsewhere (an e-mail, an HTTP call). It
 //!   checks for a record before running and writes one after the handler succeeded. A crash
 //!   between the effect and the record, or two deliveries racing, runs the effect again:
@@ -14,7 +17,7 @@ use std::marker::PhantomData;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use herald_core::{BoxFuture, Event, Inbox};
+use herald_core::{BoxFuture, Claim, Claimed, Event, Inbox, OutboxTransaction, Uuid};
 
 use crate::handler::{Endpoint, catch_panic, decode};
 use crate::layer::group::{GroupCommit, Ran, Verdict, Work, cannot_commit};
@@ -25,7 +28,9 @@ use crate::{Context, Handler, HandlerError, HandlerResult, Outcome, TxContext};
 pub(crate) struct Transactional<O: Inbox, E, H> {
     store: O,
     handler: Arc<H>,
-    settings: OnceLock<(usize, usize, Option<Duration>)>,
+    /// Transaction batch, concurrency, handler timeout, and how long past its due time a key
+    /// hold stops holding.
+    settings: OnceLock<(usize, usize, Option<Duration>, Duration)>,
     group: OnceLock<GroupCommit<O>>,
     event: PhantomData<fn() -> E>,
 }
@@ -57,7 +62,27 @@ where
             config.transaction_batch,
             config.concurrency,
             config.handler_timeout,
+            config.hold_stale_after(),
         ));
+    }
+
+    fn hold<'a>(
+        &'a self,
+        consumer: &'a str,
+        key: &'a str,
+        id: Uuid,
+        back_in: Duration,
+    ) -> Option<BoxFuture<'a, herald_core::Result<()>>> {
+        Some(Box::pin(self.store.hold_key(consumer, key, id, back_in)))
+    }
+
+    fn release<'a>(
+        &'a self,
+        consumer: &'a str,
+        key: &'a str,
+        id: Uuid,
+    ) -> Option<BoxFuture<'a, herald_core::Result<()>>> {
+        Some(Box::pin(self.store.release_key(consumer, key, id)))
     }
 }
 
@@ -69,24 +94,32 @@ where
 {
     async fn run(&self, ctx: &mut Context) -> HandlerResult {
         let event = decode::<E>(ctx)?;
-        let (batch, concurrency, timeout) = self.settings.get().copied().unwrap_or((1, 1, None));
+        let (batch, concurrency, timeout, stale_after) = self.settings();
         if batch <= 1 {
             return self.run_alone(ctx, event).await;
         }
-        let group = self
-            .group
-            .get_or_init(|| GroupCommit::start(self.store.clone(), batch, concurrency, timeout));
+        let group = self.group.get_or_init(|| {
+            GroupCommit::start(self.store.clone(), batch, concurrency, timeout, stale_after)
+        });
         let (store, handler, job_ctx) =
             (self.store.clone(), Arc::clone(&self.handler), ctx.clone());
         let work: Work<O::Transaction> = Box::new(move |tx| {
             Box::pin(async move { in_group(store, handler, job_ctx, event, tx).await })
         });
         let (message_id, name) = (ctx.message_id(), ctx.handler_name());
-        match group.run(message_id, name, work).await {
+        let key = ctx
+            .order_key()
+            .map(|(consumer, key)| (Arc::<str>::from(consumer), Arc::<str>::from(key)));
+        let own_hold = ctx.own_hold().is_some();
+        match group.run(message_id, name, key, own_hold, work).await {
             Verdict::Committed { duplicate } => {
                 if duplicate {
                     ctx.mark_duplicate();
                 }
+                Ok(Outcome::Done)
+            }
+            Verdict::Held { by, due_in } => {
+                ctx.mark_held(by, due_in);
                 Ok(Outcome::Done)
             }
             Verdict::Failed(result) => result,
@@ -97,24 +130,60 @@ where
         }
     }
 
+    fn settings(&self) -> (usize, usize, Option<Duration>, Duration) {
+        self.settings.get().copied().unwrap_or((
+            1,
+            1,
+            None,
+            crate::ConsumerConfig::default().hold_stale_after(),
+        ))
+    }
+
     /// One run in a transaction of its own.
     async fn run_alone(&self, ctx: &mut Context, event: E) -> HandlerResult {
+        let stale_after = self.settings().3;
         let mut tx = self.store.begin().await?;
-        let fresh = match self
-            .store
-            .mark_handled(&mut tx, ctx.message_id(), ctx.handler())
-            .await
-        {
-            Ok(fresh) => fresh,
+        let claim = Claim {
+            message_id: ctx.message_id(),
+            handler: ctx.handler(),
+            key: ctx.order_key(),
+        };
+        let claimed = match self.store.claim_all(&mut tx, &[claim], stale_after).await {
+            Ok(claimed) => claimed.first().copied(),
             Err(error) => {
-                rollback(&self.store, tx).await;
+                rollback(tx).await;
                 return Err(error.into());
             }
         };
-        if !fresh {
-            rollback(&self.store, tx).await;
-            ctx.mark_duplicate();
-            return Ok(Outcome::Done);
+        match claimed {
+            Some(Claimed::New) => {}
+            Some(Claimed::Duplicate) => {
+                // Removes the message's own key hold, if it may have one (its effects
+                // committed earlier, and its retry was asked for after all).
+                if let Some((consumer, key)) = ctx.own_hold() {
+                    let hold = [(consumer, key, ctx.message_id())];
+                    if let Err(error) = self.store.release_keys(&mut tx, &hold).await {
+                        rollback(tx).await;
+                        return Err(error.into());
+                    }
+                    self.store.commit_quietly(tx).await?;
+                } else {
+                    rollback(tx).await;
+                }
+                ctx.mark_duplicate();
+                return Ok(Outcome::Done);
+            }
+            Some(Claimed::Held { by, due_in }) => {
+                rollback(tx).await;
+                ctx.mark_held(by, due_in);
+                return Ok(Outcome::Done);
+            }
+            None => {
+                rollback(tx).await;
+                return Err(HandlerError::transient(herald_core::error::Message(
+                    "the inbox answered no claim".into(),
+                )));
+            }
         }
 
         let mut tx_ctx = TxContext::new(ctx.clone(), self.store.clone(), tx);
@@ -125,12 +194,20 @@ where
                 // A statement the handler saw fail (and swallowed) has aborted a PostgreSQL
                 // transaction, whose COMMIT would then roll back without an error.
                 if let Err(error) = self.store.ensure_committable(&mut tx).await {
-                    rollback(&self.store, tx).await;
+                    rollback(tx).await;
                     return Err(cannot_commit(&error));
+                }
+                // The message's own key hold, if it may have one, goes with its effects.
+                if let Some((consumer, key)) = ctx.own_hold() {
+                    let hold = [(consumer, key, ctx.message_id())];
+                    if let Err(error) = self.store.release_keys(&mut tx, &hold).await {
+                        rollback(tx).await;
+                        return Err(error.into());
+                    }
                 }
                 // Only a transaction that recorded events has anything for the relays.
                 let committed = if recorded > 0 {
-                    self.store.commit(tx).await
+                    tx.commit().await
                 } else {
                     self.store.commit_quietly(tx).await
                 };
@@ -139,7 +216,7 @@ where
             }
             // Retry, reject or fail: neither the effects nor the inbox record stay.
             other => {
-                rollback(&self.store, tx).await;
+                rollback(tx).await;
                 other
             }
         }
@@ -170,8 +247,8 @@ where
     (tx, ran)
 }
 
-async fn rollback<O: Inbox>(store: &O, tx: O::Transaction) {
-    if let Err(error) = store.rollback(tx).await {
+async fn rollback(tx: impl OutboxTransaction) {
+    if let Err(error) = tx.rollback().await {
         // The transaction is gone either way (a dropped connection rolls it back).
         tracing::warn!(error = %error.chain(), "inbox rollback failed");
     }

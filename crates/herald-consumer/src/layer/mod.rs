@@ -124,6 +124,11 @@ impl Chain {
         Chain { layers, endpoint }
     }
 
+    /// The handler's endpoint, under the layers.
+    pub(crate) fn endpoint(&self) -> &dyn Endpoint {
+        &*self.endpoint
+    }
+
     /// Runs the whole chain.
     pub(crate) async fn run(&self, ctx: &mut Context) -> HandlerResult {
         Next {

@@ -75,17 +75,17 @@ pub fn fast_config() -> RelayConfig {
 
 pub async fn record_pg(store: &PgOutbox, envelopes: &[Envelope]) {
     for chunk in envelopes.chunks(250) {
-        let mut tx = store.pool().begin().await.unwrap();
-        store.record_all(&mut tx, chunk).await.unwrap();
-        store.commit(tx).await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        tx.record_all(chunk).await.unwrap();
+        tx.commit().await.unwrap();
     }
 }
 
 pub async fn record_sqlite(store: &SqliteOutbox, envelopes: &[Envelope]) {
     for chunk in envelopes.chunks(250) {
-        let mut tx = store.pool().begin().await.unwrap();
-        store.record_all(&mut tx, chunk).await.unwrap();
-        store.commit(tx).await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        tx.record_all(chunk).await.unwrap();
+        tx.commit().await.unwrap();
     }
 }
 

@@ -2,7 +2,8 @@
 //! statement that fails aborts its transaction, every later statement fails, and a `COMMIT` of
 //! an aborted transaction rolls it back *and answers without an error* (what sqlx returns).
 //! Handlers write their effects with [`ModelConnection::write_effect`]; the effects and the
-//! inbox records become visible together at commit.
+//! inbox records become visible together at commit. Key holds ([`Inbox::hold_key`]) are rows
+//! of the same database, with the same commit semantics.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::{Deref, DerefMut};
@@ -10,7 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use herald_core::error::Message;
-use herald_core::{Envelope, Error, Inbox, Result, TransactionalOutbox, Uuid};
+use herald_core::{
+    Claim, Claimed, Envelope, Error, Inbox, OutboxTransaction, Result, TransactionalOutbox, Uuid,
+};
 
 use super::Sim;
 
@@ -43,19 +46,27 @@ impl InboxFaults {
     }
 }
 
+/// A key hold: (consumer, key, message).
+type Hold = (String, String, Uuid);
+
 #[derive(Default)]
 struct Open {
     marks: Vec<(Uuid, String)>,
     effects: Vec<Uuid>,
+    /// Holds written (with their due time) and holds deleted, applied at commit.
+    holds: Vec<(Hold, u64)>,
+    released: Vec<Hold>,
     aborted: bool,
-    /// The open savepoint: how many marks and effects were written before it.
-    savepoint: Option<(usize, usize)>,
+    /// The open savepoint: how many marks, effects and released holds were written before it.
+    savepoint: Option<(usize, usize, usize)>,
 }
 
 #[derive(Default)]
 struct State {
     records: BTreeMap<(Uuid, String), u64>,
     effects: BTreeMap<Uuid, Vec<u64>>,
+    /// Committed key holds and their due times.
+    holds: BTreeMap<Hold, u64>,
     open: HashMap<u64, Open>,
     transactions: u64,
 }
@@ -138,6 +149,11 @@ impl ModelInbox {
         self.state().effects.clone()
     }
 
+    /// The committed key holds: `(consumer, key, message)` and when the message is due back.
+    pub fn holds(&self) -> BTreeMap<(String, String, Uuid), u64> {
+        self.state().holds.clone()
+    }
+
     /// When each `(message id, handler)` record committed.
     pub fn records(&self) -> BTreeMap<(Uuid, String), u64> {
         self.state().records.clone()
@@ -195,6 +211,12 @@ impl ModelInbox {
             }
             for effect in &open.effects {
                 state.effects.entry(*effect).or_default().push(now);
+            }
+            for (hold, due) in &open.holds {
+                state.holds.insert(hold.clone(), *due);
+            }
+            for hold in &open.released {
+                state.holds.remove(hold);
             }
         }
         self.sim.log(
@@ -271,41 +293,35 @@ impl TransactionalOutbox for ModelInbox {
             finished: false,
         })
     }
+}
 
-    async fn commit(&self, tx: ModelTransaction) -> Result<()> {
-        self.finish(tx).await
-    }
-
-    async fn rollback(&self, mut tx: ModelTransaction) -> Result<()> {
-        self.statement(&mut tx.conn, "rollback").await;
-        tx.finished = true;
-        self.state().open.remove(&tx.conn.tx);
+impl OutboxTransaction for ModelTransaction {
+    async fn record_all(&mut self, _envelopes: &[Envelope]) -> Result<()> {
         Ok(())
     }
 
-    async fn record_envelopes(
-        &self,
-        _conn: &mut ModelConnection,
-        _envelopes: &[Envelope],
-    ) -> Result<()> {
+    async fn commit(self) -> Result<()> {
+        let inbox = self.conn.inbox.clone();
+        inbox.finish(self).await
+    }
+
+    async fn rollback(mut self) -> Result<()> {
+        let inbox = self.conn.inbox.clone();
+        inbox.statement(&mut self.conn, "rollback").await;
+        self.finished = true;
+        inbox.state().open.remove(&self.conn.tx);
         Ok(())
     }
 }
 
-impl Inbox for ModelInbox {
-    async fn mark_handled(
+impl ModelInbox {
+    /// The inbox record's `INSERT … ON CONFLICT DO NOTHING`, in a statement already counted.
+    async fn mark(
         &self,
         conn: &mut ModelConnection,
         message_id: Uuid,
         handler: &str,
     ) -> Result<bool> {
-        self.statement(conn, "inbox").await;
-        if self.aborted(conn.tx) {
-            return Err(failure(
-                "mark",
-                "current transaction is aborted, commands ignored until end of transaction block",
-            ));
-        }
         let record = (message_id, handler.to_owned());
         // INSERT … ON CONFLICT DO NOTHING waits for another transaction holding the same key.
         let mut waits = 0;
@@ -337,6 +353,112 @@ impl Inbox for ModelInbox {
         }
         Ok(true)
     }
+}
+
+impl Inbox for ModelInbox {
+    async fn mark_handled(
+        &self,
+        conn: &mut ModelConnection,
+        message_id: Uuid,
+        handler: &str,
+    ) -> Result<bool> {
+        self.statement(conn, "inbox").await;
+        if self.aborted(conn.tx) {
+            return Err(failure(
+                "mark",
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        self.mark(conn, message_id, handler).await
+    }
+
+    async fn claim_all(
+        &self,
+        conn: &mut ModelConnection,
+        claims: &[Claim<'_>],
+        stale_after: Duration,
+    ) -> Result<Vec<Claimed>> {
+        self.statement(conn, "inbox claim").await;
+        self.usable(conn.tx)?;
+        let now = self.sim.now();
+        let stale = u64::try_from(stale_after.as_millis()).unwrap_or(u64::MAX);
+        let mut answers = Vec::with_capacity(claims.len());
+        for claim in claims {
+            if let Some((consumer, key)) = claim.key {
+                let holder = {
+                    let state = self.state();
+                    state
+                        .holds
+                        .iter()
+                        .filter(|((c, k, id), _)| {
+                            c == consumer && k == key && *id != claim.message_id
+                        })
+                        .find(|(_, due)| due.saturating_add(stale) >= now)
+                        .map(|((_, _, id), due)| (*id, *due))
+                };
+                if let Some((by, due)) = holder {
+                    answers.push(Claimed::Held {
+                        by,
+                        due_in: Duration::from_millis(due.saturating_sub(now)),
+                    });
+                    continue;
+                }
+            }
+            let fresh = self.mark(conn, claim.message_id, claim.handler).await?;
+            answers.push(if fresh {
+                Claimed::New
+            } else {
+                Claimed::Duplicate
+            });
+        }
+        Ok(answers)
+    }
+
+    async fn hold_key(
+        &self,
+        consumer: &str,
+        key: &str,
+        message_id: Uuid,
+        back_in: Duration,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        self.statement(&mut tx.conn, "hold key").await;
+        let due = self
+            .sim
+            .now()
+            .saturating_add(u64::try_from(back_in.as_millis()).unwrap_or(u64::MAX));
+        if let Some(open) = self.state().open.get_mut(&tx.conn.tx) {
+            open.holds
+                .push(((consumer.to_owned(), key.to_owned(), message_id), due));
+        }
+        self.finish(tx).await
+    }
+
+    async fn release_keys(
+        &self,
+        conn: &mut ModelConnection,
+        holds: &[(&str, &str, Uuid)],
+    ) -> Result<()> {
+        self.statement(conn, "release keys").await;
+        self.usable(conn.tx)?;
+        if let Some(open) = self.state().open.get_mut(&conn.tx) {
+            for (consumer, key, id) in holds {
+                open.released
+                    .push(((*consumer).to_owned(), (*key).to_owned(), *id));
+            }
+        }
+        Ok(())
+    }
+
+    async fn release_key(&self, consumer: &str, key: &str, message_id: Uuid) -> Result<()> {
+        let mut tx = self.begin().await?;
+        self.statement(&mut tx.conn, "release key").await;
+        if let Some(open) = self.state().open.get_mut(&tx.conn.tx) {
+            open.released
+                .push((consumer.to_owned(), key.to_owned(), message_id));
+        }
+        self.finish(tx).await
+    }
 
     async fn unmark_handled(
         &self,
@@ -359,7 +481,7 @@ impl Inbox for ModelInbox {
         self.statement(conn, "savepoint").await;
         self.usable(conn.tx)?;
         if let Some(open) = self.state().open.get_mut(&conn.tx) {
-            open.savepoint = Some((open.marks.len(), open.effects.len()));
+            open.savepoint = Some((open.marks.len(), open.effects.len(), open.released.len()));
         }
         Ok(())
     }
@@ -368,7 +490,8 @@ impl Inbox for ModelInbox {
         self.statement(conn, "release savepoint").await;
         self.usable(conn.tx)?;
         if let Some(open) = self.state().open.get_mut(&conn.tx) {
-            open.savepoint = reopen.then_some((open.marks.len(), open.effects.len()));
+            open.savepoint =
+                reopen.then_some((open.marks.len(), open.effects.len(), open.released.len()));
         }
         Ok(())
     }
@@ -379,11 +502,12 @@ impl Inbox for ModelInbox {
         let Some(open) = state.open.get_mut(&conn.tx) else {
             return Err(failure("rollback to savepoint", "no transaction"));
         };
-        let Some((marks, effects)) = open.savepoint else {
+        let Some((marks, effects, released)) = open.savepoint else {
             return Err(failure("rollback to savepoint", "no savepoint"));
         };
         open.marks.truncate(marks);
         open.effects.truncate(effects);
+        open.released.truncate(released);
         open.aborted = false;
         Ok(())
     }
