@@ -113,11 +113,8 @@ pub struct AmqpConfig {
     /// For quorum queues: deliveries of one message (crashed consumers included) after which
     /// the broker dead-letters it. `None` leaves the broker's default.
     pub delivery_limit: Option<u32>,
-    /// Deliveries handed out and not yet settled, per stream, when a subscription asks for 0
-    /// (default 200). A [`SubscriptionSpec`](herald_core::SubscriptionSpec)'s own prefetch wins.
-    pub prefetch: u16,
     /// Acknowledgements gathered before they are sent as one `basic.ack` with `multiple`
-    /// (default 64; at most half the prefetch is used).
+    /// (default 64; at most half the subscription's prefetch is used).
     pub ack_batch: usize,
     /// Longest time an acknowledgement waits to be sent (default 10 ms).
     pub ack_interval: Duration,
@@ -127,9 +124,6 @@ pub struct AmqpConfig {
     /// waits in the shortest delay queue not shorter than asked for; longer waits go round the
     /// longest queue again until due. Never empty.
     pub retry_delays: Vec<Duration>,
-    /// Deliveries of a message after which a further retry dead-letters it instead
-    /// (default 10).
-    pub max_attempts: u32,
     /// The connection name shown in the management UI (default `herald`); the publishing and
     /// consuming connections add ` publisher` and ` subscriber`.
     pub connection_name: String,
@@ -169,7 +163,6 @@ impl Default for AmqpConfig {
             routing_keys: BTreeMap::new(),
             queue_kind: QueueKind::Classic,
             delivery_limit: None,
-            prefetch: 200,
             ack_batch: 64,
             ack_interval: Duration::from_millis(10),
             confirm_window: 256,
@@ -177,7 +170,6 @@ impl Default for AmqpConfig {
                 .into_iter()
                 .map(Duration::from_secs)
                 .collect(),
-            max_attempts: 10,
             connection_name: "herald".to_owned(),
             heartbeat: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
@@ -230,9 +222,6 @@ impl AmqpConfig {
         }
         if self.confirm_window == 0 {
             return Err(Error::Config("confirm window must be at least 1".into()));
-        }
-        if self.max_attempts == 0 {
-            return Err(Error::Config("max attempts must be at least 1".into()));
         }
         if self.ack_batch == 0 {
             return Err(Error::Config("ack batch must be at least 1".into()));
@@ -360,12 +349,10 @@ impl std::fmt::Debug for AmqpConfig {
             .field("routing_keys", &self.routing_keys)
             .field("queue_kind", &self.queue_kind)
             .field("delivery_limit", &self.delivery_limit)
-            .field("prefetch", &self.prefetch)
             .field("ack_batch", &self.ack_batch)
             .field("ack_interval", &self.ack_interval)
             .field("confirm_window", &self.confirm_window)
             .field("retry_delays", &self.retry_delays)
-            .field("max_attempts", &self.max_attempts)
             .field("connection_name", &self.connection_name)
             .field("heartbeat", &self.heartbeat)
             .field("connect_timeout", &self.connect_timeout)

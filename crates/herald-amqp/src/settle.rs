@@ -50,6 +50,9 @@ pub(crate) struct Inflight {
     pub(crate) properties: BasicProperties,
     pub(crate) payload: Bytes,
     pub(crate) attempt: u32,
+    /// The subscription's cap on attempts
+    /// ([`SubscriptionSpec::max_attempts`](herald_core::SubscriptionSpec::max_attempts)).
+    pub(crate) max_attempts: u32,
     pub(crate) settled: bool,
 }
 
@@ -61,10 +64,10 @@ impl Inflight {
     }
 
     /// Delivers the message again after `delay` as the next attempt, through the delay queue
-    /// of that delay; once `max_attempts` is reached, dead-letters it instead.
+    /// of that delay; once the subscription's `max_attempts` is reached, dead-letters it
+    /// instead.
     pub(crate) async fn retry(self, delay: Duration, why: &str) -> Result<()> {
-        let max = self.shared.config.max_attempts;
-        if self.attempt >= max {
+        if self.attempt >= self.max_attempts {
             let text = format!("gave up after {} attempts: {why}", self.attempt);
             return self.dead_letter(reason::MAX_ATTEMPTS, &text).await;
         }

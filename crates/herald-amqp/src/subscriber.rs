@@ -40,15 +40,15 @@ impl Subscriber for AmqpTransport {
         async move {
             let names = QueueNames::of(&spec.name)?;
             let declarations = topology::plan(&shared.config, &spec)?;
-            let prefetch = match spec.prefetch {
-                0 => shared.config.prefetch,
-                n => u16::try_from(n).unwrap_or(u16::MAX),
-            };
+            // 0 asks for no bound, as AMQP's `basic.qos` does; more than AMQP can say is the
+            // most it can.
+            let prefetch = u16::try_from(spec.prefetch).unwrap_or(u16::MAX);
             let mut stream = AmqpStream {
                 shared,
                 names: Arc::new(names),
                 declarations,
                 prefetch,
+                max_attempts: spec.max_attempts,
                 session: None,
                 failures: 0,
                 retry_at: None,
@@ -73,6 +73,8 @@ pub struct AmqpStream {
     names: Arc<QueueNames>,
     declarations: Vec<Declaration>,
     prefetch: u16,
+    /// The subscription's cap on attempts ([`SubscriptionSpec::max_attempts`]).
+    max_attempts: u32,
     /// Boxed: a lapin consumer is large, and streams are moved around.
     session: Option<Box<Session>>,
     failures: u32,
@@ -84,6 +86,7 @@ impl std::fmt::Debug for AmqpStream {
         f.debug_struct("AmqpStream")
             .field("queue", &self.names.queue)
             .field("prefetch", &self.prefetch)
+            .field("max_attempts", &self.max_attempts)
             .field("connected", &self.session.is_some())
             .finish_non_exhaustive()
     }
@@ -185,8 +188,11 @@ impl AmqpStream {
             )
             .await
             .amqp("consume", secrets)?;
-        let prefetch = usize::from(self.prefetch.max(1));
-        let batch = self.shared.config.ack_batch.min(prefetch.div_ceil(2));
+        // A prefetch of 0 (no bound) leaves the batch as configured.
+        let batch = match usize::from(self.prefetch) {
+            0 => self.shared.config.ack_batch,
+            prefetch => self.shared.config.ack_batch.min(prefetch.div_ceil(2)),
+        };
         let acks = AckHandle::start(channel.clone(), batch, self.shared.config.ack_interval);
         Ok(Session {
             _channel: channel,
@@ -215,6 +221,7 @@ impl AmqpStream {
             properties: delivery.properties,
             payload: delivery.data.into(),
             attempt: 1,
+            max_attempts: self.max_attempts,
             settled: false,
         };
         let decoded = mapping::attempt(&inflight.properties).and_then(|attempt| {

@@ -255,14 +255,15 @@ async fn the_relay_retries_nacked_publishes_until_every_event_lands() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_handler_goes_through_the_delay_queues_then_to_the_dead_letters() {
-    let transport = AmqpTransport::connect(AmqpConfig {
-        max_attempts: 3,
-        ..common::config()
-    })
-    .await
-    .unwrap();
+    let transport = common::transport().await;
     let name = common::unique("failing");
-    let mut stream = transport.subscribe(&spec(&name)).await.unwrap();
+    let mut stream = transport
+        .subscribe(&SubscriptionSpec {
+            max_attempts: 3,
+            ..spec(&name)
+        })
+        .await
+        .unwrap();
     let poison = envelope("poison", 0);
     let healthy = interleaved(3, 2);
     transport.publish(std::slice::from_ref(&poison)).await;

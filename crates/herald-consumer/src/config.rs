@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use herald_core::{Error, Result};
+use herald_core::{Error, Result, Retention};
 
 use crate::RetryPolicy;
 
@@ -19,30 +19,6 @@ pub enum UnhandledPolicy {
     Acknowledge,
 }
 
-/// Removal of old inbox records, off the hot path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InboxRetention {
-    /// Keep records this long (default 7 days). A message redelivered or replayed after its
-    /// record was removed runs its handler again, so keep them longer than any redelivery
-    /// or dead-letter replay you expect.
-    pub keep: Duration,
-    /// Prune this often (default 5 min).
-    pub every: Duration,
-    /// Most records deleted per statement (default 1,000); a prune runs statements until one
-    /// deletes fewer, pausing between them.
-    pub batch: usize,
-}
-
-impl Default for InboxRetention {
-    fn default() -> Self {
-        InboxRetention {
-            keep: Duration::from_secs(7 * 24 * 3600),
-            every: Duration::from_secs(300),
-            batch: 1_000,
-        }
-    }
-}
-
 /// How a consumer runs.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
@@ -54,7 +30,9 @@ pub struct ConsumerConfig {
     /// handlers use a few per handler, one per group.
     pub concurrency: usize,
     /// Most deliveries held unsettled: running, waiting for a free slot, or waiting behind an
-    /// earlier message of their key (default 256). Also the subscription's broker prefetch.
+    /// earlier message of their key (default 256). The transport's prefetch is derived from it
+    /// (the subscription's [`SubscriptionSpec::prefetch`](herald_core::SubscriptionSpec)): set
+    /// it here, nowhere else.
     pub prefetch: usize,
     /// Most deliveries held back behind an earlier message of their key that is waiting for a
     /// delayed redelivery (default 64). Beyond that, later messages of such keys are given back
@@ -67,7 +45,10 @@ pub struct ConsumerConfig {
     /// through the queue's backlog again, or a competing consumer may have taken it. Set it
     /// above the time a message spends in your queue's backlog.
     pub redelivery_grace: Duration,
-    /// Retries of failed handler runs.
+    /// Retries of failed handler runs. The transport's cap on attempts is derived from it:
+    /// the subscription's [`max_attempts`](herald_core::SubscriptionSpec::max_attempts) is
+    /// `1 + retry.delayed`, so the transport never dead-letters a message the policy would
+    /// still retry.
     pub retry: RetryPolicy,
     /// Deadline of one handler run (default 30 s); `None` for none.
     pub handler_timeout: Option<Duration>,
@@ -89,9 +70,11 @@ pub struct ConsumerConfig {
     /// leaves a PostgreSQL transaction unable to commit), only its own writes are rolled back,
     /// its outcome stands, and the others commit.
     pub transaction_batch: usize,
-    /// Removal of old inbox records (default: 7 days kept, pruned every 5 min); `None` leaves
-    /// them alone.
-    pub retention: Option<InboxRetention>,
+    /// Removal of old inbox records, off the hot path (default: 7 days kept, pruned every 5 min,
+    /// 1,000 records per statement, with a pause between statements); `None` leaves them
+    /// alone. A message redelivered or replayed after its record was removed runs its handler
+    /// again, so keep records longer than any redelivery or dead-letter replay you expect.
+    pub retention: Option<Retention>,
 }
 
 impl ConsumerConfig {
@@ -120,7 +103,11 @@ impl Default for ConsumerConfig {
             on_unknown_version: UnhandledPolicy::default(),
             on_malformed: UnhandledPolicy::default(),
             transaction_batch: 32,
-            retention: Some(InboxRetention::default()),
+            retention: Some(Retention {
+                keep: Duration::from_secs(7 * 24 * 3600),
+                every: Duration::from_secs(300),
+                batch: 1_000,
+            }),
         }
     }
 }
@@ -159,12 +146,10 @@ impl ConsumerConfig {
                 "handler timeout must be positive (or None)".into(),
             ));
         }
-        if let Some(retention) = &self.retention
-            && (retention.batch == 0 || retention.every.is_zero())
-        {
-            return Err(Error::Config(
-                "inbox retention needs a positive batch and interval".into(),
-            ));
+        if let Some(retention) = &self.retention {
+            retention
+                .validate()
+                .map_err(|error| Error::Config(format!("consumer inbox {error}")))?;
         }
         Ok(())
     }
@@ -196,6 +181,15 @@ mod tests {
             },
             ConsumerConfig {
                 handler_timeout: Some(Duration::ZERO),
+                ..ConsumerConfig::default()
+            },
+            ConsumerConfig {
+                retention: Some(Retention {
+                    every: Duration::ZERO,
+                    ..ConsumerConfig::default()
+                        .retention
+                        .expect("pruned by default")
+                }),
                 ..ConsumerConfig::default()
             },
             ConsumerConfig {

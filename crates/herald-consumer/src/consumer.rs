@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_core::{Backoff, DeliveryStream, Error, Result, Subscriber, SubscriptionSpec};
+use herald_core::{
+    Backoff, DeliveryStream, Error, Result, Retention, Subscriber, SubscriptionSpec,
+};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -12,7 +14,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::dispatcher::{Dispatcher, Job, Limits};
 use crate::router::{Pruner, Routes};
-use crate::{ConsumerConfig, ConsumerMetrics, InboxRetention, Router};
+use crate::{ConsumerConfig, ConsumerMetrics, Router};
 
 /// Pause between two retention statements, so that pruning a large backlog never competes
 /// with handlers for long.
@@ -56,8 +58,12 @@ impl<S: Subscriber> Consumer<S> {
             return Err(Error::Config("subscription name must not be empty".into()));
         }
         let metrics = ConsumerMetrics::default();
+        // The transport's prefetch and cap on attempts derive from this configuration, set
+        // nowhere else: a message that always fails is delivered once, then redelivered
+        // `retry.delayed` times, and the transport dead-letters a retry past that.
         let spec = SubscriptionSpec {
             prefetch: config.prefetch,
+            max_attempts: config.retry.delayed.saturating_add(1),
             ..SubscriptionSpec::new(subscription, router.event_types())
         };
         let (routes, pruners) = router.build(&spec.name, &config, &metrics)?;
@@ -238,7 +244,7 @@ async fn pull<D: DeliveryStream>(
 
 /// Removes old inbox records every `retention.every`, in statements of at most
 /// `retention.batch` rows, until `stop`.
-async fn prune(pruners: Vec<Arc<dyn Pruner>>, retention: InboxRetention, stop: CancellationToken) {
+async fn prune(pruners: Vec<Arc<dyn Pruner>>, retention: Retention, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(retention.every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

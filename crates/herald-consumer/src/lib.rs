@@ -6,12 +6,13 @@ mod context;
 mod dispatcher;
 mod error;
 mod handler;
-pub mod layer;
+mod inbox;
+mod layer;
 mod metrics;
 mod outcome;
 mod router;
 
-pub use config::{ConsumerConfig, InboxRetention, UnhandledPolicy};
+pub use config::{ConsumerConfig, UnhandledPolicy};
 pub use consumer::Consumer;
 pub use context::{Context, TxContext};
 pub use error::{Classifier, ErrorClass, HandlerError, Panicked, default_class};

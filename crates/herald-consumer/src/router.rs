@@ -8,7 +8,8 @@ use herald_core::{BoxFuture, Envelope, Event, Inbox, Result, Uuid};
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::{Endpoint, Plain};
-use crate::layer::{Chain, Deduplicated, DynLayer, Layer, Retry, Timeout, Tracing, Transactional};
+use crate::inbox::{Deduplicated, Transactional};
+use crate::layer::{Chain, DynLayer, Layer, Retry, Timeout, Tracing};
 use crate::{
     ConsumerConfig, ConsumerMetrics, Context, Handler, Outcome, TxContext, UnhandledPolicy,
 };

@@ -171,6 +171,70 @@ async fn a_failing_message_ends_in_rabbitmqs_dead_letter_queue_after_the_configu
     transport.delete_subscription(&queue).await.unwrap();
 }
 
+/// Fails every delivery before `succeeds_on`; records the attempts it saw.
+struct FailsUntil {
+    succeeds_on: u32,
+    attempts: Arc<Mutex<Vec<u32>>>,
+}
+
+impl Handler<Deposited, Context> for FailsUntil {
+    async fn handle(&self, _d: Deposited, ctx: &mut Context) -> HandlerResult {
+        self.attempts.lock().unwrap().push(ctx.attempt());
+        if ctx.attempt() < self.succeeds_on {
+            return Err(HandlerError::new("not yet"));
+        }
+        Ok(Outcome::Done)
+    }
+}
+
+/// The consumer's retry policy is the only place the number of deliveries is set: with more
+/// redeliveries allowed than the transport's default cap (10), RabbitMQ delivers the message
+/// as often as the policy says, instead of dead-lettering it at the transport's own cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmqs_cap_on_attempts_follows_the_consumers_retry_policy() {
+    let transport = transport().await;
+    let queue = queue();
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let consumer = Consumer::new(
+        transport.clone(),
+        queue.clone(),
+        Router::new().handle(
+            "bank.patient",
+            FailsUntil {
+                succeeds_on: 12,
+                attempts: attempts.clone(),
+            },
+        ),
+        ConsumerConfig {
+            retry: quick_retry(0, 11),
+            ..config()
+        },
+    )
+    .unwrap();
+    assert_eq!(consumer.subscription().max_attempts, 12, "1 + 11 delayed");
+    let metrics = consumer.metrics();
+    let running = start(consumer, &transport).await;
+    publish_all(&transport, &[deposit("pat", 0)]).await;
+    eventually("the message settled", || async {
+        metrics.snapshot().finished() == 1
+    })
+    .await;
+    running.stop().await;
+
+    assert_eq!(*attempts.lock().unwrap(), (1..=12).collect::<Vec<_>>());
+    assert_eq!(metrics.snapshot().acked, 1);
+    assert!(
+        transport
+            .dead_letter_queue(&queue)
+            .unwrap()
+            .dead_letters(Page::first(10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    transport.delete_subscription(&queue).await.unwrap();
+}
+
 /// Records handled deposits per account; fails the first run of the chosen ones.
 struct Recorder {
     handled: Mutex<HashMap<String, Vec<u64>>>,
@@ -309,19 +373,12 @@ impl Handler<Deposited, Context> for Arc<RetriesOnce> {
 }
 
 /// Messages deferred behind an earlier message of their key (more are held than `max_held`)
-/// are given back to the broker, but a deferral is not an attempt: with two attempts allowed by
-/// the transport, each message may still be retried once, and none is dead-lettered.
+/// are given back to the broker, but a deferral is not an attempt: with two attempts allowed
+/// (one delayed redelivery, which the consumer passes on as the transport's cap), each message
+/// may still be retried once, and none is dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_messages_spend_no_attempt_and_are_never_dead_lettered_for_it() {
-    let transport = AmqpTransport::connect(AmqpConfig {
-        exchange: format!("herald-consumer-test-{}", Uuid::now_v7().simple()),
-        retry_delays: vec![Duration::from_millis(100), Duration::from_millis(300)],
-        max_attempts: 2,
-        expires: Some(Duration::from_secs(120)),
-        ..AmqpConfig::new(amqp_url())
-    })
-    .await
-    .unwrap();
+    let transport = transport().await;
     let queue = queue();
     let handler = Arc::new(RetriesOnce::new(
         Duration::from_millis(100),
@@ -335,7 +392,7 @@ async fn deferred_messages_spend_no_attempt_and_are_never_dead_lettered_for_it()
             concurrency: 2,
             prefetch: 8,
             max_held: 1,
-            retry: quick_retry(0, 3),
+            retry: quick_retry(0, 1),
             ..config()
         },
     )

@@ -14,6 +14,7 @@ pub mod event;
 pub mod ident;
 pub mod inbox;
 pub mod redact;
+pub mod retention;
 pub mod signal;
 pub mod store;
 pub mod transaction;
@@ -27,6 +28,7 @@ pub use error::{BoxError, Error, Result};
 pub use event::Event;
 pub use ident::Identifier;
 pub use inbox::{Claim, Claimed, Inbox};
+pub use retention::{InvalidRetention, Retention};
 pub use signal::{Signal, Wakeups};
 pub use store::{
     ClaimRequest, ClaimedEvent, Completion, Disposition, Failure, OutboxAdmin, OutboxStats,

@@ -26,12 +26,25 @@ pub struct SubscriptionSpec {
     pub name: String,
     /// Event types to receive; empty means every type.
     pub event_types: Vec<String>,
-    /// Most deliveries handed out and not yet settled.
+    /// Most deliveries handed out and not yet settled; 0 means no bound, as in AMQP (default
+    /// 200). A consumer sets it from its own configuration (`ConsumerConfig::prefetch`).
     pub prefetch: usize,
+    /// Deliveries of a message after which a further [`Settlement::Retry`] dead-letters it
+    /// instead: a retried message comes back as attempt `n + 1` only while `n` is below this
+    /// (default 10, for a subscriber used on its own). Deferrals ([`Settlement::Defer`]) spend
+    /// no attempt. A consumer sets it from its retry policy (one delivery plus its delayed
+    /// redeliveries), so that the transport's cap and the consumer's always agree; 0 acts as 1.
+    pub max_attempts: u32,
 }
 
 impl SubscriptionSpec {
-    /// A subscription named `name` for `event_types`, with a prefetch of 200.
+    /// The prefetch of [`SubscriptionSpec::new`].
+    pub const DEFAULT_PREFETCH: usize = 200;
+    /// The cap on deliveries of [`SubscriptionSpec::new`].
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+
+    /// A subscription named `name` for `event_types`, with a prefetch of 200 and at most 10
+    /// attempts per message.
     pub fn new<I, S>(name: impl Into<String>, event_types: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -40,7 +53,8 @@ impl SubscriptionSpec {
         SubscriptionSpec {
             name: name.into(),
             event_types: event_types.into_iter().map(Into::into).collect(),
-            prefetch: 200,
+            prefetch: Self::DEFAULT_PREFETCH,
+            max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
         }
     }
 

@@ -22,14 +22,14 @@ use crate::event::{AnyEnvelope, DomainEnvelope, DomainEvent, downcast};
 ///
 /// ```
 /// use herald_core::{BoxError, TransactionalOutbox};
-/// use herald_domain::{DomainEnvelope, DomainEvent, Handler, Transaction};
+/// use herald_domain::{DomainEnvelope, DomainEvent, DomainHandler, Transaction};
 ///
 /// struct OrderPlaced { total_cents: i64 }
 /// impl DomainEvent for OrderPlaced {}
 ///
 /// struct FlagLargeOrders { threshold_cents: i64 }
 ///
-/// impl<O: TransactionalOutbox> Handler<OrderPlaced, O> for FlagLargeOrders {
+/// impl<O: TransactionalOutbox> DomainHandler<OrderPlaced, O> for FlagLargeOrders {
 ///     async fn handle(
 ///         &self,
 ///         event: &DomainEnvelope<OrderPlaced>,
@@ -42,7 +42,7 @@ use crate::event::{AnyEnvelope, DomainEnvelope, DomainEvent, downcast};
 ///     }
 /// }
 /// ```
-pub trait Handler<E: DomainEvent, O: TransactionalOutbox>: Send + Sync + 'static {
+pub trait DomainHandler<E: DomainEvent, O: TransactionalOutbox>: Send + Sync + 'static {
     /// Handles `event` in `tx`.
     fn handle(
         &self,
@@ -56,7 +56,7 @@ pub trait Handler<E: DomainEvent, O: TransactionalOutbox>: Send + Sync + 'static
 ///
 /// It exists because a plain `Fn` bound cannot say that the returned future borrows the
 /// arguments; it is implemented for every such function, never by hand.
-pub trait HandlerFn<'a, E: 'a, O: TransactionalOutbox>:
+pub trait DomainHandlerFn<'a, E: 'a, O: TransactionalOutbox>:
     Fn(&'a DomainEnvelope<E>, &'a mut Transaction<O>) -> Self::Future
 {
     /// The future the function returns.
@@ -65,7 +65,7 @@ pub trait HandlerFn<'a, E: 'a, O: TransactionalOutbox>:
     type Error: Into<BoxError>;
 }
 
-impl<'a, E: 'a, O, F, Fut, Err> HandlerFn<'a, E, O> for F
+impl<'a, E: 'a, O, F, Fut, Err> DomainHandlerFn<'a, E, O> for F
 where
     O: TransactionalOutbox,
     F: Fn(&'a DomainEnvelope<E>, &'a mut Transaction<O>) -> Fut,
@@ -76,11 +76,11 @@ where
     type Error = Err;
 }
 
-impl<E, O, F> Handler<E, O> for F
+impl<E, O, F> DomainHandler<E, O> for F
 where
     E: DomainEvent,
     O: TransactionalOutbox,
-    F: for<'a> HandlerFn<'a, E, O> + Send + Sync + 'static,
+    F: for<'a> DomainHandlerFn<'a, E, O> + Send + Sync + 'static,
 {
     async fn handle(
         &self,
@@ -119,7 +119,7 @@ impl<E, O, H> ErasedHandler<O> for Typed<E, H>
 where
     E: DomainEvent,
     O: TransactionalOutbox,
-    H: Handler<E, O>,
+    H: DomainHandler<E, O>,
 {
     fn call<'a>(
         &'a self,

@@ -14,7 +14,7 @@ pub use aggregate::{Aggregate, DomainEvents};
 pub use converter::{Conversion, Outgoing};
 pub use error::{Error, Result};
 pub use event::{DomainEnvelope, DomainEvent};
-pub use handler::{Handler, HandlerFn};
+pub use handler::{DomainHandler, DomainHandlerFn};
 pub use registry::Registry;
 pub use transaction::Transaction;
 pub use unit_of_work::{Origin, UnitOfWork, UnitOfWorkConfig};

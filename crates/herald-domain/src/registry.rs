@@ -9,7 +9,7 @@ use herald_core::TransactionalOutbox;
 
 use crate::converter::{Conversion, ErasedConverter, TypedConverter};
 use crate::event::{DomainEnvelope, DomainEvent};
-use crate::handler::{ErasedHandler, Handler, Typed};
+use crate::handler::{DomainHandler, ErasedHandler, Typed};
 
 /// Handlers and converters, registered per domain event type.
 ///
@@ -42,11 +42,11 @@ impl<O: TransactionalOutbox> Registry<O> {
     /// transaction, before commit. Several handlers may handle one type.
     ///
     /// `handler` is an `async fn(&DomainEnvelope<E>, &mut Transaction<O>) -> Result<(), Err>`
-    /// or a [`Handler`] implementation.
+    /// or a [`DomainHandler`] implementation.
     pub fn on<E, H>(mut self, handler: H) -> Self
     where
         E: DomainEvent,
-        H: Handler<E, O>,
+        H: DomainHandler<E, O>,
     {
         self.route::<E>()
             .handlers

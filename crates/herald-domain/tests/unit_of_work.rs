@@ -11,7 +11,7 @@ macro_rules! unit_of_work_suite {
         mod $backend {
             use herald_core::{BoxError, Event, Metadata, Uuid};
             use herald_domain::{
-                DomainEnvelope, Error, Handler, Origin, Outgoing, Registry, Transaction,
+                DomainEnvelope, DomainHandler, Error, Origin, Outgoing, Registry, Transaction,
                 UnitOfWork, UnitOfWorkConfig,
             };
 
@@ -56,7 +56,7 @@ macro_rules! unit_of_work_suite {
             /// Domain handler with state: records what it saw.
             struct Witness(SeenLog);
 
-            impl Handler<OrderPlaced, Outbox> for Witness {
+            impl DomainHandler<OrderPlaced, Outbox> for Witness {
                 async fn handle(
                     &self,
                     event: &DomainEnvelope<OrderPlaced>,
@@ -67,7 +67,7 @@ macro_rules! unit_of_work_suite {
                 }
             }
 
-            impl Handler<PointsEarned, Outbox> for Witness {
+            impl DomainHandler<PointsEarned, Outbox> for Witness {
                 async fn handle(
                     &self,
                     event: &DomainEnvelope<PointsEarned>,

@@ -20,7 +20,8 @@ impl Subscriber for MemoryTransport {
     type Stream = MemoryStream;
 
     /// Declares the durable queue `spec.name` bound to `spec.event_types` (bindings accumulate)
-    /// and opens a consumer on it. A prefetch of 0 means unbounded, as in AMQP.
+    /// and opens a consumer on it. A prefetch of 0 means unbounded, as in AMQP. A retry asked
+    /// on attempt `spec.max_attempts` or later dead-letters the message instead.
     fn subscribe(
         &self,
         spec: &SubscriptionSpec,
@@ -48,6 +49,7 @@ impl MemoryTransport {
             broker: Arc::clone(&self.broker),
             queue,
             credit,
+            max_attempts: spec.max_attempts,
         })
     }
 }
@@ -59,6 +61,8 @@ pub struct MemoryStream {
     queue: Arc<Queue>,
     /// One permit per delivery that may be handed out unsettled (the prefetch).
     credit: Arc<Semaphore>,
+    /// The subscription's cap on attempts ([`SubscriptionSpec::max_attempts`]).
+    max_attempts: u32,
 }
 
 impl fmt::Debug for MemoryStream {
@@ -66,6 +70,7 @@ impl fmt::Debug for MemoryStream {
         f.debug_struct("MemoryStream")
             .field("queue", &self.queue.name)
             .field("free_credit", &self.credit.available_permits())
+            .field("max_attempts", &self.max_attempts)
             .finish_non_exhaustive()
     }
 }
@@ -87,20 +92,31 @@ impl DeliveryStream for MemoryStream {
                 return None;
             }
             if let Some(message) = self.queue.take() {
-                return Some(Ok(deliver(Arc::clone(&self.queue), message, permit)));
+                return Some(Ok(deliver(
+                    Arc::clone(&self.queue),
+                    message,
+                    permit,
+                    self.max_attempts,
+                )));
             }
             ready.await;
         }
     }
 }
 
-fn deliver(queue: Arc<Queue>, message: Message, permit: OwnedSemaphorePermit) -> Delivery {
+fn deliver(
+    queue: Arc<Queue>,
+    message: Message,
+    permit: OwnedSemaphorePermit,
+    max_attempts: u32,
+) -> Delivery {
     let envelope = Envelope::clone(&message.envelope);
     let (attempt, redelivered) = (message.attempt, message.redelivered);
     let acknowledger = MemoryAcknowledger {
         inflight: Some(Inflight {
             queue,
             message,
+            max_attempts,
             _permit: permit,
         }),
     };
@@ -117,6 +133,8 @@ struct MemoryAcknowledger {
 struct Inflight {
     queue: Arc<Queue>,
     message: Message,
+    /// Attempts after which a retry dead-letters the message instead.
+    max_attempts: u32,
     /// Returns the stream's prefetch credit when the delivery is settled or dropped.
     _permit: OwnedSemaphorePermit,
 }
@@ -153,9 +171,25 @@ impl Drop for MemoryAcknowledger {
 
 impl Inflight {
     fn settle(self, settlement: Settlement) {
-        let Inflight { queue, message, .. } = self;
+        let Inflight {
+            queue,
+            message,
+            max_attempts,
+            ..
+        } = self;
         match settlement {
             Settlement::Ack => queue.ack(),
+            // Attempts spent: dead-lettered, like RabbitMQ's transport does.
+            Settlement::Retry { reason, .. } if message.attempt >= max_attempts => {
+                let reason = format!("gave up after {} attempts: {reason}", message.attempt);
+                tracing::debug!(
+                    queue = %queue.name,
+                    id = %message.envelope.id,
+                    %reason,
+                    "attempts spent; dead-lettered"
+                );
+                queue.dead_letter(message, reason);
+            }
             Settlement::Retry { delay, .. } => redeliver(queue, message.again(), delay),
             // The same attempt again: a deferral is not one.
             Settlement::Defer { delay, .. } => redeliver(queue, message.deferred(), delay),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use herald_core::{Backoff, Error, Result};
+use herald_core::{Backoff, Error, Result, Retention};
 
 /// How a relay claims, publishes, retries and cleans up. Every default is a production value.
 #[derive(Debug, Clone)]
@@ -25,30 +25,11 @@ pub struct RelayConfig {
     pub backoff: Backoff,
     /// Backoff of the relay itself when the store is unreachable (default 100 ms to 30 s).
     pub store_backoff: Backoff,
-    /// Archive retention: how long published rows are kept when the store archives them, and how
-    /// often the relay prunes. `None` leaves the archive alone.
+    /// Archive retention: how long published rows are kept when the store archives them
+    /// (`Completion::Archive`), how often the relay prunes and how many rows one statement
+    /// deletes (default: 7 days kept, pruned every 60 s, 10,000 rows per statement). `None`
+    /// leaves the archive alone. Stores that delete published rows have nothing to prune.
     pub retention: Option<Retention>,
-}
-
-/// Pruning of archived (published) rows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Retention {
-    /// Keep published rows this long.
-    pub keep: Duration,
-    /// Prune this often.
-    pub every: Duration,
-    /// Most rows deleted per statement, so pruning never holds long locks.
-    pub batch: usize,
-}
-
-impl Default for Retention {
-    fn default() -> Self {
-        Retention {
-            keep: Duration::from_secs(7 * 24 * 3600),
-            every: Duration::from_secs(60),
-            batch: 10_000,
-        }
-    }
 }
 
 impl Default for RelayConfig {
@@ -66,7 +47,11 @@ impl Default for RelayConfig {
                 multiplier: 2.0,
                 jitter: 0.5,
             },
-            retention: Some(Retention::default()),
+            retention: Some(Retention {
+                keep: Duration::from_secs(7 * 24 * 3600),
+                every: Duration::from_secs(60),
+                batch: 10_000,
+            }),
         }
     }
 }
@@ -98,6 +83,11 @@ impl RelayConfig {
             backoff
                 .validate()
                 .map_err(|error| Error::Config(format!("relay {name}: {error}")))?;
+        }
+        if let Some(retention) = &self.retention {
+            retention
+                .validate()
+                .map_err(|error| Error::Config(format!("relay archive {error}")))?;
         }
         Ok(())
     }
@@ -153,6 +143,24 @@ mod tests {
             ..RelayConfig::default()
         };
         assert!(unbounded.validate().is_ok(), "saturates instead");
+    }
+
+    #[test]
+    fn refuses_a_retention_that_could_never_prune() {
+        let config = RelayConfig {
+            retention: Some(Retention {
+                batch: 0,
+                ..RelayConfig::default()
+                    .retention
+                    .expect("archived by default")
+            }),
+            ..RelayConfig::default()
+        };
+        assert!(
+            matches!(config.validate(), Err(Error::Config(ref m)) if m.starts_with("relay archive retention")),
+            "{:?}",
+            config.validate()
+        );
     }
 
     #[test]

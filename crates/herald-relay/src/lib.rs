@@ -18,6 +18,6 @@ mod metrics;
 mod pipeline;
 mod relay;
 
-pub use config::{RelayConfig, Retention};
+pub use config::RelayConfig;
 pub use metrics::{RelayMetrics, RelaySnapshot};
 pub use relay::{BatchReport, Relay};

@@ -64,6 +64,7 @@ macro_rules! transport_suite {
             messages_wait_for_a_durable_subscription,
             retry_redelivers_after_the_delay,
             rejected_message_lands_in_the_dead_letters,
+            retries_stop_at_the_subscriptions_max_attempts,
             dead_letters_are_paged_replayed_and_purged,
             dropped_delivery_is_delivered_again,
             prefetch_bounds_unsettled_deliveries,
@@ -382,6 +383,63 @@ pub async fn retry_redelivers_after_the_delay<F: TransportFactory>(factory: &F) 
     assert_eq!((again.attempt, again.redelivered), (2, true));
     ack(again).await;
     quiet(&mut stream, "an acked retry is done").await;
+}
+
+/// The subscription's `max_attempts` caps retries: a retry asked on the last attempt
+/// dead-letters the message with the retry's reason instead of delivering it again. A deferral
+/// spends no attempt, so it never dead-letters, even on the last attempt.
+pub async fn retries_stop_at_the_subscriptions_max_attempts<F: TransportFactory>(factory: &F) {
+    let transport = factory.create().await;
+    let name = unique("capped");
+    let capped = SubscriptionSpec {
+        max_attempts: 2,
+        ..spec(&name, &[])
+    };
+    let mut stream = subscribe(&transport, &capped).await;
+    let envs = interleaved(2, 1);
+    publish(&transport, &envs[..1]).await;
+
+    let first = next(&mut stream).await;
+    assert_eq!(first.attempt, 1);
+    first
+        .retry(Duration::ZERO, "try again")
+        .await
+        .expect("retry");
+    let second = next(&mut stream).await;
+    assert_eq!((second.envelope.id, second.attempt), (envs[0].id, 2));
+    second
+        .defer(Duration::ZERO, "behind an earlier message")
+        .await
+        .expect("defer");
+    let deferred = next(&mut stream).await;
+    assert_eq!(
+        (deferred.envelope.id, deferred.attempt),
+        (envs[0].id, 2),
+        "a deferral spends no attempt and never dead-letters"
+    );
+    let reason = format!("still failing {}", Uuid::now_v7());
+    deferred
+        .retry(Duration::ZERO, reason.clone())
+        .await
+        .expect("retry");
+
+    let dead = wait_for_dead_letters(&factory.dead_letter_queue(&transport, &name), 1).await;
+    assert_eq!(dead.len(), 1, "the retry past the cap dead-lettered it");
+    assert_eq!(dead[0].id, Some(envs[0].id));
+    assert_eq!(dead[0].attempts, 2);
+    let why = &dead[0].reason;
+    assert!(why.contains(&reason), "reason `{why}` keeps `{reason}`");
+    quiet(
+        &mut stream,
+        "a message past its attempts is not delivered again",
+    )
+    .await;
+
+    // The cap is the subscription's: the next message has its own attempts.
+    publish(&transport, &envs[1..]).await;
+    let fresh = next(&mut stream).await;
+    assert_eq!((fresh.envelope.id, fresh.attempt), (envs[1].id, 1));
+    ack(fresh).await;
 }
 
 /// A rejected message goes to the subscription's dead letters with its reason, is not

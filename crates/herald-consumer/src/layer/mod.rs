@@ -7,13 +7,18 @@
 //! tracing → retry → your layers (Router::layer, in the order added) → timeout → inbox → handler
 //! ```
 //!
+//! The router installs `tracing`, `retry` and `timeout` around every handler itself; they are
+//! not public, so none of them can be installed twice. Their settings are public:
+//! [`RetryPolicy`] and `ConsumerConfig::handler_timeout` (whose error is [`TimedOut`]).
+//!
 //! - [`Tracing`] opens one span per message and handler, and logs the final outcome;
 //! - [`Retry`] runs what is inside it again at once for transient errors, then turns the
 //!   failure into a delayed redelivery or a dead letter;
 //! - your layers see every run of the handler, errors included, before they are classified:
 //!   a metrics layer timing runs and counting failures belongs here;
 //! - [`Timeout`] bounds each run;
-//! - the inbox (`Router::transactional`, `Router::deduplicated`) opens the transaction, writes
+//! - the inbox (`crate::inbox`: not a layer but the endpoint the chain ends in, installed by
+//!   `Router::transactional` and `Router::deduplicated`) opens the transaction, writes
 //!   the `(message id, handler)` record and commits it with the handler's writes. Runs of a
 //!   transactional handler that arrive together share one transaction and one commit (group
 //!   commit, `ConsumerConfig::transaction_batch`); each runs under a savepoint, so a failed run
@@ -23,8 +28,6 @@
 //! A layer is a [`Layer`]: it receives the context and a [`Next`] to run the rest of the chain
 //! (zero, one or several times), like axum's `from_fn` middleware.
 
-mod group;
-mod inbox;
 mod retry;
 mod timeout;
 mod tracing;
@@ -34,10 +37,11 @@ use std::sync::Arc;
 
 use herald_core::BoxFuture;
 
-pub(crate) use self::inbox::{Deduplicated, Transactional};
-pub use self::retry::{Retry, RetryPolicy};
-pub use self::timeout::{TimedOut, Timeout};
-pub use self::tracing::Tracing;
+pub(crate) use self::retry::Retry;
+pub use self::retry::RetryPolicy;
+pub use self::timeout::TimedOut;
+pub(crate) use self::timeout::Timeout;
+pub(crate) use self::tracing::Tracing;
 
 use crate::handler::Endpoint;
 use crate::{Context, HandlerResult};
@@ -70,7 +74,7 @@ pub trait Layer: Send + Sync + 'static {
 }
 
 /// The rest of a handler's chain, from inside a [`Layer`]. Cheap to copy: a layer may run it
-/// several times (as [`Retry`] does).
+/// several times (as the built-in retry layer does).
 #[derive(Clone, Copy)]
 pub struct Next<'a> {
     layers: &'a [Arc<dyn DynLayer>],

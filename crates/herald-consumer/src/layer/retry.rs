@@ -71,14 +71,14 @@ impl RetryPolicy {
 /// The retry layer (see [`RetryPolicy`]). Turns every error into an outcome: what is outside it
 /// sees [`Outcome::Done`], [`Outcome::Retry`] (a delayed redelivery) or [`Outcome::Reject`].
 #[derive(Debug, Clone)]
-pub struct Retry {
+pub(crate) struct Retry {
     policy: RetryPolicy,
     metrics: ConsumerMetrics,
 }
 
 impl Retry {
     /// A retry layer applying `policy`, counting into `metrics`.
-    pub fn new(policy: RetryPolicy, metrics: ConsumerMetrics) -> Self {
+    pub(crate) fn new(policy: RetryPolicy, metrics: ConsumerMetrics) -> Self {
         Retry { policy, metrics }
     }
 

@@ -16,13 +16,13 @@ pub struct TimedOut {
 /// Stops a handler run after `limit`. The run's future is dropped, which rolls back its
 /// transaction; the retry layer around it then retries the message.
 #[derive(Debug, Clone, Copy)]
-pub struct Timeout {
+pub(crate) struct Timeout {
     limit: Duration,
 }
 
 impl Timeout {
     /// A deadline of `limit` per run.
-    pub fn new(limit: Duration) -> Self {
+    pub(crate) fn new(limit: Duration) -> Self {
         Timeout { limit }
     }
 }

@@ -12,7 +12,7 @@ use crate::{Context, HandlerResult, Outcome};
 /// correlation id, delivery attempt and the message's `traceparent`; logs duplicates and
 /// successes at DEBUG, redeliveries and dead letters at WARN.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Tracing;
+pub(crate) struct Tracing;
 
 impl Layer for Tracing {
     async fn call(&self, ctx: &mut Context, next: Next<'_>) -> HandlerResult {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use herald_core::{Backoff, Completion, DeliveryStream, Envelope, SubscriptionSpec};
 use herald_memory::MemoryTransport;
 use herald_postgres::{PgOutbox, PgOutboxConfig};
-use herald_relay::{Relay, RelayConfig, Retention};
+use herald_relay::{Relay, RelayConfig};
 use herald_sqlite::{SqliteOutbox, SqliteOutboxConfig};
 use herald_testkit::TestEvent;
 use tokio_util::sync::CancellationToken;
@@ -68,7 +68,7 @@ pub fn fast_config() -> RelayConfig {
             multiplier: 2.0,
             jitter: 0.2,
         },
-        retention: Some(Retention::default()),
+        retention: RelayConfig::default().retention,
         ..RelayConfig::default()
     }
 }

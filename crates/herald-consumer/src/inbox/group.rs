@@ -39,7 +39,7 @@ use std::time::Duration;
 use herald_core::{BoxFuture, Claim, Claimed, Inbox, OutboxTransaction, Uuid};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::layer::TimedOut;
+use crate::TimedOut;
 use crate::{HandlerError, HandlerResult};
 
 /// What a job did on the shared transaction.

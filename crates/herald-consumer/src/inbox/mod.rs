@@ -13,14 +13,16 @@
 //!   effects are at least once, duplicates from the broker are still suppressed in the usual
 //!   case.
 
+mod group;
+
 use std::marker::PhantomData;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use herald_core::{BoxFuture, Claim, Claimed, Event, Inbox, OutboxTransaction, Uuid};
 
+use self::group::{GroupCommit, Ran, Verdict, Work, cannot_commit};
 use crate::handler::{Endpoint, catch_panic, decode};
-use crate::layer::group::{GroupCommit, Ran, Verdict, Work, cannot_commit};
 use crate::{Context, Handler, HandlerError, HandlerResult, Outcome, TxContext};
 
 /// The transactional inbox around a handler that takes a [`TxContext`]. Runs that arrive
