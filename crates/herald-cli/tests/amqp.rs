@@ -2,27 +2,13 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::process::{Command, Output};
+mod common;
+
+use common::*;
+use std::process::Output;
 
 fn amqp_url() -> String {
     herald_testkit::env::amqp_url()
-}
-
-fn herald(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(args)
-        .env_remove("HERALD_TRANSPORT")
-        .env_remove("HERALD_AMQP_EXCHANGE")
-        .output()
-        .expect("the herald binary runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 #[test]

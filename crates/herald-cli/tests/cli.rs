@@ -2,28 +2,13 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::process::{Command, Output};
+mod common;
 
-fn herald(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(args)
-        .env_remove("HERALD_DATABASE_URL")
-        .env("HERALD_LOG", "debug")
-        .output()
-        .expect("the herald binary runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+use common::*;
 
 #[test]
 fn demo_runs_end_to_end_and_checks_both_contexts() {
-    let out = herald(&["demo", "--orders", "300", "--rate", "0"]);
+    let out = herald_logging("debug", &["demo", "--orders", "300", "--rate", "0"]);
     let all = text(&out);
     assert!(out.status.success(), "demo failed:\n{all}");
     assert!(all.contains("Herald demo summary"), "{all}");
@@ -38,38 +23,47 @@ fn demo_runs_end_to_end_and_checks_both_contexts() {
 fn outbox_commands_work_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("ops.db").display());
-    let out = herald(&["migrate", "--database", &url]);
+    let out = herald_logging("debug", &["migrate", "--database", &url]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = herald(&["outbox", "--database", &url, "status"]);
+    let out = herald_logging("debug", &["outbox", "--database", &url, "status"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("pending"), "{}", text(&out));
-    let out = herald(&["outbox", "--database", &url, "dead-letters"]);
+    let out = herald_logging("debug", &["outbox", "--database", &url, "dead-letters"]);
     assert!(text(&out).contains("no dead letters"), "{}", text(&out));
-    let out = herald(&[
-        "outbox",
-        "--database",
-        &url,
-        "replay",
-        "0190b5a8-0000-7000-8000-000000000000",
-    ]);
+    let out = herald_logging(
+        "debug",
+        &[
+            "outbox",
+            "--database",
+            &url,
+            "replay",
+            "0190b5a8-0000-7000-8000-000000000000",
+        ],
+    );
     assert!(!out.status.success(), "replaying an unknown id is an error");
     assert!(
         text(&out).contains("no dead letter with id"),
         "{}",
         text(&out)
     );
-    let out = herald(&["outbox", "--database", &url, "purge", "--dead-letters"]);
+    let out = herald_logging(
+        "debug",
+        &["outbox", "--database", &url, "purge", "--dead-letters"],
+    );
     assert!(text(&out).contains("purged 0"), "{}", text(&out));
 }
 
 #[test]
 fn unreachable_database_is_a_clear_error_without_the_password() {
-    let out = herald(&[
-        "outbox",
-        "--database",
-        "postgres://app:hunter2secret@127.0.0.1:1/orders",
-        "status",
-    ]);
+    let out = herald_logging(
+        "debug",
+        &[
+            "outbox",
+            "--database",
+            "postgres://app:hunter2secret@127.0.0.1:1/orders",
+            "status",
+        ],
+    );
     let all = text(&out);
     assert!(!out.status.success());
     assert!(all.contains("error:"), "{all}");
@@ -79,11 +73,14 @@ fn unreachable_database_is_a_clear_error_without_the_password() {
 
 #[test]
 fn malformed_url_and_bad_table_name_are_configuration_errors() {
-    let out = herald(&[
-        "migrate",
-        "--database",
-        "postgres://app:pw-in-url@[::1:5432/x",
-    ]);
+    let out = herald_logging(
+        "debug",
+        &[
+            "migrate",
+            "--database",
+            "postgres://app:pw-in-url@[::1:5432/x",
+        ],
+    );
     let all = text(&out);
     assert!(!out.status.success());
     assert!(!all.contains("pw-in-url"), "password leaked:\n{all}");
@@ -91,13 +88,16 @@ fn malformed_url_and_bad_table_name_are_configuration_errors() {
 
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("x.db").display());
-    let out = herald(&[
-        "migrate",
-        "--database",
-        &url,
-        "--table",
-        "outbox; drop table users",
-    ]);
+    let out = herald_logging(
+        "debug",
+        &[
+            "migrate",
+            "--database",
+            &url,
+            "--table",
+            "outbox; drop table users",
+        ],
+    );
     let all = text(&out);
     assert!(!out.status.success());
     assert!(all.contains("not a valid SQL identifier"), "{all}");

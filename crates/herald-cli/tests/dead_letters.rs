@@ -3,27 +3,12 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::process::{Command, Output};
+mod common;
+
+use common::*;
+use std::process::Output;
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
-
-fn herald(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(args)
-        .env_remove("HERALD_DATABASE_URL")
-        .env_remove("HERALD_SCHEMA")
-        .env_remove("HERALD_TABLE")
-        .output()
-        .expect("the herald binary runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 /// Runs `sql` with `id` bound as `$1`, if given.
 async fn execute(url: &str, sql: String, id: Option<uuid::Uuid>) {

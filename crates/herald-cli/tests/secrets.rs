@@ -3,25 +3,10 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::process::{Command, Output};
+mod common;
 
-fn herald(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(args)
-        .env_remove("HERALD_DATABASE_URL")
-        .env_remove("HERALD_TRANSPORT")
-        .env("HERALD_LOG", "trace")
-        .output()
-        .expect("the herald binary runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+use common::*;
+use std::process::Output;
 
 fn assert_hidden(out: &Output, secrets: &[&str]) {
     let all = text(out);
@@ -40,15 +25,18 @@ fn a_relay_with_an_unreachable_broker_never_prints_its_password() {
         "amqps://app:hunter2secret@127.0.0.1:1/%2f",
         "amqp://app:hunter%32secret%21@127.0.0.1:1/%2f",
     ] {
-        let out = herald(&[
-            "relay",
-            "--database",
-            &db,
-            "--migrate",
-            "--until-empty",
-            "--transport",
-            broker,
-        ]);
+        let out = herald_logging(
+            "trace",
+            &[
+                "relay",
+                "--database",
+                &db,
+                "--migrate",
+                "--until-empty",
+                "--transport",
+                broker,
+            ],
+        );
         assert!(!out.status.success(), "{}", text(&out));
         assert_hidden(&out, &["hunter2secret", "hunter%32secret"]);
     }
@@ -61,7 +49,7 @@ fn database_urls_with_encoded_or_query_passwords_are_never_printed() {
         "postgres://127.0.0.1:1/orders?user=app&password=hunter2secret",
         "postgresql://app:hunter2secret@127.0.0.1:1/orders?sslmode=require",
     ] {
-        let out = herald(&["outbox", "--database", url, "status"]);
+        let out = herald_logging("trace", &["outbox", "--database", url, "status"]);
         assert!(!out.status.success(), "{}", text(&out));
         assert_hidden(&out, &["hunter2secret", "hunter%32secret"]);
     }

@@ -35,12 +35,16 @@ impl Event for OrderPlaced {
 }
 
 /// The handler: runs on the transaction that also holds the inbox record.
-async fn reserve(order: OrderPlaced, ctx: &mut TxContext<PgOutbox>) -> Result<Outcome, HandlerError> {
-    let updated = sqlx::query("UPDATE examples_inventory.stock SET reserved = reserved + $1 WHERE sku = $2")
-        .bind(order.units)
-        .bind(&order.sku)
-        .execute(ctx.db())
-        .await?;
+async fn reserve(
+    order: OrderPlaced,
+    ctx: &mut TxContext<PgOutbox>,
+) -> Result<Outcome, HandlerError> {
+    let updated =
+        sqlx::query("UPDATE examples_inventory.stock SET reserved = reserved + $1 WHERE sku = $2")
+            .bind(order.units)
+            .bind(&order.sku)
+            .execute(ctx.db())
+            .await?;
     if updated.rows_affected() == 0 {
         return Ok(Outcome::reject(format!("no such product: {}", order.sku)));
     }
@@ -49,10 +53,17 @@ async fn reserve(order: OrderPlaced, ctx: &mut TxContext<PgOutbox>) -> Result<Ou
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let database = env_or("DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:5432/test");
+    let database = env_or(
+        "DATABASE_URL",
+        "postgres://postgres:postgres@127.0.0.1:5432/test",
+    );
     let broker = env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
 
-    let db = PgOutbox::connect(&database, PgOutboxConfig::new("examples_inventory", "outbox")?).await?;
+    let db = PgOutbox::connect(
+        &database,
+        PgOutboxConfig::new("examples_inventory", "outbox")?,
+    )
+    .await?;
     db.migrate().await?; // the outbox and inbox tables
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS examples_inventory.stock (sku text PRIMARY KEY, reserved bigint NOT NULL);
@@ -63,14 +74,33 @@ async fn main() -> Result<(), BoxError> {
 
     let amqp = AmqpTransport::connect(AmqpConfig::new(broker)).await?;
     let router = Router::new().transactional(&db, "inventory.reserve-stock", reserve);
-    let consumer = Consumer::new(amqp.clone(), "examples.inventory", router, ConsumerConfig::default())?;
+    let consumer = Consumer::new(
+        amqp.clone(),
+        "examples.inventory",
+        router,
+        ConsumerConfig::default(),
+    )?;
     amqp.declare(consumer.subscription()).await?;
     let metrics = consumer.metrics();
 
     // What ordering's relay would publish: one order twice (a confirm the relay never saw), and
     // an order for a product nobody stocks.
-    let apples = Envelope::from_event(&OrderPlaced { order_id: 1, sku: "apple".into(), units: 2 }, Metadata::default())?;
-    let pears = Envelope::from_event(&OrderPlaced { order_id: 2, sku: "pear".into(), units: 1 }, Metadata::default())?;
+    let apples = Envelope::from_event(
+        &OrderPlaced {
+            order_id: 1,
+            sku: "apple".into(),
+            units: 2,
+        },
+        Metadata::default(),
+    )?;
+    let pears = Envelope::from_event(
+        &OrderPlaced {
+            order_id: 2,
+            sku: "pear".into(),
+            units: 1,
+        },
+        Metadata::default(),
+    )?;
     for published in amqp.publish(&[apples.clone(), apples, pears]).await {
         published?;
     }
@@ -89,10 +119,14 @@ async fn main() -> Result<(), BoxError> {
     shutdown.cancel(); // running handlers finish first
     consuming.await??;
 
-    let reserved: i64 = sqlx::query_scalar("SELECT reserved FROM examples_inventory.stock WHERE sku = 'apple'")
-        .fetch_one(db.pool())
-        .await?;
-    println!("apples reserved: {reserved} (the duplicate changed nothing: {} skipped)", metrics.snapshot().duplicates);
+    let reserved: i64 =
+        sqlx::query_scalar("SELECT reserved FROM examples_inventory.stock WHERE sku = 'apple'")
+            .fetch_one(db.pool())
+            .await?;
+    println!(
+        "apples reserved: {reserved} (the duplicate changed nothing: {} skipped)",
+        metrics.snapshot().duplicates
+    );
     let dead_letters = amqp.dead_letter_queue("examples.inventory")?;
     for dead in dead_letters.dead_letters(Page::first(10)).await? {
         println!("dead letter {:?}: {}", dead.event_type(), dead.reason);

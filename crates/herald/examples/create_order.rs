@@ -230,8 +230,8 @@ mod repository {
 mod application {
     use herald::Uuid;
     use herald::domain::{DomainEnvelope, Origin, Registry, Transaction, UnitOfWork};
-    use herald::sqlx;
     use herald::sqlite::SqliteOutbox;
+    use herald::sqlx;
 
     use super::domain::{self, Order, OrderError, OrderLine};
     use super::{contracts, repository};

@@ -34,7 +34,10 @@ impl Event for OrderPlaced {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let database = env_or("DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:5432/test");
+    let database = env_or(
+        "DATABASE_URL",
+        "postgres://postgres:postgres@127.0.0.1:5432/test",
+    );
     let broker = env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
 
     let outbox = PgOutbox::connect(&database, PgOutboxConfig::new("examples", "outbox")?).await?;
@@ -51,7 +54,11 @@ async fn main() -> Result<(), BoxError> {
 
     // The relay, on a small pool of its own, until `shutdown` is cancelled.
     let shutdown = CancellationToken::new();
-    let relay = Relay::new(outbox.with_pool_size(4), amqp.clone(), RelayConfig::default())?;
+    let relay = Relay::new(
+        outbox.with_pool_size(4),
+        amqp.clone(),
+        RelayConfig::default(),
+    )?;
     let relaying = tokio::spawn({
         let shutdown = shutdown.clone();
         async move { relay.run(shutdown).await }
@@ -69,12 +76,20 @@ async fn main() -> Result<(), BoxError> {
             .bind(total_cents)
             .execute(&mut *tx)
             .await?;
-        tx.record(&OrderPlaced { order_id, total_cents }).await?;
+        tx.record(&OrderPlaced {
+            order_id,
+            total_cents,
+        })
+        .await?;
         tx.commit().await?;
     }
     // A transaction rolled back records nothing: this order is never published.
     let mut tx = outbox.begin().await?;
-    tx.record(&OrderPlaced { order_id: -1, total_cents: 0 }).await?;
+    tx.record(&OrderPlaced {
+        order_id: -1,
+        total_cents: 0,
+    })
+    .await?;
     tx.rollback().await?;
 
     for _ in 0..5 {

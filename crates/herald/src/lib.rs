@@ -54,8 +54,7 @@ pub mod prelude {
     pub use herald_amqp::{AmqpConfig, AmqpTransport};
     #[cfg(feature = "consumer")]
     pub use herald_consumer::{
-        Consumer, ConsumerConfig, Context, HandlerError, HandlerResult, Outcome, Router,
-        TxContext,
+        Consumer, ConsumerConfig, Context, HandlerError, HandlerResult, Outcome, Router, TxContext,
     };
     #[cfg(feature = "domain")]
     pub use herald_domain::{Aggregate, DomainEvent, DomainEvents, UnitOfWork};
