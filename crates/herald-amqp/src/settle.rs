@@ -99,6 +99,8 @@ impl Inflight {
     /// will be left to wait once it comes out (a relative time: no host's clock is read to
     /// decide whether it is due); then acks the original.
     async fn send_away(self, delay: Duration, properties: BasicProperties) -> Result<()> {
+        // Back ahead of the queue's backlog, so that it arrives when it is due.
+        let properties = properties.with_priority(topology::RETURN_PRIORITY);
         if delay.is_zero() {
             let properties = set(
                 properties,

@@ -256,10 +256,12 @@ impl AmqpStream {
             return None;
         }
         let acknowledger = AmqpAcknowledger(Some(inflight));
+        // Back from a delay queue (a retry or a deferral) is a redelivery too: such a message
+        // may hold its key in a consumer's inbox.
         Some(Delivery::new(
             envelope,
             attempt,
-            redelivered || attempt > 1,
+            redelivered || attempt > 1 || remaining.is_some(),
             Box::new(acknowledger),
         ))
     }

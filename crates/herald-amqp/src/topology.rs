@@ -8,6 +8,13 @@
 //!                                       ▲   └──retry──▶ billing.retry.<delay>ms (x-message-ttl)
 //!                                       └──────────── expires, dead-lettered via "" ─────┘
 //! ```
+//!
+//! A message that comes back from a delay queue (a retry, or a deferral behind an earlier
+//! message of its key) carries the priority [`RETURN_PRIORITY`], and a classic consumer queue is
+//! declared with `x-max-priority` 1: it goes ahead of the queue's backlog, so it arrives when it
+//! is due, not after everything published meanwhile, and the key it holds is held no longer
+//! than needed. (Quorum queues take message priorities from RabbitMQ 3.12 on, two levels, of
+//! which this one is the higher; before, the message waits behind the backlog.)
 
 use std::fmt;
 use std::time::Duration;
@@ -17,9 +24,18 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind as LapinKind};
 
-use crate::config::{AmqpConfig, ExchangeKind, QueueNames};
+use crate::config::{AmqpConfig, ExchangeKind, QueueKind, QueueNames};
 use crate::error::{self, Secrets, is_precondition_failed};
 use crate::mapping::header;
+
+/// The priority of a message sent back to its queue through a delay queue: higher than that
+/// of a message as published (none, 0), so that it goes ahead of the backlog. Above 4, which
+/// quorum queues (RabbitMQ 3.12+) take as "high"; a classic queue caps it at its
+/// `x-max-priority`.
+pub const RETURN_PRIORITY: u8 = 5;
+
+/// The `x-max-priority` of a classic consumer queue: two levels, as published and returned.
+const MAX_PRIORITY: i64 = 1;
 
 /// One broker object to declare.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,6 +149,12 @@ pub fn plan(config: &AmqpConfig, spec: &SubscriptionSpec) -> Result<Vec<Declarat
     }
     if config.single_active_consumer {
         main.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    }
+    if config.queue_kind == QueueKind::Classic {
+        main.insert(
+            "x-max-priority".into(),
+            AMQPValue::LongLongInt(MAX_PRIORITY),
+        );
     }
     out.push(Declaration::Queue {
         name: names.queue.clone(),
@@ -295,7 +317,6 @@ fn name_of(name: &str) -> Result<ShortString> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::QueueKind;
 
     fn spec(types: &[&str]) -> SubscriptionSpec {
         SubscriptionSpec::new("billing", types.iter().copied())
@@ -316,6 +337,11 @@ mod tests {
             text.iter().any(|t| t.contains("billing (durable")
                 && t.contains("x-dead-letter-exchange=billing.dlx")),
             "{text:#?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("queue    billing (") && t.contains("x-max-priority=1")),
+            "returns go ahead of the backlog: {text:#?}"
         );
         assert!(
             text.contains(&"binding  herald → billing (key `ordering.order_created`)".to_owned())
@@ -377,6 +403,12 @@ mod tests {
         assert!(
             plan.iter()
                 .any(|d| d.to_string().contains("x-delivery-limit=5"))
+        );
+        assert!(
+            !plan
+                .iter()
+                .any(|d| d.to_string().contains("x-max-priority")),
+            "quorum queues refuse x-max-priority"
         );
     }
 }

@@ -8,14 +8,17 @@
 //! order: a key whose message is retrying is held until that message succeeds or is
 //! dead-lettered; other keys flow.
 //!
-//! Held deliveries stay unsettled, so they use prefetch. Past `max_held` of them, a newly
-//! arrived message of a held key is *deferred*: given back to the transport with a delay that
-//! brings it back after the away message, and its place in the lane kept. So held messages
+//! Held deliveries stay unsettled, so they use prefetch. Past `max_held` of them, the first
+//! held message of a lane is *deferred*: given back to the transport with a delay that brings
+//! it back after the away messages before it, and its place in the lane kept. So held messages
 //! never fill the prefetch, and the away message can always be received again. A deferral is
 //! not a failure: it is a settlement of its own ([`Settlement::Defer`]), which never spends an
-//! attempt and never dead-letters the message. An away message that does not
-//! come back within `redelivery_grace` of its due time (a competing consumer took it) stops
-//! holding its key.
+//! attempt and never dead-letters the message. Like a retry, it first holds its key in the
+//! inbox, so that a consumer that starts while it is away keeps the order too. The first held
+//! message goes, not the last: a held message given back unsettled (at a shutdown) returns to
+//! the head of the queue, and no deferred message of its key may then come back ahead of it.
+//! An away message that does not come back within `redelivery_grace` of its due time (a
+//! competing consumer took it) stops holding its key.
 //!
 //! Everything here runs on one task and owns its state; handlers run on spawned tasks that
 //! report back when their delivery is settled.
@@ -26,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::{Delivery, Settlement, Uuid};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -66,6 +69,9 @@ struct Lane {
     held: usize,
     /// The give-up time a timer is set for, so that one is set once per away slot.
     timer: Option<Instant>,
+    /// Closed once the key hold of the lane's last deferral is written: the next deferral's
+    /// hold waits for it, so that the inbox orders the holds as the lane does.
+    holding: Option<oneshot::Receiver<()>>,
 }
 
 impl Lane {
@@ -174,7 +180,7 @@ impl Dispatcher {
 
     /// Moves the lane of `key` forward: hands its next delivery to the ready queue if nothing
     /// of the key is busy, drops away slots past their grace, keeps the held count, and defers
-    /// the lane's last held deliveries while more than `max_held` are held.
+    /// the lane's first held deliveries while more than `max_held` are held.
     fn advance(&mut self, key: &str) {
         let Some(lane) = self.lanes.get_mut(key) else {
             return;
@@ -213,12 +219,12 @@ impl Dispatcher {
             self.lanes.remove(key);
             return;
         }
-        while self.held > self.limits.max_held && self.defer_last_held(key) {}
+        while self.held > self.limits.max_held && self.defer_first_held(key) {}
     }
 
-    /// Gives the last held delivery of `key`'s lane back to the transport, asking for it after
-    /// every away message of the lane, and keeps its place. False if the lane holds none.
-    fn defer_last_held(&mut self, key: &str) -> bool {
+    /// Gives the first held delivery of `key`'s lane back to the transport, asking for it
+    /// after every away message before it, and keeps its place. False if the lane holds none.
+    fn defer_first_held(&mut self, key: &str) -> bool {
         let Some(lane) = self.lanes.get_mut(key) else {
             return false;
         };
@@ -228,8 +234,9 @@ impl Dispatcher {
         let Some(index) = lane
             .slots
             .iter()
-            .rposition(|s| matches!(s, Slot::Here(_)))
-            .filter(|&index| index > first_away)
+            .skip(first_away)
+            .position(|s| matches!(s, Slot::Here(_)))
+            .map(|offset| first_away + offset)
         else {
             return false;
         };
@@ -237,6 +244,7 @@ impl Dispatcher {
         let last_back = lane
             .slots
             .iter()
+            .take(index)
             .filter_map(|slot| match slot {
                 Slot::Away(away) => Some(away.back_at),
                 Slot::Here(_) => None,
@@ -263,9 +271,36 @@ impl Dispatcher {
         self.held -= 1;
         self.metrics.deferred();
         let metrics = self.metrics.clone();
+        let routes = self.routes.clone();
+        let cancellation = self.cancellation.clone();
         let reason = format!("waiting behind an earlier message of key `{key}`");
+        let earlier = lane.holding.take();
+        let (held, holding) = oneshot::channel();
+        lane.holding = Some(holding);
         self.settling.spawn(async move {
             let Job { delivery, credit } = *job;
+            // Held in the inbox before it goes, as a retry is: a consumer that starts while it
+            // is away finds its key held and keeps later messages behind it. After the hold
+            // of the key's previous deferral: holds keep the order in which they are taken.
+            if let Some(earlier) = earlier {
+                let _ = earlier.await;
+            }
+            let hold = routes.hold(&delivery.envelope, away).await;
+            drop(held);
+            if let Err(error) = hold {
+                tracing::warn!(
+                    message_id = %delivery.envelope.id,
+                    error = %error.chain(),
+                    "holding the key of a deferred message failed; the message is given back to the broker instead"
+                );
+                tokio::select! {
+                    () = cancellation.cancelled() => {}
+                    () = tokio::time::sleep(HOLD_FAILED_PAUSE) => {}
+                }
+                drop(delivery);
+                drop(credit);
+                return;
+            }
             if let Err(error) = delivery.defer(delay, reason).await {
                 metrics.settle_error();
                 tracing::warn!(error = %error.chain(), "deferring a delivery failed; the broker will redeliver it");
@@ -463,10 +498,10 @@ async fn work(
             )
         }
         Routed::Handled(Outcome::Reject { reason }) => {
-            // A message that may have been away for a delayed retry leaves its key's hold.
-            if (delivery.attempt > 1 || delivery.redelivered)
-                && let Err(error) = routes.release(&envelope).await
-            {
+            // A message that may have been away (a delayed retry, a deferral) leaves its key's
+            // hold. Asked of every dead letter: they are rare, and a hold left behind would
+            // hold its key until it is stale.
+            if let Err(error) = routes.release(&envelope).await {
                 tracing::warn!(
                     message_id = %id,
                     error = %error.chain(),

@@ -324,6 +324,8 @@ async fn over_rabbitmq_every_keys_messages_are_handled_in_order() {
 /// redelivery after `after`.
 struct RetriesOnce {
     after: Duration,
+    /// How long each run takes.
+    pace: Duration,
     handled: Mutex<Vec<(String, u64, u32)>>,
     retry_once: Mutex<HashSet<(String, u64)>>,
 }
@@ -332,6 +334,7 @@ impl RetriesOnce {
     fn new(after: Duration, retry_once: impl IntoIterator<Item = (&'static str, u64)>) -> Self {
         RetriesOnce {
             after,
+            pace: Duration::ZERO,
             handled: Mutex::default(),
             retry_once: Mutex::new(
                 retry_once
@@ -340,6 +343,11 @@ impl RetriesOnce {
                     .collect(),
             ),
         }
+    }
+
+    /// Each run takes `pace`.
+    fn paced(self, pace: Duration) -> Self {
+        RetriesOnce { pace, ..self }
     }
 
     /// The deposits of `account` in the order they were handled, with their attempts.
@@ -356,6 +364,9 @@ impl RetriesOnce {
 
 impl Handler<Deposited, Context> for Arc<RetriesOnce> {
     async fn handle(&self, d: Deposited, ctx: &mut Context) -> HandlerResult {
+        if !self.pace.is_zero() {
+            tokio::time::sleep(self.pace).await;
+        }
         if self
             .retry_once
             .lock()
@@ -472,6 +483,64 @@ async fn a_retry_rounded_up_to_a_longer_delay_queue_still_holds_its_key() {
     transport.delete_subscription(&queue).await.unwrap();
 }
 
+/// A retried message and the deferred ones behind it come back through the delay queues while
+/// the consumer queue holds a backlog of other keys' messages. Sent to the tail of that backlog,
+/// they would come back long after they are due: the lane would give up on them after the
+/// grace, and the key's later messages would go first. They must come back ahead of the
+/// backlog instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_and_deferrals_returning_to_a_backlogged_queue_keep_their_keys_order() {
+    let transport = transport().await;
+    let queue = queue();
+    let handler = Arc::new(
+        RetriesOnce::new(Duration::from_millis(100), [("amy", 0)]).paced(Duration::from_millis(4)),
+    );
+    let consumer = Consumer::new(
+        transport.clone(),
+        queue.clone(),
+        Router::new().handle("bank.record", handler.clone()),
+        ConsumerConfig {
+            concurrency: 1,
+            prefetch: 4,
+            max_held: 1,
+            redelivery_grace: Duration::from_millis(400),
+            retry: quick_retry(0, 2),
+            ..config()
+        },
+    )
+    .unwrap();
+    let metrics = consumer.metrics();
+    transport.declare(consumer.subscription()).await.unwrap();
+    // The backlog is in the queue before the consumer starts: amy's deposits first, then
+    // 500 others (about 2 s of handling, five times the grace).
+    let mut batch: Vec<Envelope> = (0..4).map(|n| deposit("amy", n)).collect();
+    batch.extend((0..500).map(|i| deposit(&format!("other-{i}"), 0)));
+    publish_all(&transport, &batch).await;
+    let running = start(consumer, &transport).await;
+    eventually("amy's deposits handled", || async {
+        handler.handled("amy").len() == 4
+    })
+    .await;
+    let early = handler.handled.lock().unwrap().len();
+    running.stop().await;
+
+    assert_eq!(
+        handler.handled("amy"),
+        vec![(0, 2), (1, 1), (2, 1), (3, 1)],
+        "in order: the retried deposit first, then the ones held or deferred behind it"
+    );
+    assert!(
+        metrics.snapshot().deferred > 0,
+        "deferrals happened: {:?}",
+        metrics.snapshot()
+    );
+    assert!(
+        early < 250,
+        "amy's deposits came back ahead of the backlog ({early} of 504 handled by then)"
+    );
+    transport.delete_subscription(&queue).await.unwrap();
+}
+
 /// Records the order in which it handles deposits (once each: in the transaction, the inbox
 /// makes every message's run count once), and asks for one delayed retry of deposit 0.
 #[derive(Clone)]
@@ -576,4 +645,90 @@ async fn per_key_order_survives_a_consumer_restart_while_a_retry_waits_in_a_dela
     assert_eq!(holds, 0, "deposit 0's hold went with its effects");
     transport.delete_subscription(&queue).await.unwrap();
     pg_drop(&db).await;
+}
+
+/// A consumer stops while deposit 0 waits in a delay queue for its retry, deposit 1 is deferred
+/// behind it (over `max_held`) and deposit 2 is held: deposit 2 goes back to the head of the
+/// queue unsettled. Another consumer takes over after `downtime`: the three are handled in
+/// order, whether the away ones are back in the queue by then (they must come back ahead of
+/// deposit 2, not only ahead of the backlog) or still away (the inbox must hold the key for
+/// the deferred one too, not only for the retry).
+async fn restart_while_a_retry_and_a_deferral_are_away(downtime: Duration) {
+    let db = pg_store().await;
+    let amqp = AmqpConfig {
+        exchange: format!("herald-consumer-test-{}", Uuid::now_v7().simple()),
+        retry_delays: vec![Duration::from_secs(2)],
+        expires: Some(Duration::from_secs(120)),
+        ..AmqpConfig::new(amqp_url())
+    };
+    let transport = AmqpTransport::connect(amqp).await.unwrap();
+    let queue = queue();
+    let handler = Ordered {
+        handled: Arc::default(),
+        retried: Arc::default(),
+    };
+    let start_consumer = |handler: Ordered| {
+        Consumer::new(
+            transport.clone(),
+            queue.clone(),
+            Router::new().transactional(&db, "bank.ordered", handler),
+            ConsumerConfig {
+                transaction_batch: 1,
+                max_held: 1,
+                ..config()
+            },
+        )
+        .unwrap()
+    };
+
+    let first = start_consumer(handler.clone());
+    let metrics = first.metrics();
+    let running = start(first, &transport).await;
+    publish_all(
+        &transport,
+        &(0..3).map(|n| deposit("amy", n)).collect::<Vec<_>>(),
+    )
+    .await;
+    eventually("deposit 0 retried and deposit 1 deferred", || async {
+        let snapshot = metrics.snapshot();
+        snapshot.redeliveries == 1 && snapshot.deferred == 1
+    })
+    .await;
+    running.stop().await;
+    assert!(handler.handled.lock().unwrap().is_empty());
+
+    tokio::time::sleep(downtime).await;
+    let second = start_consumer(handler.clone());
+    let running = start(second, &transport).await;
+    eventually("every deposit handled", || async {
+        handler.handled.lock().unwrap().len() == 3
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(
+        *handler.handled.lock().unwrap(),
+        vec![0, 1, 2],
+        "deposits of one account are handled in order, across the restart"
+    );
+    let holds: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {}.outbox_held_keys",
+        db.config().schema.quoted()
+    )))
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(holds, 0, "the holds went with their messages' effects");
+    transport.delete_subscription(&queue).await.unwrap();
+    pg_drop(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_order_survives_a_restart_after_which_a_retry_and_a_deferral_are_back_in_the_queue()
+{
+    restart_while_a_retry_and_a_deferral_are_away(Duration::from_secs(4)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_order_survives_a_restart_while_a_retry_and_a_deferral_are_still_away() {
+    restart_while_a_retry_and_a_deferral_are_away(Duration::ZERO).await;
 }

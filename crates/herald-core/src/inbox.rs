@@ -91,7 +91,9 @@ pub trait Inbox: TransactionalOutbox {
 
     /// Claims, in the transaction behind `conn`, each of `claims` in one go: a claim whose key
     /// is held for another message ([`hold_key`](Self::hold_key), a hold at most `stale_after`
-    /// past its due time) is [`Claimed::Held`] and writes nothing; any other writes its inbox
+    /// past its due time) is [`Claimed::Held`] by the earliest such hold and writes nothing —
+    /// except that a message holding its key itself is held only by holds taken before its
+    /// own (holds are ordered as they were first taken, which is the key's order); any other writes its inbox
     /// record as [`mark_all_handled`](Self::mark_all_handled) does (new or duplicate). The
     /// hold of a claim's own message stays: a run that fails must leave it (its message may be
     /// behind later ones of its key in the queue); [`release_keys`](Self::release_keys) removes
@@ -108,10 +110,11 @@ pub trait Inbox: TransactionalOutbox {
         stale_after: Duration,
     ) -> impl Future<Output = Result<Vec<Claimed>>> + Send;
 
-    /// Holds `key` of `consumer` for `message_id`, which is away for a delayed retry and due
-    /// back in `back_in`: until the message's effects commit (or it is released), other
+    /// Holds `key` of `consumer` for `message_id`, which is away (a delayed retry, or deferred
+    /// behind an earlier message of its key) and due back in `back_in`: until the message's effects commit (or it is released), other
     /// messages of the key claim [`Claimed::Held`]. Writes and commits in a transaction of its
-    /// own (before the consumer sends the retry); holding again moves the due time.
+    /// own (before the consumer sends the retry); holding again moves the due time and keeps the
+    /// hold's place in the key's order.
     fn hold_key(
         &self,
         consumer: &str,

@@ -50,8 +50,8 @@ impl Inbox for PgOutbox {
         }
         let inbox = self.config().qualified("_inbox");
         let holds = self.config().qualified("_held_keys");
-        // `claim` numbers the claims; `held` finds, per claim, a live hold of its key by another
-        // message; the others (`free`) insert their records; stale holds of the claimed keys
+        // `claim` numbers the claims; `held` finds, per claim, the first live hold of its key
+        // by another message (taken before the claim's own, if it has one); the others (`free`) insert their records; stale holds of the claimed keys
         // go. Every CTE sees the same snapshot.
         let sql = format!(
             "WITH claim AS ( \
@@ -69,8 +69,12 @@ impl Inbox for PgOutbox {
                  FROM claim c JOIN {holds} h \
                    ON h.consumer = c.consumer AND h.partition_key = c.partition_key \
                   AND h.message_id <> c.message_id \
+                 LEFT JOIN {holds} own \
+                   ON own.consumer = c.consumer AND own.partition_key = c.partition_key \
+                  AND own.message_id = c.message_id \
                  WHERE h.due_at >= now() - $5::float8 * interval '1 microsecond' \
-                 ORDER BY c.n, h.due_at \
+                   AND (own.seq IS NULL OR h.seq < own.seq) \
+                 ORDER BY c.n, h.seq \
              ), free AS ( \
                  SELECT c.* FROM claim c WHERE NOT EXISTS (SELECT 1 FROM held WHERE held.n = c.n) \
              ), inserted AS ( \

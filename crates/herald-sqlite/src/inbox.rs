@@ -28,8 +28,9 @@ const RELEASE_AND_REOPEN: &str = "RELEASE SAVEPOINT herald_run; SAVEPOINT herald
 const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT herald_run";
 
 impl SqliteOutbox {
-    /// Looks up a live hold of `consumer`'s `key` by a message other than `message_id`,
-    /// deleting the stale ones first.
+    /// Looks up the first live hold of `consumer`'s `key` by a message other than
+    /// `message_id` (taken before `message_id`'s own, if it has one), deleting the stale ones
+    /// first.
     async fn check_key(
         &self,
         conn: &mut SqliteConnection,
@@ -60,9 +61,12 @@ impl SqliteOutbox {
             );
         }
         let held: Option<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT message_id, due_at FROM {holds} \
-             WHERE consumer = ? AND partition_key = ? AND message_id <> ? \
-             ORDER BY due_at LIMIT 1"
+            "SELECT h.message_id, h.due_at FROM {holds} h \
+             WHERE h.consumer = ?1 AND h.partition_key = ?2 AND h.message_id <> ?3 \
+               AND h.seq < coalesce((SELECT own.seq FROM {holds} own WHERE own.consumer = ?1 \
+                                     AND own.partition_key = ?2 AND own.message_id = ?3), \
+                                    9223372036854775807) \
+             ORDER BY h.seq LIMIT 1"
         )))
         .bind(consumer)
         .bind(key)
@@ -119,10 +123,12 @@ impl Inbox for SqliteOutbox {
         message_id: Uuid,
         back_in: Duration,
     ) -> Result<()> {
+        // `seq` orders the holds as first taken (writes are serialised): holding again keeps it.
         let sql = format!(
-            "INSERT INTO {} (consumer, partition_key, message_id, due_at) VALUES (?, ?, ?, ?) \
+            "INSERT INTO {holds} (consumer, partition_key, message_id, due_at, seq) \
+             VALUES (?, ?, ?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM {holds})) \
              ON CONFLICT (consumer, partition_key, message_id) DO UPDATE SET due_at = excluded.due_at",
-            self.config().quoted("_held_keys")
+            holds = self.config().quoted("_held_keys")
         );
         let id = message_id.hyphenated().to_string();
         let due_at = now_micros().saturating_add(duration_micros(back_in));

@@ -65,8 +65,11 @@ struct Open {
 struct State {
     records: BTreeMap<(Uuid, String), u64>,
     effects: BTreeMap<Uuid, Vec<u64>>,
-    /// Committed key holds and their due times.
-    holds: BTreeMap<Hold, u64>,
+    /// Committed key holds: their due times and their places in their keys' order (as
+    /// first taken; holding again keeps it).
+    holds: BTreeMap<Hold, (u64, u64)>,
+    /// The place the next new hold takes.
+    next_seq: u64,
     open: HashMap<u64, Open>,
     transactions: u64,
 }
@@ -151,7 +154,11 @@ impl ModelInbox {
 
     /// The committed key holds: `(consumer, key, message)` and when the message is due back.
     pub fn holds(&self) -> BTreeMap<(String, String, Uuid), u64> {
-        self.state().holds.clone()
+        self.state()
+            .holds
+            .iter()
+            .map(|(hold, (due, _))| (hold.clone(), *due))
+            .collect()
     }
 
     /// When each `(message id, handler)` record committed.
@@ -213,7 +220,12 @@ impl ModelInbox {
                 state.effects.entry(*effect).or_default().push(now);
             }
             for (hold, due) in &open.holds {
-                state.holds.insert(hold.clone(), *due);
+                let seq = state.next_seq;
+                let entry = state.holds.entry(hold.clone()).or_insert((*due, seq));
+                entry.0 = *due;
+                if entry.1 == seq {
+                    state.next_seq += 1;
+                }
             }
             for hold in &open.released {
                 state.holds.remove(hold);
@@ -387,14 +399,23 @@ impl Inbox for ModelInbox {
             if let Some((consumer, key)) = claim.key {
                 let holder = {
                     let state = self.state();
+                    // A message holding its key waits only for holds taken before its own.
+                    let own = state
+                        .holds
+                        .get(&(consumer.to_owned(), key.to_owned(), claim.message_id))
+                        .map_or(u64::MAX, |(_, seq)| *seq);
                     state
                         .holds
                         .iter()
-                        .filter(|((c, k, id), _)| {
-                            c == consumer && k == key && *id != claim.message_id
+                        .filter(|((c, k, id), (due, seq))| {
+                            c == consumer
+                                && k == key
+                                && *id != claim.message_id
+                                && *seq < own
+                                && due.saturating_add(stale) >= now
                         })
-                        .find(|(_, due)| due.saturating_add(stale) >= now)
-                        .map(|((_, _, id), due)| (*id, *due))
+                        .min_by_key(|(_, (_, seq))| *seq)
+                        .map(|((_, _, id), (due, _))| (*id, *due))
                 };
                 if let Some((by, due)) = holder {
                     answers.push(Claimed::Held {

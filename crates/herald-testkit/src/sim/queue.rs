@@ -3,8 +3,9 @@
 //! Messages are delivered from the head of the queue after a seeded delay. A delivery dropped
 //! unsettled goes back to the head, marked redelivered. A retry waits in the shortest fixed
 //! delay queue not shorter than the delay asked for (longer delays go round the longest one
-//! again), then joins the *tail* of the queue with its attempt raised, as herald-amqp's delay
-//! queues do. A settlement may fail (the channel closed): the message goes back to the head,
+//! again), then comes back with its attempt raised *ahead of the first-time messages* (behind
+//! the other returned ones), as herald-amqp's delay queues do with a message priority; a
+//! deferral likewise, as the same attempt. A returned message is marked redelivered. A settlement may fail (the channel closed): the message goes back to the head,
 //! and a failed retry may also have published its delayed copy (a duplicate). Publishers may
 //! publish a message twice. Each delivery carries its number in the header `sim-delivery`, so
 //! that handlers and layers can tell deliveries apart.
@@ -63,6 +64,9 @@ impl QueueFaults {
     }
 }
 
+/// Where first-time messages' positions start: returned ones (higher priority) stay below.
+const FIRST_TIME: u64 = 1 << 40;
+
 struct Queued {
     envelope: Envelope,
     attempt: u32,
@@ -94,6 +98,8 @@ struct State {
     labels: BTreeMap<Uuid, (String, String)>,
     /// Places handed out at the tail so far.
     positions: u64,
+    /// The last position given to a message returned from a delay queue.
+    returned_positions: u64,
 }
 
 /// The model queue (one subscription). Cheap to clone.
@@ -161,24 +167,40 @@ impl ModelQueue {
                         &[copy.partition_key.as_deref().unwrap_or_default()],
                         format!("broker: a duplicate of {label} joins the queue"),
                     );
-                    queue.push_back(copy, 1);
+                    queue.push_back(copy, 1, false);
                 },
             );
         }
-        self.push_back(envelope, 1);
+        self.push_back(envelope, 1, false);
     }
 
-    fn push_back(&self, envelope: Envelope, attempt: u32) {
+    /// Queues `envelope`: at the tail, or, `returned` from a delay queue, behind the other
+    /// returned messages and ahead of every first-time one (the higher priority).
+    fn push_back(&self, envelope: Envelope, attempt: u32, returned: bool) {
         {
             let mut state = self.state();
-            state.positions += 1;
-            let position = state.positions;
-            state.queue.push_back(Queued {
-                envelope,
-                attempt,
-                redelivered: false,
-                position,
-            });
+            // Positions order the queue: returned messages' below first-time ones'.
+            let position = if returned {
+                state.returned_positions += 1;
+                state.returned_positions
+            } else {
+                state.positions += 1;
+                FIRST_TIME.saturating_add(state.positions)
+            };
+            let index = state
+                .queue
+                .iter()
+                .position(|q| q.position > position)
+                .unwrap_or(state.queue.len());
+            state.queue.insert(
+                index,
+                Queued {
+                    envelope,
+                    attempt,
+                    redelivered: returned,
+                    position,
+                },
+            );
         }
         self.ready.notify_waiters();
     }
@@ -398,7 +420,7 @@ impl Acknowledger for ModelAck {
                         .sim
                         .run_after(format!("retry of delivery {number}"), wait, move || {
                             q.state().travelling -= 1;
-                            q.push_back(copy, attempt + 1);
+                            q.push_back(copy, attempt + 1, true);
                         });
                 }
                 let copied = if copied {
@@ -446,7 +468,7 @@ impl Acknowledger for ModelAck {
                         .sim
                         .run_after(format!("{what} delivery {number}"), wait, move || {
                             q.state().travelling -= 1;
-                            q.push_back(envelope, next);
+                            q.push_back(envelope, next, true);
                         });
                     queue.sim.log(
                         &[&key],
