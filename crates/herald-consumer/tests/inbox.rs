@@ -35,16 +35,8 @@ trait Bank: Inbox + OutboxStore {
 }
 
 async fn pg_write(d: &Deposited, ctx: &mut TxContext<PgOutbox>) -> Result<(), HandlerError> {
-    let accounts = pg_accounts(ctx.outbox());
-    sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO {accounts} AS a (account, balance, deposits) VALUES ($1, $2, 1) \
-         ON CONFLICT (account) DO UPDATE \
-         SET balance = a.balance + EXCLUDED.balance, deposits = a.deposits + 1"
-    )))
-    .bind(&d.account)
-    .bind(d.cents)
-    .execute(ctx.db())
-    .await?;
+    let store = ctx.outbox().clone();
+    credit_pg_account(&store, ctx.db(), d).await?;
     Ok(())
 }
 

@@ -41,9 +41,10 @@ pub trait OutboxTransaction: DerefMut + Send + Sized {
 
 /// Writes what every store's outbox transaction type says the same way, word for word, so
 /// that the stores cannot drift apart: `record` and `record_with` (over the type's inherent
-/// `record_all`), the dereference to the connection (the `&mut *tx` idiom), a `Debug` that
-/// shows the outbox, and the [`TransactionalOutbox`] and [`OutboxTransaction`] impls over the
-/// inherent `begin`, `record_all`, `commit` and `rollback`.
+/// `record_all`), `commit` (over its `commit_quietly` and the outbox's `notify`), `outbox`,
+/// the dereference to the connection (the `&mut *tx` idiom), a `Debug` that shows the outbox,
+/// and the [`TransactionalOutbox`] and [`OutboxTransaction`] impls over the inherent `begin`,
+/// `record_all`, `commit` and `rollback`.
 ///
 /// `outbox_transaction!(PgOutboxTx, PgOutbox, PgConnection)`: the transaction type (with a
 /// lifetime `'c` and the fields `tx`, a `sqlx::Transaction<'c, _>`, and `outbox`), the store,
@@ -70,6 +71,20 @@ macro_rules! outbox_transaction {
                 let envelope = $crate::Envelope::from_event(event, metadata)?;
                 self.record_all(::std::slice::from_ref(&envelope)).await?;
                 Ok(envelope.id)
+            }
+
+            /// Commits, then wakes the relays: this process's at once, other processes' the
+            /// way the outbox's `notify` says, after the commit and never inside it.
+            pub async fn commit(self) -> $crate::Result<()> {
+                let outbox = self.outbox.clone();
+                self.commit_quietly().await?;
+                outbox.notify();
+                Ok(())
+            }
+
+            /// The outbox this transaction records into.
+            pub fn outbox(&self) -> &$outbox {
+                &self.outbox
             }
         }
 

@@ -63,22 +63,11 @@ fn dead_letter_from_row(
     table: &str,
 ) -> std::result::Result<DeadLetter, sqlx::Error> {
     let Json(columns): Json<BTreeMap<String, serde_json::Value>> = row.try_get("raw_columns")?;
-    let headers = columns
-        .into_iter()
-        .filter(|(_, value)| !value.is_null())
-        .map(|(name, value)| match value {
-            serde_json::Value::String(text) => (name, text),
-            other => (name, other.to_string()),
-        })
-        .collect();
     let payload: Vec<u8> = row.try_get("payload")?;
     Ok(DeadLetter {
         id: row.try_get("id")?,
         envelope: envelope_from_row(row).ok(),
-        raw: RawMessage {
-            headers,
-            payload: payload.into(),
-        },
+        raw: RawMessage::from_columns(columns, payload),
         origin: DeadLetterOrigin::Outbox {
             table: table.to_owned(),
         },

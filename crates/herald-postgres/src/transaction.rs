@@ -109,26 +109,12 @@ impl<'c> PgOutboxTx<'c> {
             .await
     }
 
-    /// Commits, then wakes the relays ([`PgOutbox::notify`]: this process's at once, other
-    /// processes' by a debounced `NOTIFY` sent after the commit, never inside it).
-    pub async fn commit(self) -> Result<()> {
-        let outbox = self.outbox.clone();
-        self.commit_quietly().await?;
-        outbox.notify();
-        Ok(())
-    }
-
     /// Rolls back: nothing written or recorded in the transaction stays.
     pub async fn rollback(self) -> Result<()> {
         self.tx
             .rollback()
             .await
             .store_err("rollback", &self.outbox.inner.secrets)
-    }
-
-    /// The outbox this transaction records into.
-    pub fn outbox(&self) -> &PgOutbox {
-        &self.outbox
     }
 
     /// Commits without waking the relays (nothing was recorded).

@@ -10,35 +10,10 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
-use herald_core::{DeliveryStream, OutboxAdmin, OutboxStore, Subscriber, SubscriptionSpec, Uuid};
+use herald_core::{OutboxAdmin, OutboxStore, Subscriber, Uuid};
 use herald_memory::MemoryTransport;
 use herald_relay::Relay;
 use herald_testkit::{envelope, interleaved};
-
-fn audit() -> SubscriptionSpec {
-    SubscriptionSpec {
-        prefetch: 100_000,
-        ..SubscriptionSpec::new("audit", Vec::<String>::new())
-    }
-}
-
-/// Acks deliveries until `expected` distinct ids arrived or `within` passed.
-async fn collect_ids<S: DeliveryStream>(
-    stream: &mut S,
-    expected: usize,
-    within: Duration,
-) -> HashSet<Uuid> {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut seen = HashSet::new();
-    while seen.len() < expected {
-        let next = tokio::time::timeout_at(deadline, stream.next()).await;
-        let Ok(Some(delivery)) = next else { break };
-        let delivery = delivery.unwrap();
-        seen.insert(delivery.envelope.id);
-        delivery.ack().await.unwrap();
-    }
-    seen
-}
 
 /// Runs a relay on `store` until every one of `good` was published (it fails otherwise),
 /// then stops it.
@@ -52,7 +27,11 @@ async fn publish_all<'a, St: OutboxStore + Clone>(
     let (shutdown, running) = spawn_relay(relay);
 
     let expected: HashSet<Uuid> = good.map(|e| e.id).collect();
-    let seen = collect_ids(&mut stream, expected.len(), Duration::from_secs(60)).await;
+    let seen: HashSet<Uuid> = collect(&mut stream, expected.len(), Duration::from_secs(60))
+        .await
+        .iter()
+        .map(|e| e.id)
+        .collect();
     assert_eq!(seen, expected, "every good row published");
     shutdown.cancel();
     running.await.unwrap().unwrap();

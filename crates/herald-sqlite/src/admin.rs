@@ -27,24 +27,17 @@ fn dead_letter_from_row(row: &sqlx::sqlite::SqliteRow, table: &str) -> Result<De
     let raw: String = row.try_get("raw_columns").store_err(op)?;
     let columns: BTreeMap<String, serde_json::Value> =
         serde_json::from_str(&raw).map_err(|err| corrupt(op, format!("raw columns: {err}")))?;
-    let headers = columns
-        .into_iter()
-        .filter(|(_, value)| !value.is_null())
-        .map(|(name, value)| match value {
-            serde_json::Value::String(text) => (name, text),
-            other => (name, other.to_string()),
-        })
-        .collect::<BTreeMap<_, _>>();
-    let id = headers.get("id").and_then(|id| Uuid::parse_str(id).ok());
     let payload: Vec<u8> = row.try_get("payload").store_err(op)?;
+    let raw = RawMessage::from_columns(columns, payload);
+    let id = raw
+        .headers
+        .get("id")
+        .and_then(|id| Uuid::parse_str(id).ok());
     let attempts: i64 = row.try_get("attempts").store_err(op)?;
     Ok(DeadLetter {
         id,
         envelope: envelope_from_row(row, op).ok(),
-        raw: RawMessage {
-            headers,
-            payload: payload.into(),
-        },
+        raw,
         origin: DeadLetterOrigin::Outbox {
             table: table.to_owned(),
         },

@@ -63,24 +63,9 @@ impl<'c> SqliteOutboxTx<'c> {
             .await
     }
 
-    /// Commits, then wakes the relays ([`SqliteOutbox::notify`]): those built on this outbox's
-    /// handle at once, those of other processes at their
-    /// [`watch_commits`](SqliteOutbox::watch_commits) or their next poll.
-    pub async fn commit(self) -> Result<()> {
-        let outbox = self.outbox.clone();
-        self.commit_quietly().await?;
-        outbox.notify();
-        Ok(())
-    }
-
     /// Rolls back: nothing written or recorded in the transaction stays.
     pub async fn rollback(self) -> Result<()> {
         self.tx.rollback().await.store_err("rollback")
-    }
-
-    /// The outbox this transaction records into.
-    pub fn outbox(&self) -> &SqliteOutbox {
-        &self.outbox
     }
 
     /// Commits without waking the relays (nothing was recorded).

@@ -194,6 +194,26 @@ pub fn pg_accounts(store: &PgOutbox) -> String {
     format!("{}.accounts", store.config().schema.quoted())
 }
 
+/// Credits deposit `d` to its account in the PostgreSQL `accounts` table of `store`, on `conn`
+/// (a handler's transaction).
+pub async fn credit_pg_account(
+    store: &PgOutbox,
+    conn: &mut sqlx::PgConnection,
+    d: &Deposited,
+) -> std::result::Result<(), sqlx::Error> {
+    let accounts = pg_accounts(store);
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {accounts} AS a (account, balance, deposits) VALUES ($1, $2, 1) \
+         ON CONFLICT (account) DO UPDATE \
+         SET balance = a.balance + EXCLUDED.balance, deposits = a.deposits + 1"
+    )))
+    .bind(&d.account)
+    .bind(d.cents)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// A migrated SQLite outbox (and inbox) in a fresh file, with an `accounts` table. Keep the
 /// directory alive as long as the store.
 pub async fn sqlite_store() -> (SqliteOutbox, tempfile::TempDir) {

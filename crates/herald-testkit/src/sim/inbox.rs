@@ -10,12 +10,11 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use herald_core::error::Message;
 use herald_core::{
-    Claim, Claimed, Envelope, Error, Inbox, OutboxTransaction, Result, TransactionalOutbox, Uuid,
+    Claim, Claimed, Envelope, Inbox, OutboxTransaction, Result, TransactionalOutbox, Uuid,
 };
 
-use super::Sim;
+use super::{Sim, failure};
 
 /// How the model database misbehaves; drawn per seed.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,10 +121,6 @@ impl Drop for ModelTransaction {
             self.conn.inbox.state().open.remove(&self.conn.tx);
         }
     }
-}
-
-fn failure(operation: &'static str, what: &str) -> Error {
-    Error::store(operation, true, Message(format!("simulated: {what}")))
 }
 
 impl ModelInbox {

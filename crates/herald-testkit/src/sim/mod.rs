@@ -156,6 +156,15 @@ impl SeedPlan {
     }
 }
 
+/// A simulated store failure of `operation`: transient, as a lost connection or a deadlock is.
+fn failure(operation: &'static str, what: &str) -> herald_core::Error {
+    herald_core::Error::store(
+        operation,
+        true,
+        herald_core::error::Message(format!("simulated: {what}")),
+    )
+}
+
 fn parse_range(text: &str) -> Option<std::ops::Range<u64>> {
     let text = text.trim();
     match text.split_once("..") {

@@ -23,13 +23,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use herald_core::error::Message;
 use herald_core::{
-    ClaimRequest, ClaimedEvent, Disposition, Envelope, Error, Failure, OutboxStore, Result, Seq,
-    Signal, Uuid,
+    ClaimRequest, ClaimedEvent, Disposition, Envelope, Failure, OutboxStore, Result, Seq, Signal,
+    Uuid,
 };
 
-use super::Sim;
+use super::{Sim, failure};
 
 /// How the model database misbehaves; drawn per seed.
 #[derive(Debug, Clone, PartialEq)]
@@ -241,10 +240,6 @@ impl std::fmt::Debug for ModelOutbox {
 
 fn ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
-}
-
-fn failure(operation: &'static str, what: &str) -> Error {
-    Error::store(operation, true, Message(format!("simulated: {what}")))
 }
 
 impl ModelOutbox {
