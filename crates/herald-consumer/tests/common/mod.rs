@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use herald_consumer::{Consumer, ConsumerConfig, RetryPolicy, Router};
 use herald_core::{
-    Acknowledger, Backoff, BoxFuture, Delivery, DeliveryStream, Envelope, Error, Event, Metadata,
-    Publisher, Result, Settlement, Subscriber, SubscriptionSpec, Uuid,
+    Acknowledger, Backoff, BoxFuture, DeadLetter, DeadLetters, Delivery, DeliveryStream, Envelope,
+    Error, Event, Metadata, Page, Publisher, Result, Settlement, Subscriber, SubscriptionSpec,
+    Uuid,
 };
 use herald_memory::MemoryTransport;
 use herald_postgres::{PgOutbox, PgOutboxConfig};
@@ -68,6 +69,15 @@ pub async fn publish(transport: &MemoryTransport, batch: &[Envelope]) {
     for result in transport.publish(batch).await {
         result.unwrap();
     }
+}
+
+/// The dead letters of `queue` on `transport`, newest first.
+pub async fn dead_letters(transport: &MemoryTransport, queue: &str) -> Vec<DeadLetter> {
+    transport
+        .dead_letter_queue(queue)
+        .dead_letters(Page::ALL)
+        .await
+        .unwrap()
 }
 
 /// A fresh queue name.
