@@ -14,7 +14,7 @@ use herald_core::{
     Claim, Claimed, Envelope, Inbox, OutboxTransaction, Result, TransactionalOutbox, Uuid,
 };
 
-use super::{Sim, failure};
+use super::{Sim, failure, lock};
 
 /// How the model database misbehaves; drawn per seed.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,13 +78,7 @@ pub struct ModelInbox {
     state: Arc<Mutex<State>>,
 }
 
-impl std::fmt::Debug for ModelInbox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelInbox")
-            .field("faults", &self.faults)
-            .finish_non_exhaustive()
-    }
-}
+debug_faults!(ModelInbox);
 
 /// A connection inside a transaction: what a handler's `ctx.db()` is.
 #[derive(Debug)]
@@ -134,9 +128,7 @@ impl ModelInbox {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// When each message's effects committed (once per commit that carried one).

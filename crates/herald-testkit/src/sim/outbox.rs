@@ -28,7 +28,7 @@ use herald_core::{
     Uuid,
 };
 
-use super::{Sim, failure};
+use super::{Sim, failure, lock};
 
 /// How the model database misbehaves; drawn per seed.
 #[derive(Debug, Clone, PartialEq)]
@@ -230,13 +230,7 @@ pub struct ModelOutbox {
     signal: Signal,
 }
 
-impl std::fmt::Debug for ModelOutbox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelOutbox")
-            .field("faults", &self.faults)
-            .finish_non_exhaustive()
-    }
-}
+debug_faults!(ModelOutbox);
 
 fn ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
@@ -254,9 +248,7 @@ impl ModelOutbox {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// Names a relay in the trace.
