@@ -31,8 +31,7 @@ const KEYS: usize = 1000;
 
 /// Runs B2; returns the scenario and the relay's median drain rate (events/s).
 pub async fn run(env: &Env, plan: &Plan) -> Result<(Scenario, f64)> {
-    let config = env.amqp_config();
-    let transport = AmqpTransport::connect(config.clone()).await?;
+    let transport = AmqpTransport::connect(env.amqp_config()).await?;
     let queue = env.name("b2");
     transport
         .declare(&SubscriptionSpec::new(queue.clone(), Vec::<String>::new()))
@@ -40,11 +39,7 @@ pub async fn run(env: &Env, plan: &Plan) -> Result<(Scenario, f64)> {
     let broker = Broker::connect(&env.amqp).await?;
     let outbox = env.outbox("b2", Completion::Delete, 4).await?;
     let result = measure(env, plan, &transport, &broker, &outbox, &queue).await;
-    let _ = fixture::drop_outbox(&outbox).await;
-    let _ = transport.delete_subscription(&queue).await;
-    transport.close().await;
-    let _ = broker.delete_exchange(&config.exchange).await;
-    broker.close().await;
+    fixture::tear_down(env, &transport, Some(broker), &queue, &outbox).await;
     result
 }
 

@@ -20,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::Plan;
-use crate::broker::Broker;
 use crate::fixture::{self, Env, OrderPlaced};
 use crate::report::{Scenario, quantile};
 
@@ -48,8 +47,7 @@ async fn handle(_event: OrderPlaced, _ctx: &mut TxContext<PgOutbox>) -> Result<(
 
 /// Runs B3 at fractions of `drain_rate` (events/s).
 pub async fn run(env: &Env, plan: &Plan, drain_rate: f64) -> Result<Scenario> {
-    let config = env.amqp_config();
-    let transport = AmqpTransport::connect(config.clone()).await?;
+    let transport = AmqpTransport::connect(env.amqp_config()).await?;
     // Three pools, as three deployments would have: the producing application's, the relay's
     // and the consuming service's (whose inbox lives beside the outbox here). On one shared
     // pool, writers queued for connections delay the relay's claims and write-backs, the
@@ -83,13 +81,7 @@ pub async fn run(env: &Env, plan: &Plan, drain_rate: f64) -> Result<Scenario> {
     shutdown.cancel();
     let _ = relay_task.await;
     let _ = consumer_task.await;
-    let _ = transport.delete_subscription(&env.name("b3")).await;
-    transport.close().await;
-    if let Ok(broker) = Broker::connect(&env.amqp).await {
-        let _ = broker.delete_exchange(&config.exchange).await;
-        broker.close().await;
-    }
-    let _ = fixture::drop_outbox(&outbox).await;
+    fixture::tear_down(env, &transport, None, &env.name("b3"), &outbox).await;
     result
 }
 

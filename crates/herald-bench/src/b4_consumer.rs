@@ -30,19 +30,14 @@ async fn plain(_event: OrderPlaced, _ctx: &mut Context) -> Result<(), HandlerErr
 
 /// Runs B4.
 pub async fn run(env: &Env, plan: &Plan) -> Result<Scenario> {
-    let config = env.amqp_config();
-    let transport = AmqpTransport::connect(config.clone())
+    let transport = AmqpTransport::connect(env.amqp_config())
         .await
         .context("connect the transport")?;
     let broker = Broker::connect(&env.amqp).await?;
     let outbox = env.outbox("b4", Completion::Delete, 24).await?;
     let queue = env.name("b4");
     let result = measure(plan, &transport, &broker, &outbox, &queue).await;
-    let _ = transport.delete_subscription(&queue).await;
-    transport.close().await;
-    let _ = broker.delete_exchange(&config.exchange).await;
-    broker.close().await;
-    let _ = fixture::drop_outbox(&outbox).await;
+    fixture::tear_down(env, &transport, Some(broker), &queue, &outbox).await;
     result
 }
 

@@ -4,11 +4,13 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use herald_amqp::AmqpConfig;
+use herald_amqp::{AmqpConfig, AmqpTransport};
 use herald_core::{Completion, Envelope, Event, Metadata};
 use herald_postgres::{PgOutbox, PgOutboxConfig, PgPool};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPoolOptions;
+
+use crate::broker::Broker;
 
 /// Where the services are, and the names of this run.
 #[derive(Debug, Clone)]
@@ -56,6 +58,29 @@ impl Env {
         outbox.migrate().await?;
         Ok(outbox)
     }
+}
+
+/// Removes what a scenario left on the services, ignoring failures (clean-up only): its queue
+/// `subscription`, this run's exchange (through `broker`, or a connection of its own when
+/// there is none) and `outbox`'s schema; closes `transport` and the broker connection.
+pub async fn tear_down(
+    env: &Env,
+    transport: &AmqpTransport,
+    broker: Option<Broker>,
+    subscription: &str,
+    outbox: &PgOutbox,
+) {
+    let _ = transport.delete_subscription(subscription).await;
+    transport.close().await;
+    let broker = match broker {
+        Some(broker) => Some(broker),
+        None => Broker::connect(&env.amqp).await.ok(),
+    };
+    if let Some(broker) = broker {
+        let _ = broker.delete_exchange(&env.amqp_config().exchange).await;
+        broker.close().await;
+    }
+    let _ = drop_outbox(outbox).await;
 }
 
 /// Drops the schema of `outbox` and everything in it.

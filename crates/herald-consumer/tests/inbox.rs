@@ -13,8 +13,7 @@ use std::time::Duration;
 use common::*;
 use herald_consumer::{Context, Handler, HandlerError, HandlerResult, Outcome, Router, TxContext};
 use herald_core::{
-    ClaimRequest, DeadLetters, Envelope, Event, Inbox, Metadata, OutboxStore, Page, TraceContext,
-    Uuid,
+    ClaimRequest, Envelope, Event, Inbox, Metadata, OutboxStore, TraceContext, Uuid,
 };
 use herald_memory::MemoryTransport;
 use herald_postgres::PgOutbox;
@@ -35,16 +34,8 @@ trait Bank: Inbox + OutboxStore {
 }
 
 async fn pg_write(d: &Deposited, ctx: &mut TxContext<PgOutbox>) -> Result<(), HandlerError> {
-    let accounts = pg_accounts(ctx.outbox());
-    sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO {accounts} AS a (account, balance, deposits) VALUES ($1, $2, 1) \
-         ON CONFLICT (account) DO UPDATE \
-         SET balance = a.balance + EXCLUDED.balance, deposits = a.deposits + 1"
-    )))
-    .bind(&d.account)
-    .bind(d.cents)
-    .execute(ctx.db())
-    .await?;
+    let store = ctx.outbox().clone();
+    credit_pg_account(&store, ctx.db(), d).await?;
     Ok(())
 }
 
@@ -541,11 +532,7 @@ async fn a_group_commits_together_and_a_failure_in_it_loses_only_its_own_writes(
         (0, 0),
         "its writes rolled back"
     );
-    let dead = transport
-        .dead_letter_queue(&queue)
-        .dead_letters(Page::ALL)
-        .await
-        .unwrap();
+    let dead = dead_letters(&transport, &queue).await;
     assert_eq!(dead.len(), 1);
     assert!(
         dead[0].reason.contains("poison deposit"),
@@ -645,11 +632,7 @@ async fn a_swallowed_database_error_loses_no_other_effect_and_is_not_acked(batch
         snapshot.acked, 200,
         "the swallower is not acknowledged as done"
     );
-    let dead = transport
-        .dead_letter_queue(&queue)
-        .dead_letters(Page::ALL)
-        .await
-        .unwrap();
+    let dead = dead_letters(&transport, &queue).await;
     assert_eq!(dead.len(), 1, "the swallower is dead-lettered");
     assert!(
         dead[0].reason.contains("cannot commit"),

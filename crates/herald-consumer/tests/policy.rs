@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use herald_consumer::{ConsumerConfig, Context, HandlerError, Router, UnhandledPolicy};
-use herald_core::{Bytes, DeadLetters, Envelope, Event, Metadata, Page, SubscriptionSpec};
+use herald_core::{Bytes, Envelope, Event, Metadata, SubscriptionSpec};
 use herald_memory::MemoryTransport;
 use serde::{Deserialize, Serialize};
 
@@ -104,11 +104,7 @@ async fn by_default_unknown_and_undecodable_messages_are_dead_lettered_with_the_
     let (transport, queue, snapshot, misfits) = run_with(UnhandledPolicy::default()).await;
     assert_eq!(snapshot.acked, 1, "the good message is handled");
     assert_eq!(snapshot.dead_lettered, 4);
-    let dead = transport
-        .dead_letter_queue(&queue)
-        .dead_letters(Page::ALL)
-        .await
-        .unwrap();
+    let dead = dead_letters(&transport, &queue).await;
     assert_eq!(dead.len(), 4);
     for (envelope, reason) in misfits {
         let letter = dead
@@ -130,14 +126,7 @@ async fn the_acknowledge_policy_acknowledges_and_counts_them() {
     assert_eq!(snapshot.acked, 1);
     assert_eq!(snapshot.unhandled, 4);
     assert_eq!(snapshot.dead_lettered, 0);
-    assert!(
-        transport
-            .dead_letter_queue(&queue)
-            .dead_letters(Page::ALL)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(dead_letters(&transport, &queue).await.is_empty());
     assert_eq!(transport.depth(&queue), 0);
 }
 

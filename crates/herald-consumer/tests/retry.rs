@@ -16,7 +16,7 @@ use herald_consumer::{
     Classifier, ConsumerConfig, Context, ErrorClass, Handler, HandlerError, HandlerResult, Outcome,
     RetryPolicy, Router,
 };
-use herald_core::{Backoff, DeadLetters, Page};
+use herald_core::Backoff;
 use herald_memory::MemoryTransport;
 
 /// What a handler does with the deposits of one account.
@@ -141,14 +141,7 @@ async fn a_transient_failure_succeeds_on_a_later_attempt() {
     );
     let snapshot = metrics.snapshot();
     assert_eq!((snapshot.immediate_retries, snapshot.redeliveries), (2, 1));
-    assert!(
-        transport
-            .dead_letter_queue(&queue)
-            .dead_letters(Page::ALL)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(dead_letters(&transport, &queue).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,11 +171,7 @@ async fn a_message_that_always_fails_is_dead_lettered_after_exactly_the_configur
     running.stop().await;
 
     assert_eq!(log.runs("bad"), expected_runs);
-    let dead = transport
-        .dead_letter_queue(&queue)
-        .dead_letters(Page::ALL)
-        .await
-        .unwrap();
+    let dead = dead_letters(&transport, &queue).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].envelope.as_ref().unwrap().id, poison.id);
     assert_eq!(
@@ -221,11 +210,7 @@ async fn a_permanent_error_skips_the_retries() {
     running.stop().await;
 
     assert_eq!(log.runs("closed"), 1);
-    let dead = transport
-        .dead_letter_queue(&queue)
-        .dead_letters(Page::ALL)
-        .await
-        .unwrap();
+    let dead = dead_letters(&transport, &queue).await;
     assert_eq!(dead[0].attempts, 1);
     assert!(
         dead[0]
@@ -289,11 +274,7 @@ async fn a_panicking_handler_is_retried_then_dead_lettered_and_the_consumer_live
     running.stop().await;
 
     assert_eq!(log.runs("boom"), 9, "(1 + 2 immediate) × (1 + 2 delayed)");
-    let dead = transport
-        .dead_letter_queue(&queue)
-        .dead_letters(Page::ALL)
-        .await
-        .unwrap();
+    let dead = dead_letters(&transport, &queue).await;
     assert!(
         dead[0]
             .reason
@@ -327,12 +308,7 @@ async fn redeliveries_asked_for_by_the_handler_are_bounded_too() {
         3,
         "one run per delivery: no immediate retries for a request"
     );
-    let reason = &transport
-        .dead_letter_queue(&queue)
-        .dead_letters(Page::ALL)
-        .await
-        .unwrap()[0]
-        .reason;
+    let reason = &dead_letters(&transport, &queue).await[0].reason;
     assert!(
         reason.contains("gave up after 3 deliveries") && reason.contains("not yet"),
         "{reason}"
@@ -381,15 +357,7 @@ async fn other_messages_keep_flowing_while_one_is_retried() {
         good.iter().all(|&p| p < poison_done),
         "every other message was handled before the poison message's last attempt"
     );
-    assert_eq!(
-        transport
-            .dead_letter_queue(&queue)
-            .dead_letters(Page::ALL)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(dead_letters(&transport, &queue).await.len(), 1);
     assert_eq!(metrics.snapshot().acked, 50);
 }
 

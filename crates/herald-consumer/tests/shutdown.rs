@@ -116,17 +116,10 @@ struct SlowCredit {
 impl Handler<Deposited, TxContext<PgOutbox>> for SlowCredit {
     async fn handle(&self, d: Deposited, ctx: &mut TxContext<PgOutbox>) -> HandlerResult {
         self.started.fetch_add(1, Ordering::SeqCst);
-        let accounts = pg_accounts(ctx.outbox());
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {accounts} AS a (account, balance, deposits) VALUES ($1, $2, 1) \
-             ON CONFLICT (account) DO UPDATE \
-             SET balance = a.balance + EXCLUDED.balance, deposits = a.deposits + 1"
-        )))
-        .bind(&d.account)
-        .bind(d.cents)
-        .execute(ctx.db())
-        .await
-        .map_err(HandlerError::new)?;
+        let store = ctx.outbox().clone();
+        credit_pg_account(&store, ctx.db(), &d)
+            .await
+            .map_err(HandlerError::new)?;
         if self.slow.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }

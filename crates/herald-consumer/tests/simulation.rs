@@ -563,13 +563,5 @@ fn per_key_order_survives_a_consumer_restart_while_a_retry_waits_in_a_delay_queu
 
 #[test]
 fn a_consumer_simulation_seed_replays_exactly() {
-    for seed in 0..25 {
-        let (first, second) = (one(seed), one(seed));
-        assert_eq!(
-            first.trace.entries(),
-            second.trace.entries(),
-            "seed {seed} ran differently twice"
-        );
-        assert_eq!(first.violations, second.violations);
-    }
+    Verdict::assert_seeds_replay(one);
 }

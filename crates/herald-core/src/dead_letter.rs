@@ -69,6 +69,26 @@ pub struct RawMessage {
 impl RawMessage {
     /// The field that names the event type in a store's raw form.
     pub const EVENT_TYPE: &'static str = "event_type";
+
+    /// The raw form of a stored row: its `columns` (a JSON object of the row, as the stores
+    /// select it) as text fields, nulls left out, and its `payload`.
+    pub fn from_columns(
+        columns: BTreeMap<String, serde_json::Value>,
+        payload: impl Into<Bytes>,
+    ) -> Self {
+        let headers = columns
+            .into_iter()
+            .filter(|(_, value)| !value.is_null())
+            .map(|(name, value)| match value {
+                serde_json::Value::String(text) => (name, text),
+                other => (name, other.to_string()),
+            })
+            .collect();
+        RawMessage {
+            headers,
+            payload: payload.into(),
+        }
+    }
 }
 
 /// Where a dead letter was given up on.

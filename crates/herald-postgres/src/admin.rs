@@ -2,7 +2,6 @@
 //! ([`DeadLetters`]).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use herald_core::{
     DeadLetter, DeadLetterOrigin, DeadLetters, OutboxAdmin, OutboxStats, Page, RawMessage, Result,
@@ -13,70 +12,9 @@ use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::config::PgOutboxConfig;
 use crate::error::ResultExt;
 use crate::outbox::PgOutbox;
-use crate::row::{ENVELOPE_COLUMNS, attempts_from_row, envelope_from_row};
-
-/// The statements of the admin operations, built once per handle.
-pub(crate) struct AdminSql {
-    stats: Arc<str>,
-    dead_letters: Arc<str>,
-    replay: Arc<str>,
-    purge: Arc<str>,
-    /// The outbox table as operators name it (`schema.table`).
-    table: Arc<str>,
-}
-
-impl AdminSql {
-    pub(crate) fn new(config: &PgOutboxConfig) -> Self {
-        let outbox = config.qualified("");
-        let dead_letters = config.qualified("_dead_letters");
-        let archive = config.qualified("_archive");
-        let pending = "(locked_until IS NULL OR locked_until <= now())";
-
-        let stats = format!(
-            "SELECT \
-                 count(*) FILTER (WHERE {pending}) AS pending, \
-                 count(*) FILTER (WHERE {pending} AND available_at > now()) AS retrying, \
-                 count(*) FILTER (WHERE locked_until > now()) AS in_flight, \
-                 min(recorded_at) FILTER (WHERE {pending}) AS oldest_pending_at, \
-                 (SELECT count(*) FROM {dead_letters}) AS dead_lettered, \
-                 (SELECT count(*) FROM {archive}) AS archived \
-             FROM {outbox}"
-        );
-
-        // The row's columns as JSON too (its raw form), so that a row whose envelope no longer
-        // decodes is still listed.
-        let list = format!(
-            "SELECT {ENVELOPE_COLUMNS}, attempts, last_error, dead_lettered_at, \
-                 to_jsonb(d) - ARRAY['payload', 'attempts', 'last_error', 'dead_lettered_at'] \
-                     AS raw_columns \
-             FROM {dead_letters} AS d \
-             ORDER BY dead_lettered_at DESC, seq DESC \
-             LIMIT $1 OFFSET $2"
-        );
-
-        // New rows (new seq, so behind everything pending for their keys), in the order they
-        // were first recorded; attempts and available_at take their defaults.
-        let replay = format!(
-            "WITH moved AS ( \
-                 DELETE FROM {dead_letters} WHERE $1::uuid IS NULL OR id = $1 \
-                 RETURNING seq, {ENVELOPE_COLUMNS} \
-             ) \
-             INSERT INTO {outbox} ({ENVELOPE_COLUMNS}) \
-             SELECT {ENVELOPE_COLUMNS} FROM moved ORDER BY seq"
-        );
-
-        AdminSql {
-            stats: stats.into(),
-            dead_letters: list.into(),
-            replay: replay.into(),
-            purge: format!("DELETE FROM {dead_letters} WHERE $1::uuid IS NULL OR id = $1").into(),
-            table: format!("{}.{}", config.schema, config.table).into(),
-        }
-    }
-}
+use crate::row::{attempts_from_row, envelope_from_row};
 
 /// A `count(*)` as `u64`.
 fn count(row: &sqlx::postgres::PgRow, column: &str) -> std::result::Result<u64, sqlx::Error> {
@@ -87,7 +25,7 @@ fn count(row: &sqlx::postgres::PgRow, column: &str) -> std::result::Result<u64, 
 impl OutboxAdmin for PgOutbox {
     async fn stats(&self) -> Result<OutboxStats> {
         let secrets = &self.inner.secrets;
-        let row = sqlx::query(AssertSqlSafe(self.inner.admin.stats.clone()))
+        let row = sqlx::query(AssertSqlSafe(self.inner.sql.admin.stats.clone()))
             .fetch_one(&self.inner.pool)
             .await
             .store_err("read stats", secrets)?;
@@ -125,22 +63,11 @@ fn dead_letter_from_row(
     table: &str,
 ) -> std::result::Result<DeadLetter, sqlx::Error> {
     let Json(columns): Json<BTreeMap<String, serde_json::Value>> = row.try_get("raw_columns")?;
-    let headers = columns
-        .into_iter()
-        .filter(|(_, value)| !value.is_null())
-        .map(|(name, value)| match value {
-            serde_json::Value::String(text) => (name, text),
-            other => (name, other.to_string()),
-        })
-        .collect();
     let payload: Vec<u8> = row.try_get("payload")?;
     Ok(DeadLetter {
         id: row.try_get("id")?,
         envelope: envelope_from_row(row).ok(),
-        raw: RawMessage {
-            headers,
-            payload: payload.into(),
-        },
+        raw: RawMessage::from_columns(columns, payload),
         origin: DeadLetterOrigin::Outbox {
             table: table.to_owned(),
         },
@@ -153,7 +80,7 @@ fn dead_letter_from_row(
 impl DeadLetters for PgOutbox {
     async fn dead_letters(&self, page: Page) -> Result<Vec<DeadLetter>> {
         let secrets = &self.inner.secrets;
-        let admin = &self.inner.admin;
+        let admin = &self.inner.sql.admin;
         let rows = sqlx::query(AssertSqlSafe(admin.dead_letters.clone()))
             .bind(bigint(page.limit))
             .bind(bigint(page.offset))
@@ -167,7 +94,7 @@ impl DeadLetters for PgOutbox {
     }
 
     async fn replay(&self, which: Selection) -> Result<u64> {
-        let replayed = sqlx::query(AssertSqlSafe(self.inner.admin.replay.clone()))
+        let replayed = sqlx::query(AssertSqlSafe(self.inner.sql.admin.replay.clone()))
             .bind(selected(which))
             .execute(&self.inner.pool)
             .await
@@ -180,7 +107,7 @@ impl DeadLetters for PgOutbox {
     }
 
     async fn purge(&self, which: Selection) -> Result<u64> {
-        let purged = sqlx::query(AssertSqlSafe(self.inner.admin.purge.clone()))
+        let purged = sqlx::query(AssertSqlSafe(self.inner.sql.admin.purge.clone()))
             .bind(selected(which))
             .execute(&self.inner.pool)
             .await

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::error::ResultExt;
 use crate::outbox::PgOutbox;
+use crate::statements::InboxSql;
 use crate::transaction::PgOutboxTx;
 
 /// Longest retention accepted (longer ones are capped): keeps the interval arithmetic in range.
@@ -38,6 +39,12 @@ fn micros(duration: Duration) -> f64 {
 /// One row of the claim statement's answer.
 type ClaimRow = (i64, Option<Uuid>, Option<f64>, bool, i64);
 
+impl PgOutbox {
+    fn inbox_sql(&self) -> &InboxSql {
+        &self.inner.sql.inbox
+    }
+}
+
 impl Inbox for PgOutbox {
     async fn claim_all(
         &self,
@@ -48,48 +55,6 @@ impl Inbox for PgOutbox {
         if claims.is_empty() {
             return Ok(Vec::new());
         }
-        let inbox = self.config().qualified("_inbox");
-        let holds = self.config().qualified("_held_keys");
-        // `claim` numbers the claims; `held` finds, per claim, the first live hold of its key
-        // by another message (taken before the claim's own, if it has one); the others (`free`) insert their records; stale holds of the claimed keys
-        // go. Every CTE sees the same snapshot.
-        let sql = format!(
-            "WITH claim AS ( \
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[]) \
-                 WITH ORDINALITY AS c(message_id, handler, consumer, partition_key, n) \
-             ), stale AS ( \
-                 DELETE FROM {holds} h USING claim c \
-                 WHERE h.consumer = c.consumer AND h.partition_key = c.partition_key \
-                   AND h.message_id <> c.message_id \
-                   AND h.due_at < now() - $5::float8 * interval '1 microsecond' \
-                 RETURNING h.message_id \
-             ), held AS ( \
-                 SELECT DISTINCT ON (c.n) c.n, h.message_id AS held_by, \
-                        GREATEST(EXTRACT(EPOCH FROM h.due_at - now())::float8, 0) AS due_in \
-                 FROM claim c JOIN {holds} h \
-                   ON h.consumer = c.consumer AND h.partition_key = c.partition_key \
-                  AND h.message_id <> c.message_id \
-                 LEFT JOIN {holds} own \
-                   ON own.consumer = c.consumer AND own.partition_key = c.partition_key \
-                  AND own.message_id = c.message_id \
-                 WHERE h.due_at >= now() - $5::float8 * interval '1 microsecond' \
-                   AND (own.seq IS NULL OR h.seq < own.seq) \
-                 ORDER BY c.n, h.seq \
-             ), free AS ( \
-                 SELECT c.* FROM claim c WHERE NOT EXISTS (SELECT 1 FROM held WHERE held.n = c.n) \
-             ), inserted AS ( \
-                 INSERT INTO {inbox} (message_id, handler) \
-                 SELECT message_id, handler FROM free \
-                 ON CONFLICT DO NOTHING \
-                 RETURNING message_id, handler \
-             ) \
-             SELECT c.n, held.held_by, held.due_in, \
-                    EXISTS (SELECT 1 FROM inserted i \
-                            WHERE i.message_id = c.message_id AND i.handler = c.handler), \
-                    (SELECT count(*) FROM stale) \
-             FROM claim c LEFT JOIN held ON held.n = c.n \
-             ORDER BY c.n"
-        );
         let ids: Vec<Uuid> = claims.iter().map(|c| c.message_id).collect();
         let handlers: Vec<&str> = claims.iter().map(|c| c.handler).collect();
         let consumers: Vec<Option<&str>> = claims
@@ -97,7 +62,7 @@ impl Inbox for PgOutbox {
             .map(|c| c.key.map(|(consumer, _)| consumer))
             .collect();
         let keys: Vec<Option<&str>> = claims.iter().map(|c| c.key.map(|(_, key)| key)).collect();
-        let rows: Vec<ClaimRow> = sqlx::query_as(AssertSqlSafe(sql))
+        let rows: Vec<ClaimRow> = sqlx::query_as(AssertSqlSafe(self.inbox_sql().claim.clone()))
             .bind(ids)
             .bind(handlers)
             .bind(consumers)
@@ -145,14 +110,7 @@ impl Inbox for PgOutbox {
         message_id: Uuid,
         back_in: Duration,
     ) -> Result<()> {
-        let sql = format!(
-            "INSERT INTO {} (consumer, partition_key, message_id, due_at) \
-             VALUES ($1, $2, $3, now() + $4::float8 * interval '1 microsecond') \
-             ON CONFLICT (consumer, partition_key, message_id) \
-             DO UPDATE SET due_at = EXCLUDED.due_at",
-            self.config().qualified("_held_keys")
-        );
-        sqlx::query(AssertSqlSafe(sql))
+        sqlx::query(AssertSqlSafe(self.inbox_sql().hold_key.clone()))
             .bind(consumer)
             .bind(key)
             .bind(message_id)
@@ -171,15 +129,10 @@ impl Inbox for PgOutbox {
         if holds.is_empty() {
             return Ok(());
         }
-        let sql = format!(
-            "DELETE FROM {} WHERE (consumer, partition_key, message_id) IN \
-             (SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[]))",
-            self.config().qualified("_held_keys")
-        );
         let consumers: Vec<&str> = holds.iter().map(|h| h.0).collect();
         let keys: Vec<&str> = holds.iter().map(|h| h.1).collect();
         let ids: Vec<Uuid> = holds.iter().map(|h| h.2).collect();
-        sqlx::query(AssertSqlSafe(sql))
+        sqlx::query(AssertSqlSafe(self.inbox_sql().release_keys.clone()))
             .bind(consumers)
             .bind(keys)
             .bind(ids)
@@ -190,11 +143,7 @@ impl Inbox for PgOutbox {
     }
 
     async fn release_key(&self, consumer: &str, key: &str, message_id: Uuid) -> Result<()> {
-        let sql = format!(
-            "DELETE FROM {} WHERE consumer = $1 AND partition_key = $2 AND message_id = $3",
-            self.config().qualified("_held_keys")
-        );
-        sqlx::query(AssertSqlSafe(sql))
+        sqlx::query(AssertSqlSafe(self.inbox_sql().release_key.clone()))
             .bind(consumer)
             .bind(key)
             .bind(message_id)
@@ -210,11 +159,7 @@ impl Inbox for PgOutbox {
         message_id: Uuid,
         handler: &str,
     ) -> Result<bool> {
-        let sql = format!(
-            "INSERT INTO {} (message_id, handler) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            self.config().qualified("_inbox")
-        );
-        let done = sqlx::query(AssertSqlSafe(sql))
+        let done = sqlx::query(AssertSqlSafe(self.inbox_sql().mark.clone()))
             .bind(message_id)
             .bind(handler)
             .execute(conn)
@@ -231,21 +176,15 @@ impl Inbox for PgOutbox {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "INSERT INTO {} (message_id, handler) \
-             SELECT * FROM UNNEST($1::uuid[], $2::text[]) \
-             ON CONFLICT DO NOTHING \
-             RETURNING message_id, handler",
-            self.config().qualified("_inbox")
-        );
         let ids: Vec<Uuid> = records.iter().map(|(id, _)| *id).collect();
         let handlers: Vec<&str> = records.iter().map(|(_, h)| *h).collect();
-        let inserted: Vec<(Uuid, String)> = sqlx::query_as(AssertSqlSafe(sql))
-            .bind(ids)
-            .bind(handlers)
-            .fetch_all(conn)
-            .await
-            .store_err("mark inbox", &self.inner.secrets)?;
+        let inserted: Vec<(Uuid, String)> =
+            sqlx::query_as(AssertSqlSafe(self.inbox_sql().mark_all.clone()))
+                .bind(ids)
+                .bind(handlers)
+                .fetch_all(conn)
+                .await
+                .store_err("mark inbox", &self.inner.secrets)?;
         let mut new: HashSet<(Uuid, String)> = inserted.into_iter().collect();
         // A pair listed twice was inserted once: only its first occurrence is new.
         Ok(records
@@ -262,14 +201,9 @@ impl Inbox for PgOutbox {
         if records.is_empty() {
             return Ok(());
         }
-        let sql = format!(
-            "DELETE FROM {} WHERE (message_id, handler) IN \
-             (SELECT * FROM UNNEST($1::uuid[], $2::text[]))",
-            self.config().qualified("_inbox")
-        );
         let ids: Vec<Uuid> = records.iter().map(|(id, _)| *id).collect();
         let handlers: Vec<&str> = records.iter().map(|(_, h)| *h).collect();
-        sqlx::query(AssertSqlSafe(sql))
+        sqlx::query(AssertSqlSafe(self.inbox_sql().unmark.clone()))
             .bind(ids)
             .bind(handlers)
             .execute(conn)
@@ -319,11 +253,7 @@ impl Inbox for PgOutbox {
     }
 
     async fn is_handled(&self, message_id: Uuid, handler: &str) -> Result<bool> {
-        let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM {} WHERE message_id = $1 AND handler = $2)",
-            self.config().qualified("_inbox")
-        );
-        sqlx::query_scalar(AssertSqlSafe(sql))
+        sqlx::query_scalar(AssertSqlSafe(self.inbox_sql().is_handled.clone()))
             .bind(message_id)
             .bind(handler)
             .fetch_one(self.pool())
@@ -335,19 +265,8 @@ impl Inbox for PgOutbox {
         if limit == 0 {
             return Ok(0);
         }
-        let inbox = self.config().qualified("_inbox");
-        // The inner SELECT walks the `handled_at` index from the oldest row and stops after
-        // `limit`: one bounded statement, however large the table.
-        let sql = format!(
-            "DELETE FROM {inbox} WHERE (message_id, handler) IN ( \
-                 SELECT message_id, handler FROM {inbox} \
-                 WHERE handled_at < now() - $1::float8 * interval '1 microsecond' \
-                 ORDER BY handled_at \
-                 LIMIT $2 \
-             )"
-        );
         let micros = i64::try_from(older_than.min(MAX_RETENTION).as_micros()).unwrap_or(i64::MAX);
-        let done = sqlx::query(AssertSqlSafe(sql))
+        let done = sqlx::query(AssertSqlSafe(self.inbox_sql().prune.clone()))
             .bind(micros)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .execute(self.pool())

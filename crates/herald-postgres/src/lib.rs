@@ -6,10 +6,12 @@ mod config;
 mod error;
 mod inbox;
 mod migrate;
+mod notifier;
 mod notify;
 mod outbox;
 mod record;
 mod row;
+mod statements;
 mod transaction;
 mod watermark;
 

@@ -12,12 +12,10 @@ use herald_core::{Error, Result, Signal};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
-use crate::admin::AdminSql;
-use crate::claim::ClaimSql;
 use crate::config::PgOutboxConfig;
 use crate::error::{is_transient, scrub_all, url_secrets};
-use crate::notify::Notifier;
-use crate::record::RecordSql;
+use crate::notifier::Notifier;
+use crate::statements::Statements;
 use crate::watermark::Watermark;
 
 /// How long [`PgOutbox::connect`] waits for the first connection.
@@ -42,9 +40,8 @@ pub(crate) struct Inner {
     pub(crate) signal: Signal,
     pub(crate) notifier: Notifier,
     pub(crate) channel: Arc<str>,
-    pub(crate) record: RecordSql,
-    pub(crate) claim: ClaimSql,
-    pub(crate) admin: AdminSql,
+    /// Every statement, built once from `config`.
+    pub(crate) sql: Statements,
     /// Where the claim's scan starts (see [`crate::watermark`]).
     pub(crate) watermark: Watermark,
 }
@@ -64,9 +61,7 @@ impl PgOutbox {
         PgOutbox {
             inner: Arc::new(Inner {
                 notifier: Notifier::new(pool.clone(), channel.clone(), secrets.clone()),
-                record: RecordSql::new(&config),
-                claim: ClaimSql::new(&config),
-                admin: AdminSql::new(&config),
+                sql: Statements::new(&config),
                 watermark: Watermark::new(&config),
                 signal,
                 channel,

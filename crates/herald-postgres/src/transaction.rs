@@ -1,14 +1,10 @@
 //! The write path as a type: [`PgOutboxTx`], a transaction that records events and whose
 //! [`commit`](PgOutboxTx::commit) wakes the relays.
 
-use std::fmt;
-use std::ops::{Deref, DerefMut};
-
-use herald_core::{Envelope, Event, Metadata, OutboxTransaction, Result, TransactionalOutbox};
+use herald_core::{Envelope, Event, Metadata, Result};
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
 use sqlx::{PgConnection, Postgres, Transaction};
-use uuid::Uuid;
 
 use crate::error::ResultExt;
 use crate::outbox::PgOutbox;
@@ -58,23 +54,12 @@ impl PgOutbox {
 }
 
 impl<'c> PgOutboxTx<'c> {
-    /// Records `event` in this transaction: one INSERT. Returns the event's id.
-    pub async fn record<E: Event>(&mut self, event: &E) -> Result<Uuid> {
-        self.record_with(event, Metadata::default()).await
-    }
-
-    /// Like [`record`](Self::record), with correlation, causation, key, trace or headers.
-    pub async fn record_with<E: Event>(&mut self, event: &E, metadata: Metadata) -> Result<Uuid> {
-        let envelope = Envelope::from_event(event, metadata)?;
-        self.record_all(std::slice::from_ref(&envelope)).await?;
-        Ok(envelope.id)
-    }
-
     /// Records already-encoded `envelopes` with one multi-row INSERT; they get increasing
     /// positions in slice order.
     pub async fn record_all(&mut self, envelopes: &[Envelope]) -> Result<()> {
         let inner = &self.outbox.inner;
         inner
+            .sql
             .record
             .insert_all(&mut self.tx, envelopes, &inner.secrets)
             .await
@@ -118,18 +103,10 @@ impl<'c> PgOutboxTx<'c> {
         let envelope = Envelope::from_event(event, metadata)?;
         let inner = &self.outbox.inner;
         inner
+            .sql
             .record
             .insert_along(&mut self.tx, statement, &envelope, &inner.secrets)
             .await
-    }
-
-    /// Commits, then wakes the relays ([`PgOutbox::notify`]: this process's at once, other
-    /// processes' by a debounced `NOTIFY` sent after the commit, never inside it).
-    pub async fn commit(self) -> Result<()> {
-        let outbox = self.outbox.clone();
-        self.commit_quietly().await?;
-        outbox.notify();
-        Ok(())
     }
 
     /// Rolls back: nothing written or recorded in the transaction stays.
@@ -138,11 +115,6 @@ impl<'c> PgOutboxTx<'c> {
             .rollback()
             .await
             .store_err("rollback", &self.outbox.inner.secrets)
-    }
-
-    /// The outbox this transaction records into.
-    pub fn outbox(&self) -> &PgOutbox {
-        &self.outbox
     }
 
     /// Commits without waking the relays (nothing was recorded).
@@ -154,47 +126,4 @@ impl<'c> PgOutboxTx<'c> {
     }
 }
 
-impl Deref for PgOutboxTx<'_> {
-    type Target = PgConnection;
-
-    fn deref(&self) -> &PgConnection {
-        &self.tx
-    }
-}
-
-impl DerefMut for PgOutboxTx<'_> {
-    fn deref_mut(&mut self) -> &mut PgConnection {
-        &mut self.tx
-    }
-}
-
-impl fmt::Debug for PgOutboxTx<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgOutboxTx")
-            .field("outbox", &self.outbox)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TransactionalOutbox for PgOutbox {
-    type Connection = PgConnection;
-    type Transaction = PgOutboxTx<'static>;
-
-    async fn begin(&self) -> Result<PgOutboxTx<'static>> {
-        PgOutbox::begin(self).await
-    }
-}
-
-impl OutboxTransaction for PgOutboxTx<'_> {
-    async fn record_all(&mut self, envelopes: &[Envelope]) -> Result<()> {
-        PgOutboxTx::record_all(self, envelopes).await
-    }
-
-    async fn commit(self) -> Result<()> {
-        PgOutboxTx::commit(self).await
-    }
-
-    async fn rollback(self) -> Result<()> {
-        PgOutboxTx::rollback(self).await
-    }
-}
+herald_core::outbox_transaction!(PgOutboxTx, PgOutbox, PgConnection);

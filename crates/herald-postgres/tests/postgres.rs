@@ -11,24 +11,10 @@ use std::time::Duration;
 use herald_core::error::error_chain;
 use herald_core::{ClaimRequest, Completion, Error, Event, Metadata, OutboxAdmin, OutboxStore};
 use herald_postgres::{PgOutbox, PgOutboxConfig, PgOutboxTx};
-use serde::{Deserialize, Serialize};
+use herald_testkit::OrderPlaced;
 use sqlx::AssertSqlSafe;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct OrderPlaced {
-    order_id: i64,
-    total_cents: i64,
-}
-
-impl Event for OrderPlaced {
-    const TYPE: &'static str = "ordering.order_placed";
-
-    fn partition_key(&self) -> Option<String> {
-        Some(format!("order-{}", self.order_id))
-    }
-}
 
 /// An outbox plus a business table `orders` in the same schema.
 async fn outbox_with_orders() -> (PgOutbox, String) {

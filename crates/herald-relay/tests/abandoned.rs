@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use common::*;
 use herald_core::{
-    ClaimRequest, ClaimedEvent, Envelope, Failure, OutboxStore, Result, Seq, Signal, Subscriber,
-    Uuid,
+    ClaimRequest, ClaimedEvent, DeliveryStream, Envelope, OutboxStore, Result, Subscriber,
 };
 use herald_memory::MemoryTransport;
+use herald_postgres::PgOutbox;
 use herald_relay::{Relay, RelayConfig};
 use herald_testkit::envelope;
+use herald_testkit::wrap::{WrapStore, Wrapped};
 use tokio_util::sync::CancellationToken;
 
 /// A store whose first claim that takes rows answers `late` after its statement committed (a
@@ -41,33 +42,19 @@ impl<S> LateFirstClaim<S> {
     }
 }
 
-impl<S: OutboxStore> OutboxStore for LateFirstClaim<S> {
+impl<S: OutboxStore> WrapStore for LateFirstClaim<S> {
+    type Inner = S;
+
+    fn inner(&self) -> &S {
+        &self.inner
+    }
+
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedEvent>> {
         let claimed = self.inner.claim(request).await?;
         if !claimed.is_empty() && self.pending.swap(false, Ordering::SeqCst) {
             tokio::time::sleep(self.late).await;
         }
         Ok(claimed)
-    }
-
-    async fn complete(&self, relay_id: Uuid, seqs: &[Seq]) -> Result<u64> {
-        self.inner.complete(relay_id, seqs).await
-    }
-
-    async fn fail(&self, relay_id: Uuid, failures: &[Failure]) -> Result<()> {
-        self.inner.fail(relay_id, failures).await
-    }
-
-    async fn release(&self, relay_id: Uuid, seqs: &[Seq]) -> Result<()> {
-        self.inner.release(relay_id, seqs).await
-    }
-
-    async fn prune(&self, older_than: Duration, limit: usize) -> Result<u64> {
-        self.inner.prune(older_than, limit).await
-    }
-
-    fn signal(&self) -> Signal {
-        self.inner.signal()
     }
 }
 
@@ -94,16 +81,28 @@ fn order(delivered: &[Envelope]) -> Vec<u64> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_release_given_up_as_the_lease_runs_out_does_not_let_the_next_event_of_its_key_pass() {
+/// Events k:0, k:1, k:2 recorded on a fresh PostgreSQL outbox, an audit queue of the memory
+/// broker, and a relay to it whose first claim answers [`LATE`].
+async fn late_relay() -> (
+    PgOutbox,
+    Vec<Envelope>,
+    impl DeliveryStream,
+    Relay<Wrapped<LateFirstClaim<PgOutbox>>, MemoryTransport>,
+) {
     let store = pg_store().await;
     let transport = MemoryTransport::new();
-    let mut stream = transport.subscribe(&audit()).await.unwrap();
+    let stream = transport.subscribe(&audit()).await.unwrap();
     let events: Vec<Envelope> = (0..3).map(|n| envelope("k", n)).collect();
     record_pg(&store, &events).await;
 
     let late = LateFirstClaim::new(store.clone(), LATE);
-    let relay = Relay::new(late, transport.clone(), config()).unwrap();
+    let relay = Relay::new(Wrapped(late), transport, config()).unwrap();
+    (store, events, stream, relay)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_given_up_as_the_lease_runs_out_does_not_let_the_next_event_of_its_key_pass() {
+    let (store, events, mut stream, relay) = late_relay().await;
     let metrics = relay.metrics();
     let delivered = run_until_delivered(relay, &mut stream, events.len()).await;
 
@@ -120,14 +119,7 @@ async fn a_release_given_up_as_the_lease_runs_out_does_not_let_the_next_event_of
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_once_after_a_release_given_up_does_not_let_the_next_event_of_its_key_pass() {
-    let store = pg_store().await;
-    let transport = MemoryTransport::new();
-    let mut stream = transport.subscribe(&audit()).await.unwrap();
-    let events: Vec<Envelope> = (0..3).map(|n| envelope("k", n)).collect();
-    record_pg(&store, &events).await;
-
-    let late = LateFirstClaim::new(store.clone(), LATE);
-    let relay = Relay::new(late, transport.clone(), config()).unwrap();
+    let (store, events, mut stream, relay) = late_relay().await;
     let shutdown = CancellationToken::new();
     let first = relay.relay_once(&shutdown).await.unwrap();
     assert_eq!(

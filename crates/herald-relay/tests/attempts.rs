@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use common::*;
 use herald_core::{
-    ClaimRequest, ClaimedEvent, DeadLetters, Error, Failure, OutboxStore, Page, Result, Seq,
-    Signal, Subscriber, Uuid,
+    ClaimRequest, ClaimedEvent, DeadLetters, Error, OutboxStore, Page, Result, Subscriber, Uuid,
 };
 use herald_memory::MemoryTransport;
 use herald_relay::{Relay, RelayConfig};
+use herald_testkit::wrap::{WrapStore, Wrapped};
 use herald_testkit::{envelope, interleaved};
 use tokio_util::sync::CancellationToken;
 
@@ -67,32 +67,18 @@ async fn a_row_claimed_max_attempts_times_without_a_result_is_dead_lettered_not_
 #[derive(Clone)]
 struct SlowClaims<S>(S);
 
-impl<S: OutboxStore> OutboxStore for SlowClaims<S> {
+impl<S: OutboxStore> WrapStore for SlowClaims<S> {
+    type Inner = S;
+
+    fn inner(&self) -> &S {
+        &self.0
+    }
+
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedEvent>> {
         let claimed = self.0.claim(request).await;
         let per_row = Duration::from_millis(20);
         tokio::time::sleep(per_row * u32::try_from(request.limit).unwrap_or(u32::MAX)).await;
         claimed
-    }
-
-    async fn complete(&self, relay_id: Uuid, seqs: &[Seq]) -> Result<u64> {
-        self.0.complete(relay_id, seqs).await
-    }
-
-    async fn fail(&self, relay_id: Uuid, failures: &[Failure]) -> Result<()> {
-        self.0.fail(relay_id, failures).await
-    }
-
-    async fn release(&self, relay_id: Uuid, seqs: &[Seq]) -> Result<()> {
-        self.0.release(relay_id, seqs).await
-    }
-
-    async fn prune(&self, older_than: Duration, limit: usize) -> Result<u64> {
-        self.0.prune(older_than, limit).await
-    }
-
-    fn signal(&self) -> Signal {
-        self.0.signal()
     }
 }
 
@@ -109,7 +95,12 @@ async fn claims_too_slow_for_the_lease_are_noticed_and_the_batch_shrinks_until_e
         batch_size: 100,
         ..fast_config()
     };
-    let relay = Relay::new(SlowClaims(store.clone()), transport.clone(), config).unwrap();
+    let relay = Relay::new(
+        Wrapped(SlowClaims(store.clone())),
+        transport.clone(),
+        config,
+    )
+    .unwrap();
     let metrics = relay.metrics();
     let delivered = run_until_delivered(relay, &mut stream, events.len()).await;
     assert_eq!(delivered.len(), events.len(), "every event published");

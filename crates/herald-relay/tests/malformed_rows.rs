@@ -10,35 +10,31 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
-use herald_core::{DeliveryStream, OutboxAdmin, Subscriber, SubscriptionSpec, Uuid};
+use herald_core::{OutboxAdmin, OutboxStore, Subscriber, Uuid};
 use herald_memory::MemoryTransport;
 use herald_relay::Relay;
 use herald_testkit::{envelope, interleaved};
-use tokio_util::sync::CancellationToken;
 
-fn audit() -> SubscriptionSpec {
-    SubscriptionSpec {
-        prefetch: 100_000,
-        ..SubscriptionSpec::new("audit", Vec::<String>::new())
-    }
-}
+/// Runs a relay on `store` until every one of `good` was published (it fails otherwise),
+/// then stops it.
+async fn publish_all<'a, St: OutboxStore + Clone>(
+    store: St,
+    good: impl Iterator<Item = &'a herald_core::Envelope>,
+) {
+    let transport = MemoryTransport::new();
+    let mut stream = transport.subscribe(&audit()).await.unwrap();
+    let relay = Relay::new(store, transport.clone(), fast_config()).unwrap();
+    let (shutdown, running) = spawn_relay(relay);
 
-/// Acks deliveries until `expected` distinct ids arrived or `within` passed.
-async fn collect_ids<S: DeliveryStream>(
-    stream: &mut S,
-    expected: usize,
-    within: Duration,
-) -> HashSet<Uuid> {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut seen = HashSet::new();
-    while seen.len() < expected {
-        let next = tokio::time::timeout_at(deadline, stream.next()).await;
-        let Ok(Some(delivery)) = next else { break };
-        let delivery = delivery.unwrap();
-        seen.insert(delivery.envelope.id);
-        delivery.ack().await.unwrap();
-    }
-    seen
+    let expected: HashSet<Uuid> = good.map(|e| e.id).collect();
+    let seen: HashSet<Uuid> = collect(&mut stream, expected.len(), Duration::from_secs(60))
+        .await
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(seen, expected, "every good row published");
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,20 +67,7 @@ async fn malformed_postgres_rows_are_dead_lettered_with_the_reason_and_good_rows
     after.extend(interleaved(10, 5));
     record_pg(&store, &after).await;
 
-    let transport = MemoryTransport::new();
-    let mut stream = transport.subscribe(&audit()).await.unwrap();
-    let relay = Relay::new(store.clone(), transport.clone(), fast_config()).unwrap();
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { relay.run(shutdown).await }
-    });
-
-    let expected: HashSet<Uuid> = before.iter().chain(&after).map(|e| e.id).collect();
-    let seen = collect_ids(&mut stream, expected.len(), Duration::from_secs(60)).await;
-    assert_eq!(seen, expected, "every good row published");
-    shutdown.cancel();
-    running.await.unwrap().unwrap();
+    publish_all(store.clone(), before.iter().chain(&after)).await;
 
     let reasons: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT last_error FROM {}.{} ORDER BY seq",
@@ -144,20 +127,7 @@ async fn malformed_sqlite_rows_are_dead_lettered_with_the_reason_and_good_rows_f
     after.extend(interleaved(10, 5));
     record_sqlite(&store, &after).await;
 
-    let transport = MemoryTransport::new();
-    let mut stream = transport.subscribe(&audit()).await.unwrap();
-    let relay = Relay::new(store.clone(), transport.clone(), fast_config()).unwrap();
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { relay.run(shutdown).await }
-    });
-
-    let expected: HashSet<Uuid> = before.iter().chain(&after).map(|e| e.id).collect();
-    let seen = collect_ids(&mut stream, expected.len(), Duration::from_secs(60)).await;
-    assert_eq!(seen, expected, "every good row published");
-    shutdown.cancel();
-    running.await.unwrap().unwrap();
+    publish_all(store.clone(), before.iter().chain(&after)).await;
 
     let dead =
         herald_core::Identifier::parse("table", &format!("{}_dead_letters", store.config().table))

@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use common::*;
 use herald_core::{
-    ClaimRequest, ClaimedEvent, Envelope, Failure, OutboxStore, Result, Seq, Signal, Subscriber,
-    Uuid,
+    ClaimRequest, ClaimedEvent, Envelope, Failure, OutboxStore, Result, Seq, Subscriber, Uuid,
 };
 use herald_memory::MemoryTransport;
 use herald_relay::{Relay, RelayConfig};
 use herald_testkit::envelope;
+use herald_testkit::wrap::{WrapStore, Wrapped};
 use tokio_util::sync::CancellationToken;
 
 /// A store whose claims come back late and whose write-backs of failures and releases start
@@ -31,15 +31,17 @@ struct Sluggish<S> {
     write_back_starts_after: Duration,
 }
 
-impl<S: OutboxStore> OutboxStore for Sluggish<S> {
+impl<S: OutboxStore> WrapStore for Sluggish<S> {
+    type Inner = S;
+
+    fn inner(&self) -> &S {
+        &self.inner
+    }
+
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedEvent>> {
         let claimed = self.inner.claim(request).await;
         tokio::time::sleep(self.claim_returns_after).await;
         claimed
-    }
-
-    async fn complete(&self, relay_id: Uuid, seqs: &[Seq]) -> Result<u64> {
-        self.inner.complete(relay_id, seqs).await
     }
 
     async fn fail(&self, relay_id: Uuid, failures: &[Failure]) -> Result<()> {
@@ -50,14 +52,6 @@ impl<S: OutboxStore> OutboxStore for Sluggish<S> {
     async fn release(&self, relay_id: Uuid, seqs: &[Seq]) -> Result<()> {
         tokio::time::sleep(self.write_back_starts_after).await;
         self.inner.release(relay_id, seqs).await
-    }
-
-    async fn prune(&self, older_than: Duration, limit: usize) -> Result<u64> {
-        self.inner.prune(older_than, limit).await
-    }
-
-    fn signal(&self) -> Signal {
-        self.inner.signal()
     }
 }
 
@@ -94,7 +88,7 @@ async fn a_claim_overlapping_a_failed_write_back_does_not_let_the_next_event_of_
         batch_size: 1,
         ..fast_config()
     };
-    let relay = Relay::new(sluggish, transport.clone(), config).unwrap();
+    let relay = Relay::new(Wrapped(sluggish), transport.clone(), config).unwrap();
     let metrics = relay.metrics();
     let delivered = run_until_delivered(relay, &mut stream, events.len()).await;
 
@@ -180,7 +174,13 @@ struct LostAnswer<S> {
     lose: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl<S: OutboxStore> OutboxStore for LostAnswer<S> {
+impl<S: OutboxStore> WrapStore for LostAnswer<S> {
+    type Inner = S;
+
+    fn inner(&self) -> &S {
+        &self.inner
+    }
+
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedEvent>> {
         let claimed = self.inner.claim(request).await?;
         if !claimed.is_empty() && self.lose.swap(false, std::sync::atomic::Ordering::SeqCst) {
@@ -191,26 +191,6 @@ impl<S: OutboxStore> OutboxStore for LostAnswer<S> {
             ));
         }
         Ok(claimed)
-    }
-
-    async fn complete(&self, relay_id: Uuid, seqs: &[Seq]) -> Result<u64> {
-        self.inner.complete(relay_id, seqs).await
-    }
-
-    async fn fail(&self, relay_id: Uuid, failures: &[Failure]) -> Result<()> {
-        self.inner.fail(relay_id, failures).await
-    }
-
-    async fn release(&self, relay_id: Uuid, seqs: &[Seq]) -> Result<()> {
-        self.inner.release(relay_id, seqs).await
-    }
-
-    async fn prune(&self, older_than: Duration, limit: usize) -> Result<u64> {
-        self.inner.prune(older_than, limit).await
-    }
-
-    fn signal(&self) -> Signal {
-        self.inner.signal()
     }
 }
 
@@ -229,7 +209,7 @@ async fn rows_of_a_claim_whose_answer_was_lost_still_block_their_key() {
         batch_size: 1,
         ..fast_config()
     };
-    let relay = Relay::new(lossy, transport.clone(), config).unwrap();
+    let relay = Relay::new(Wrapped(lossy), transport.clone(), config).unwrap();
     let delivered = run_until_delivered(relay, &mut stream, events.len()).await;
     assert_key_order(&delivered, true);
     assert_eq!(delivered.len(), events.len());

@@ -16,7 +16,6 @@ use herald_core::{DeadLetters, Envelope, Page, Publisher, Result, Subscriber};
 use herald_memory::MemoryTransport;
 use herald_relay::Relay;
 use herald_testkit::interleaved;
-use tokio_util::sync::CancellationToken;
 
 /// Publishes to a broker that cannot be reached while `outage` is set, to `up` afterwards.
 #[derive(Clone)]
@@ -58,11 +57,7 @@ async fn a_broker_outage_spends_no_attempt_and_dead_letters_nothing() {
     assert_eq!(config.max_attempts, 3);
     let relay = Relay::new(store.clone(), publisher.clone(), config).unwrap();
     let metrics = relay.metrics();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { relay.run(shutdown).await }
-    });
+    let (shutdown, task) = spawn_relay(relay);
     tokio::time::sleep(Duration::from_secs(2)).await;
     publisher.outage.store(false, Ordering::SeqCst);
 

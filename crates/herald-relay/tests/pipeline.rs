@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use common::*;
 use herald_core::{
-    ClaimRequest, ClaimedEvent, Envelope, Error, Failure, OutboxAdmin, OutboxStore, Publisher,
-    Result, Seq, Signal, Subscriber, Uuid,
+    ClaimRequest, ClaimedEvent, Envelope, Error, OutboxAdmin, OutboxStore, Publisher, Result, Seq,
+    Subscriber, Uuid,
 };
 use herald_memory::MemoryTransport;
 use herald_relay::{Relay, RelayConfig};
 use herald_testkit::envelope;
-use tokio_util::sync::CancellationToken;
+use herald_testkit::wrap::{WrapStore, Wrapped};
 
 /// `per_key` events of `keys` keys, interleaved, plus `flaky` events of key `flaky`.
 fn workload(keys: usize, per_key: u64, flaky: u64) -> Vec<Envelope> {
@@ -100,11 +100,7 @@ async fn batches_in_flight_together_keep_every_key_in_order_postgres() {
     };
     let relay = Relay::new(store.clone(), publisher.clone(), config).unwrap();
     let metrics = relay.metrics();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { relay.run(shutdown).await }
-    });
+    let (shutdown, task) = spawn_relay(relay);
     let delivered = collect(&mut stream, events.len(), Duration::from_secs(60)).await;
     shutdown.cancel();
     task.await.unwrap().unwrap();
@@ -146,11 +142,7 @@ async fn shutdown_with_two_batches_in_flight_releases_both_postgres() {
         config.clone(),
     )
     .unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { relay.run(shutdown).await }
-    });
+    let (shutdown, task) = spawn_relay(relay);
     tokio::time::sleep(Duration::from_millis(250)).await;
     shutdown.cancel();
     task.await.unwrap().unwrap();
@@ -187,7 +179,13 @@ fn take_one(counter: &AtomicUsize) -> bool {
         .is_ok()
 }
 
-impl<S: OutboxStore> OutboxStore for Faulty<S> {
+impl<S: OutboxStore> WrapStore for Faulty<S> {
+    type Inner = S;
+
+    fn inner(&self) -> &S {
+        &self.inner
+    }
+
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedEvent>> {
         if take_one(&self.failing_claims) {
             return Err(outage("claim"));
@@ -201,22 +199,6 @@ impl<S: OutboxStore> OutboxStore for Faulty<S> {
             return Err(outage("complete"));
         }
         self.inner.complete(relay_id, seqs).await
-    }
-
-    async fn fail(&self, relay_id: Uuid, failures: &[Failure]) -> Result<()> {
-        self.inner.fail(relay_id, failures).await
-    }
-
-    async fn release(&self, relay_id: Uuid, seqs: &[Seq]) -> Result<()> {
-        self.inner.release(relay_id, seqs).await
-    }
-
-    async fn prune(&self, older_than: Duration, limit: usize) -> Result<u64> {
-        self.inner.prune(older_than, limit).await
-    }
-
-    fn signal(&self) -> Signal {
-        self.inner.signal()
     }
 }
 
@@ -238,13 +220,14 @@ async fn store_outages_while_pipelining_lose_nothing_and_keep_first_deliveries_i
         batch_size: 8,
         ..fast_config()
     };
-    let relay = Relay::new(faulty.clone(), Uneven::new(transport.clone()), config).unwrap();
+    let relay = Relay::new(
+        Wrapped(faulty.clone()),
+        Uneven::new(transport.clone()),
+        config,
+    )
+    .unwrap();
     let metrics = relay.metrics();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { relay.run(shutdown).await }
-    });
+    let (shutdown, task) = spawn_relay(relay);
     // Completions that failed: those events come back after their lease (2 s) and are
     // published again.
     let mut delivered = collect(&mut stream, events.len(), Duration::from_secs(60)).await;

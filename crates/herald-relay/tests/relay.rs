@@ -90,11 +90,7 @@ async fn failing_publishes_back_off_then_dead_letter_while_other_keys_flow() {
 
     let relay = Relay::new(store.clone(), transport.clone(), fast_config()).unwrap();
     let metrics = relay.metrics();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { relay.run(shutdown).await }
-    });
+    let (shutdown, task) = spawn_relay(relay);
     record_sqlite(&store, &events).await;
 
     // Everything but the poison event arrives, including the event queued behind it on its
@@ -146,11 +142,7 @@ async fn relay_wakes_on_commit_not_on_the_poll_interval() {
         ..fast_config()
     };
     let relay = Relay::new(store.clone(), transport.clone(), config).unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { relay.run(shutdown).await }
-    });
+    let (shutdown, task) = spawn_relay(relay);
     // Let the relay find the outbox empty and go to sleep.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -228,11 +220,7 @@ async fn shutdown_mid_batch_leaves_nothing_claimed_and_loses_nothing() {
     record_pg(&store, &events).await;
 
     let relay = Relay::new(store.clone(), Slow(transport.clone()), fast_config()).unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { relay.run(shutdown).await }
-    });
+    let (shutdown, task) = spawn_relay(relay);
     tokio::time::sleep(Duration::from_millis(300)).await;
     shutdown.cancel();
     task.await.unwrap().unwrap();

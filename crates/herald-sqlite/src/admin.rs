@@ -2,7 +2,6 @@
 //! and purged ([`DeadLetters`]).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use herald_core::{
     DeadLetter, DeadLetterOrigin, DeadLetters, OutboxAdmin, OutboxStats, Page, RawMessage, Result,
@@ -12,85 +11,9 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::error::{ResultExt, corrupt};
-use crate::row::{ENVELOPE_COLUMNS, envelope_from_row, now_micros, query, time_column};
-use crate::{SqliteOutbox, SqliteOutboxConfig};
-
-/// The operators' statements, built once per outbox.
-#[derive(Debug)]
-pub(crate) struct AdminSql {
-    /// ?1 now.
-    stats: Arc<str>,
-    /// ?1 limit, ?2 offset.
-    dead_letters: Arc<str>,
-    /// ?1 now, ?2 id (the newest dead letter of that id).
-    replay_one: Arc<str>,
-    /// ?1 id.
-    forget_one: Arc<str>,
-    /// ?1 now.
-    replay_all: Arc<str>,
-    forget_all: Arc<str>,
-    /// ?1 id (every dead letter of that id).
-    purge_one: Arc<str>,
-    /// The outbox table as operators name it.
-    table: Arc<str>,
-}
-
-impl AdminSql {
-    pub(crate) fn new(config: &SqliteOutboxConfig) -> Self {
-        let t = config.quoted("");
-        let dead = config.quoted("_dead_letters");
-        let archive = config.quoted("_archive");
-        let cols = ENVELOPE_COLUMNS;
-        // A lease that has expired counts as pending: any relay may take the row.
-        let unleased = "(locked_until IS NULL OR locked_until <= ?1)";
-        let newest_of_id =
-            |param: &str| format!("seq = (SELECT MAX(seq) FROM {dead} WHERE id = {param})");
-        // Replayed rows get a new seq (behind everything pending for their keys), a fresh
-        // attempt count and `recorded_at` = now; the envelope keeps its id and times.
-        let replay = |filter: &str| {
-            format!(
-                "INSERT INTO {t} ({cols}, recorded_at, available_at) \
-                 SELECT {cols}, ?1, ?1 FROM {dead} {filter} ORDER BY seq"
-            )
-        };
-        AdminSql {
-            stats: format!(
-                "SELECT \
-                   (SELECT COUNT(*) FROM {t} WHERE {unleased}) AS pending, \
-                   (SELECT COUNT(*) FROM {t} WHERE {unleased} AND available_at > ?1) AS retrying, \
-                   (SELECT COUNT(*) FROM {t} WHERE locked_until > ?1) AS in_flight, \
-                   (SELECT COUNT(*) FROM {dead}) AS dead_lettered, \
-                   (SELECT COUNT(*) FROM {archive}) AS archived, \
-                   (SELECT MIN(recorded_at) FROM {t} WHERE {unleased}) AS oldest_pending_at"
-            )
-            .into(),
-            // The row's columns as JSON too (its raw form), so that a row whose envelope no
-            // longer decodes is still listed.
-            dead_letters: format!(
-                "SELECT {cols}, attempts, last_error, dead_lettered_at, {raw} AS raw_columns \
-                 FROM {dead} ORDER BY dead_lettered_at DESC, seq DESC LIMIT ?1 OFFSET ?2",
-                raw = raw_columns()
-            )
-            .into(),
-            replay_one: replay(&format!("WHERE {}", newest_of_id("?2"))).into(),
-            forget_one: format!("DELETE FROM {dead} WHERE {}", newest_of_id("?1")).into(),
-            replay_all: replay("").into(),
-            forget_all: format!("DELETE FROM {dead}").into(),
-            purge_one: format!("DELETE FROM {dead} WHERE id = ?1").into(),
-            table: config.table.to_string().into(),
-        }
-    }
-}
-
-/// `json_object(...)` of every envelope column but the payload.
-fn raw_columns() -> String {
-    let pairs: Vec<String> = ENVELOPE_COLUMNS
-        .split(", ")
-        .filter(|column| *column != "payload")
-        .map(|column| format!("'{column}', {column}"))
-        .collect();
-    format!("json_object({})", pairs.join(", "))
-}
+use crate::outbox::SqliteOutbox;
+use crate::row::{envelope_from_row, now_micros, query, time_column};
+use crate::statements::AdminSql;
 
 /// A `usize` as a bound SQL integer, saturated.
 fn integer(n: usize) -> i64 {
@@ -104,24 +27,17 @@ fn dead_letter_from_row(row: &sqlx::sqlite::SqliteRow, table: &str) -> Result<De
     let raw: String = row.try_get("raw_columns").store_err(op)?;
     let columns: BTreeMap<String, serde_json::Value> =
         serde_json::from_str(&raw).map_err(|err| corrupt(op, format!("raw columns: {err}")))?;
-    let headers = columns
-        .into_iter()
-        .filter(|(_, value)| !value.is_null())
-        .map(|(name, value)| match value {
-            serde_json::Value::String(text) => (name, text),
-            other => (name, other.to_string()),
-        })
-        .collect::<BTreeMap<_, _>>();
-    let id = headers.get("id").and_then(|id| Uuid::parse_str(id).ok());
     let payload: Vec<u8> = row.try_get("payload").store_err(op)?;
+    let raw = RawMessage::from_columns(columns, payload);
+    let id = raw
+        .headers
+        .get("id")
+        .and_then(|id| Uuid::parse_str(id).ok());
     let attempts: i64 = row.try_get("attempts").store_err(op)?;
     Ok(DeadLetter {
         id,
         envelope: envelope_from_row(row, op).ok(),
-        raw: RawMessage {
-            headers,
-            payload: payload.into(),
-        },
+        raw,
         origin: DeadLetterOrigin::Outbox {
             table: table.to_owned(),
         },
@@ -139,7 +55,7 @@ fn count(row: &sqlx::sqlite::SqliteRow, column: &str) -> Result<u64> {
 
 impl SqliteOutbox {
     fn admin_sql(&self) -> &AdminSql {
-        &self.inner.admin
+        &self.inner.sql.admin
     }
 }
 

@@ -12,8 +12,6 @@
 //! ran out, they leave the row as the claim left it (claimable at once, the claim counted), the
 //! same contract as PostgreSQL's, where another relay may be claiming past the row meanwhile.
 
-use std::sync::Arc;
-
 use herald_core::{
     ClaimRequest, ClaimedEvent, Completion, Disposition, Failure, OutboxStore, Result, Seq, Signal,
 };
@@ -22,102 +20,9 @@ use sqlx::sqlite::SqliteRow;
 use uuid::Uuid;
 
 use crate::error::{ResultExt, corrupt, retry_busy};
-use crate::row::{ENVELOPE_COLUMNS, duration_micros, envelope_from_row, now_micros, query};
-use crate::{SqliteOutbox, SqliteOutboxConfig};
-
-/// The relay's statements, built once per outbox.
-#[derive(Debug)]
-pub(crate) struct ClaimSql {
-    /// ?1 relay, ?2 locked until, ?3 now, ?4 limit.
-    claim: Arc<str>,
-    /// ?1 relay, ?2 JSON array of seqs.
-    delete: Arc<str>,
-    /// ?1 relay, ?2 JSON array of seqs, ?3 now.
-    archive: Arc<str>,
-    /// ?1 relay, ?2 seq, ?3 available at, ?4 error, ?5 now.
-    retry: Arc<str>,
-    /// ?1 relay, ?2 seq, ?3 error, ?4 now.
-    dead_letter: Arc<str>,
-    /// ?1 relay, ?2 seq, ?3 now.
-    delete_one: Arc<str>,
-    /// ?1 relay, ?2 JSON array of seqs, ?3 now.
-    release: Arc<str>,
-    /// ?1 published before, ?2 limit.
-    prune: Arc<str>,
-}
-
-impl ClaimSql {
-    pub(crate) fn new(config: &SqliteOutboxConfig) -> Self {
-        let t = config.quoted("");
-        let dead = config.quoted("_dead_letters");
-        let archive = config.quoted("_archive");
-        let cols = ENVELOPE_COLUMNS;
-        let owned = "locked_by = ?1 AND seq IN (SELECT value FROM json_each(?2))";
-        ClaimSql {
-            // The inner SELECT walks the table in seq order (NOT INDEXED: by rowid, stopping
-            // after `limit` rows) and skips the keys that have a row under another relay's
-            // live lease or waiting for a retry; those keys come from the two indexes, so the
-            // cost is the batch plus the rows in flight, however long the backlog.
-            //
-            // The claiming relay's own leases do not block it: it holds the earlier rows of
-            // those keys itself and settles its batches in order (the store suite's
-            // `claim_respects_the_limit` asks for exactly this: two claims in a row by one
-            // relay get disjoint batches of the same keys).
-            claim: format!(
-                "UPDATE {t} SET attempts = attempts + 1, locked_by = ?1, locked_until = ?2 \
-                 WHERE seq IN ( \
-                     SELECT seq FROM {t} NOT INDEXED \
-                     WHERE (locked_until IS NULL OR locked_until <= ?3) \
-                       AND available_at <= ?3 \
-                       AND (partition_key IS NULL OR partition_key NOT IN ( \
-                           SELECT partition_key FROM {t} \
-                           WHERE locked_until > ?3 AND locked_by <> ?1 \
-                             AND partition_key IS NOT NULL \
-                           UNION ALL \
-                           SELECT partition_key FROM {t} \
-                           WHERE available_at > ?3 AND partition_key IS NOT NULL)) \
-                     ORDER BY seq LIMIT ?4) \
-                 RETURNING seq, attempts, {cols}"
-            )
-            .into(),
-            delete: format!("DELETE FROM {t} WHERE {owned}").into(),
-            archive: format!(
-                "INSERT INTO {archive} (seq, {cols}, recorded_at, attempts, published_at) \
-                 SELECT seq, {cols}, recorded_at, attempts, ?3 FROM {t} WHERE {owned} ORDER BY seq"
-            )
-            .into(),
-            retry: format!(
-                "UPDATE {t} SET locked_by = NULL, locked_until = NULL, \
-                     available_at = ?3, last_error = ?4 \
-                 WHERE seq = ?2 AND locked_by = ?1 AND locked_until > ?5"
-            )
-            .into(),
-            dead_letter: format!(
-                "INSERT INTO {dead} \
-                     (seq, {cols}, recorded_at, attempts, last_error, dead_lettered_at) \
-                 SELECT seq, {cols}, recorded_at, attempts, ?3, ?4 FROM {t} \
-                 WHERE seq = ?2 AND locked_by = ?1 AND locked_until > ?4"
-            )
-            .into(),
-            delete_one: format!(
-                "DELETE FROM {t} WHERE seq = ?2 AND locked_by = ?1 AND locked_until > ?3"
-            )
-            .into(),
-            release: format!(
-                "UPDATE {t} SET locked_by = NULL, locked_until = NULL, \
-                     attempts = MAX(attempts - 1, 0) \
-                 WHERE {owned} AND locked_until > ?3"
-            )
-            .into(),
-            prune: format!(
-                "DELETE FROM {archive} WHERE seq IN ( \
-                     SELECT seq FROM {archive} WHERE published_at < ?1 \
-                     ORDER BY published_at LIMIT ?2)"
-            )
-            .into(),
-        }
-    }
-}
+use crate::outbox::SqliteOutbox;
+use crate::row::{duration_micros, envelope_from_row, now_micros, query};
+use crate::statements::ClaimSql;
 
 /// `seqs` as one JSON array parameter (`json_each(?)`).
 fn seq_list(seqs: &[Seq]) -> String {
@@ -131,7 +36,7 @@ fn limit(n: usize) -> i64 {
 
 impl SqliteOutbox {
     fn sql(&self) -> &ClaimSql {
-        &self.inner.claim
+        &self.inner.sql.claim
     }
 
     async fn claim_rows(&self, request: &ClaimRequest) -> Result<Vec<SqliteRow>, sqlx::Error> {

@@ -10,6 +10,7 @@ mod notify;
 mod outbox;
 mod record;
 mod row;
+mod statements;
 mod transaction;
 
 pub use config::SqliteOutboxConfig;

@@ -10,8 +10,8 @@ use herald_core::Result;
 use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
 
-use crate::SqliteOutbox;
 use crate::error::ResultExt;
+use crate::outbox::SqliteOutbox;
 use crate::row::unix_micros;
 
 /// One schema migration.

@@ -12,8 +12,8 @@ use sqlx::{Connection, Row};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::SqliteOutbox;
 use crate::error::ResultExt;
+use crate::outbox::SqliteOutbox;
 
 impl SqliteOutbox {
     /// Rings this outbox's signal: relays waiting on it look for work now. Call it after

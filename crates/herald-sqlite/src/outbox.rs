@@ -10,11 +10,9 @@ use herald_core::{Error, Result, Signal};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use crate::SqliteOutboxConfig;
-use crate::admin::AdminSql;
-use crate::claim::ClaimSql;
+use crate::config::SqliteOutboxConfig;
 use crate::error::ResultExt;
-use crate::record::RecordSql;
+use crate::statements::Statements;
 
 /// How long a connection waits for SQLite's write lock before giving up with `SQLITE_BUSY`.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,13 +36,13 @@ impl std::fmt::Debug for SqliteOutbox {
     }
 }
 
+/// What clones of a [`SqliteOutbox`] share.
 pub(crate) struct Inner {
     pub(crate) pool: SqlitePool,
     pub(crate) config: SqliteOutboxConfig,
     pub(crate) signal: Signal,
-    pub(crate) record: RecordSql,
-    pub(crate) claim: ClaimSql,
-    pub(crate) admin: AdminSql,
+    /// Every statement, built once from `config`.
+    pub(crate) sql: Statements,
 }
 
 impl SqliteOutbox {
@@ -53,9 +51,7 @@ impl SqliteOutbox {
     /// ([`SqliteOutbox::connect`] sets both).
     pub fn new(pool: SqlitePool, config: SqliteOutboxConfig) -> Self {
         let inner = Inner {
-            record: RecordSql::new(&config),
-            claim: ClaimSql::new(&config),
-            admin: AdminSql::new(&config),
+            sql: Statements::new(&config),
             signal: Signal::new(),
             pool,
             config,

@@ -3,12 +3,8 @@
 //! the write lock at once (`BEGIN IMMEDIATE`), so two writers never deadlock upgrading a read
 //! lock.
 
-use std::fmt;
-use std::ops::{Deref, DerefMut};
-
-use herald_core::{Envelope, Event, Metadata, OutboxTransaction, Result, TransactionalOutbox};
+use herald_core::{Envelope, Result};
 use sqlx::{Sqlite, SqliteConnection, Transaction};
-use uuid::Uuid;
 
 use crate::error::ResultExt;
 use crate::outbox::SqliteOutbox;
@@ -56,46 +52,20 @@ impl SqliteOutbox {
 }
 
 impl<'c> SqliteOutboxTx<'c> {
-    /// Records `event` in this transaction: one INSERT. Returns the event's id.
-    pub async fn record<E: Event>(&mut self, event: &E) -> Result<Uuid> {
-        self.record_with(event, Metadata::default()).await
-    }
-
-    /// Like [`record`](Self::record), with correlation, causation, key, trace or headers.
-    pub async fn record_with<E: Event>(&mut self, event: &E, metadata: Metadata) -> Result<Uuid> {
-        let envelope = Envelope::from_event(event, metadata)?;
-        self.record_all(std::slice::from_ref(&envelope)).await?;
-        Ok(envelope.id)
-    }
-
     /// Records already-encoded `envelopes` with one multi-row INSERT per 500 envelopes; their
     /// `seq`s increase in slice order.
     pub async fn record_all(&mut self, envelopes: &[Envelope]) -> Result<()> {
         self.outbox
             .inner
+            .sql
             .record
             .insert_all(&mut self.tx, envelopes)
             .await
     }
 
-    /// Commits, then wakes the relays ([`SqliteOutbox::notify`]): those built on this outbox's
-    /// handle at once, those of other processes at their
-    /// [`watch_commits`](SqliteOutbox::watch_commits) or their next poll.
-    pub async fn commit(self) -> Result<()> {
-        let outbox = self.outbox.clone();
-        self.commit_quietly().await?;
-        outbox.notify();
-        Ok(())
-    }
-
     /// Rolls back: nothing written or recorded in the transaction stays.
     pub async fn rollback(self) -> Result<()> {
         self.tx.rollback().await.store_err("rollback")
-    }
-
-    /// The outbox this transaction records into.
-    pub fn outbox(&self) -> &SqliteOutbox {
-        &self.outbox
     }
 
     /// Commits without waking the relays (nothing was recorded).
@@ -104,47 +74,4 @@ impl<'c> SqliteOutboxTx<'c> {
     }
 }
 
-impl Deref for SqliteOutboxTx<'_> {
-    type Target = SqliteConnection;
-
-    fn deref(&self) -> &SqliteConnection {
-        &self.tx
-    }
-}
-
-impl DerefMut for SqliteOutboxTx<'_> {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        &mut self.tx
-    }
-}
-
-impl fmt::Debug for SqliteOutboxTx<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqliteOutboxTx")
-            .field("outbox", &self.outbox)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TransactionalOutbox for SqliteOutbox {
-    type Connection = SqliteConnection;
-    type Transaction = SqliteOutboxTx<'static>;
-
-    async fn begin(&self) -> Result<SqliteOutboxTx<'static>> {
-        SqliteOutbox::begin(self).await
-    }
-}
-
-impl OutboxTransaction for SqliteOutboxTx<'_> {
-    async fn record_all(&mut self, envelopes: &[Envelope]) -> Result<()> {
-        SqliteOutboxTx::record_all(self, envelopes).await
-    }
-
-    async fn commit(self) -> Result<()> {
-        SqliteOutboxTx::commit(self).await
-    }
-
-    async fn rollback(self) -> Result<()> {
-        SqliteOutboxTx::rollback(self).await
-    }
-}
+herald_core::outbox_transaction!(SqliteOutboxTx, SqliteOutbox, SqliteConnection);

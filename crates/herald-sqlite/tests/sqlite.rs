@@ -6,29 +6,13 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use herald_core::{
-    ClaimRequest, Completion, Error, Event, Metadata, OutboxAdmin, OutboxStore, Uuid,
-};
+use herald_core::{ClaimRequest, Completion, Error, Metadata, OutboxAdmin, OutboxStore, Uuid};
 use herald_sqlite::{SqliteOutbox, SqliteOutboxConfig};
-use serde::{Deserialize, Serialize};
+use herald_testkit::OrderPlaced;
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct OrderPlaced {
-    order_id: i64,
-    total_cents: i64,
-}
-
-impl Event for OrderPlaced {
-    const TYPE: &'static str = "ordering.order_placed";
-
-    fn partition_key(&self) -> Option<String> {
-        Some(format!("order-{}", self.order_id))
-    }
-}
 
 /// A fresh directory and the URL of a database file in it.
 fn temp_db() -> (TempDir, String) {

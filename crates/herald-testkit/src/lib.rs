@@ -30,6 +30,7 @@
 //!
 //! A store does the same with [`store::StoreFactory`] and [`store_suite!`].
 //! [`inbox`] does the same for an [`Inbox`](herald_core::Inbox) (`inbox_suite!`).
+//! [`wrap`] lets a test wrap a store to inject faults into a few of its calls.
 //!
 //! [`sim`] holds the deterministic, seeded simulations' models (outbox, broker, queue, inbox)
 //! that the relay's and the consumer's `tests/simulation.rs` run the real engines against.
@@ -39,6 +40,7 @@ pub mod inbox;
 pub mod sim;
 pub mod store;
 pub mod transport;
+pub mod wrap;
 
 use herald_core::{Envelope, Event, Metadata};
 use serde::{Deserialize, Serialize};
@@ -59,6 +61,23 @@ impl Event for TestEvent {
 
     fn partition_key(&self) -> Option<String> {
         Some(self.key.clone())
+    }
+}
+
+/// A business event for the stores' write-path tests: an order placed, keyed by the order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderPlaced {
+    /// The order (its partition key is `order-{order_id}`).
+    pub order_id: i64,
+    /// The order's total.
+    pub total_cents: i64,
+}
+
+impl Event for OrderPlaced {
+    const TYPE: &'static str = "ordering.order_placed";
+
+    fn partition_key(&self) -> Option<String> {
+        Some(format!("order-{}", self.order_id))
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use herald_core::{
     ClaimRequest, ClaimedEvent, Completion, DeadLetterOrigin, DeadLetters, Disposition, Envelope,
-    Failure, Metadata, OutboxAdmin, OutboxStore, Page, Result, Selection, TraceContext, Uuid,
+    Failure, Metadata, OutboxAdmin, OutboxStore, Page, Result, Selection, Seq, TraceContext, Uuid,
 };
 
 use crate::{TestEvent, envelope, interleaved};
@@ -95,6 +95,24 @@ fn decode(claimed: &ClaimedEvent) -> TestEvent {
         .envelope
         .decode::<TestEvent>()
         .expect("claimed payload decodes")
+}
+
+/// A failure that dead-letters the row at `seq` with `error`.
+fn dead_letter(seq: Seq, error: &str) -> Failure {
+    Failure {
+        seq,
+        error: error.into(),
+        disposition: Disposition::DeadLetter,
+    }
+}
+
+/// A failure that retries the row at `seq` after `delay`, with `error`.
+fn retry(seq: Seq, error: &str, delay: Duration) -> Failure {
+    Failure {
+        seq,
+        error: error.into(),
+        disposition: Disposition::Retry { delay },
+    }
 }
 
 async fn claim<S: OutboxStore>(store: &S, relay: Uuid, limit: usize) -> Vec<ClaimedEvent> {
@@ -305,14 +323,7 @@ pub async fn failed_row_blocks_only_its_own_key_until_backoff<F: StoreFactory>(f
 
     let backoff = Duration::from_millis(400);
     store
-        .fail(
-            relay,
-            &[Failure {
-                seq: claimed[0].seq,
-                error: "broker said no".into(),
-                disposition: Disposition::Retry { delay: backoff },
-            }],
-        )
+        .fail(relay, &[retry(claimed[0].seq, "broker said no", backoff)])
         .await
         .expect("fail");
     store
@@ -357,16 +368,8 @@ pub async fn dead_letter_then_replay<F: StoreFactory>(factory: &F) {
         .fail(
             relay,
             &[
-                Failure {
-                    seq: claimed[0].seq,
-                    error: "poison: cannot route".into(),
-                    disposition: Disposition::DeadLetter,
-                },
-                Failure {
-                    seq: claimed[2].seq,
-                    error: "also poison".into(),
-                    disposition: Disposition::DeadLetter,
-                },
+                dead_letter(claimed[0].seq, "poison: cannot route"),
+                dead_letter(claimed[2].seq, "also poison"),
             ],
         )
         .await
@@ -448,14 +451,7 @@ pub async fn dead_letter_then_replay<F: StoreFactory>(factory: &F) {
     record(factory, &store, &[envelope("r", 0)]).await;
     let r = claim(&store, relay, 10).await;
     store
-        .fail(
-            relay,
-            &[Failure {
-                seq: r[0].seq,
-                error: "x".into(),
-                disposition: Disposition::DeadLetter,
-            }],
-        )
+        .fail(relay, &[dead_letter(r[0].seq, "x")])
         .await
         .expect("fail");
     assert_eq!(store.purge(Selection::All).await.expect("purge"), 1);
@@ -470,14 +466,7 @@ pub async fn dead_letter_then_replay<F: StoreFactory>(factory: &F) {
     // Purge one: only the selected dead letter goes.
     record(factory, &store, &[envelope("s", 0), envelope("t", 0)]).await;
     let st = claim(&store, relay, 10).await;
-    let failures: Vec<Failure> = st
-        .iter()
-        .map(|c| Failure {
-            seq: c.seq,
-            error: "y".into(),
-            disposition: Disposition::DeadLetter,
-        })
-        .collect();
+    let failures: Vec<Failure> = st.iter().map(|c| dead_letter(c.seq, "y")).collect();
     store.fail(relay, &failures).await.expect("fail");
     let s0 = st[0].envelope.id;
     assert_eq!(
@@ -566,13 +555,11 @@ pub async fn write_backs_after_the_lease_expired_change_nothing<F: StoreFactory>
     store
         .fail(
             slow,
-            &[Failure {
-                seq: first[0].seq,
-                error: "late failure".into(),
-                disposition: Disposition::Retry {
-                    delay: Duration::from_secs(3600),
-                },
-            }],
+            &[retry(
+                first[0].seq,
+                "late failure",
+                Duration::from_secs(3600),
+            )],
         )
         .await
         .expect("a late fail is not an error");
@@ -676,18 +663,8 @@ pub async fn stats_report_each_state<F: StoreFactory>(factory: &F) {
         .fail(
             relay,
             &[
-                Failure {
-                    seq: claimed[0].seq,
-                    error: "later".into(),
-                    disposition: Disposition::Retry {
-                        delay: Duration::from_secs(60),
-                    },
-                },
-                Failure {
-                    seq: claimed[1].seq,
-                    error: "never".into(),
-                    disposition: Disposition::DeadLetter,
-                },
+                retry(claimed[0].seq, "later", Duration::from_secs(60)),
+                dead_letter(claimed[1].seq, "never"),
             ],
         )
         .await

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use herald_consumer::{Consumer, ConsumerConfig, RetryPolicy, Router};
 use herald_core::{
-    Acknowledger, Backoff, BoxFuture, Delivery, DeliveryStream, Envelope, Error, Event, Metadata,
-    Publisher, Result, Settlement, Subscriber, SubscriptionSpec, Uuid,
+    Acknowledger, Backoff, BoxFuture, DeadLetter, DeadLetters, Delivery, DeliveryStream, Envelope,
+    Error, Event, Metadata, Page, Publisher, Result, Settlement, Subscriber, SubscriptionSpec,
+    Uuid,
 };
 use herald_memory::MemoryTransport;
 use herald_postgres::{PgOutbox, PgOutboxConfig};
@@ -68,6 +69,15 @@ pub async fn publish(transport: &MemoryTransport, batch: &[Envelope]) {
     for result in transport.publish(batch).await {
         result.unwrap();
     }
+}
+
+/// The dead letters of `queue` on `transport`, newest first.
+pub async fn dead_letters(transport: &MemoryTransport, queue: &str) -> Vec<DeadLetter> {
+    transport
+        .dead_letter_queue(queue)
+        .dead_letters(Page::ALL)
+        .await
+        .unwrap()
 }
 
 /// A fresh queue name.
@@ -192,6 +202,26 @@ pub async fn pg_drop(store: &PgOutbox) {
 /// The `accounts` table of a PostgreSQL store, qualified.
 pub fn pg_accounts(store: &PgOutbox) -> String {
     format!("{}.accounts", store.config().schema.quoted())
+}
+
+/// Credits deposit `d` to its account in the PostgreSQL `accounts` table of `store`, on `conn`
+/// (a handler's transaction).
+pub async fn credit_pg_account(
+    store: &PgOutbox,
+    conn: &mut sqlx::PgConnection,
+    d: &Deposited,
+) -> std::result::Result<(), sqlx::Error> {
+    let accounts = pg_accounts(store);
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {accounts} AS a (account, balance, deposits) VALUES ($1, $2, 1) \
+         ON CONFLICT (account) DO UPDATE \
+         SET balance = a.balance + EXCLUDED.balance, deposits = a.deposits + 1"
+    )))
+    .bind(&d.account)
+    .bind(d.cents)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// A migrated SQLite outbox (and inbox) in a fresh file, with an `accounts` table. Keep the

@@ -242,18 +242,22 @@ pub mod sqlite {
         }
 
         pub async fn count(&self, table: &'static str) -> i64 {
-            let sql = match table {
-                "orders" => "SELECT COUNT(*) FROM orders",
-                "buyers" => "SELECT COUNT(*) FROM buyers",
-                other => panic!("no table {other}"),
-            };
-            sqlx::query_scalar(sql)
+            sqlx::query_scalar(super::count_sql(table))
                 .fetch_one(self.outbox.pool())
                 .await
                 .unwrap()
         }
 
         pub async fn cleanup(self) {}
+    }
+}
+
+/// `SELECT COUNT(*)` of one of the business tables.
+fn count_sql(table: &'static str) -> &'static str {
+    match table {
+        "orders" => "SELECT COUNT(*) FROM orders",
+        "buyers" => "SELECT COUNT(*) FROM buyers",
+        other => panic!("no table {other}"),
     }
 }
 
@@ -300,12 +304,7 @@ pub mod postgres {
         }
 
         pub async fn count(&self, table: &'static str) -> i64 {
-            let sql = match table {
-                "orders" => "SELECT COUNT(*) FROM orders",
-                "buyers" => "SELECT COUNT(*) FROM buyers",
-                other => panic!("no table {other}"),
-            };
-            sqlx::query_scalar(sql)
+            sqlx::query_scalar(super::count_sql(table))
                 .fetch_one(self.outbox.pool())
                 .await
                 .unwrap()

@@ -145,11 +145,7 @@ pub async fn finish_with_a_new_relay<S: DeliveryStream>(
     events: &[Envelope],
 ) {
     let relay = Relay::new(store.clone(), transport.clone(), config).unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { relay.run(shutdown).await }
-    });
+    let (shutdown, task) = spawn_relay(relay);
     let rest = collect(stream, events.len() - first.len(), Duration::from_secs(30)).await;
     shutdown.cancel();
     task.await.unwrap().unwrap();
@@ -170,13 +166,28 @@ where
     P: herald_core::Publisher,
     S: DeliveryStream,
 {
+    let (shutdown, task) = spawn_relay(relay);
+    let delivered = collect(stream, count, Duration::from_secs(30)).await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    delivered
+}
+
+/// Runs `relay` in a task of its own until the returned token is cancelled.
+pub fn spawn_relay<St, P>(
+    relay: Relay<St, P>,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<herald_core::Result<()>>,
+)
+where
+    St: herald_core::OutboxStore,
+    P: herald_core::Publisher,
+{
     let shutdown = CancellationToken::new();
     let task = tokio::spawn({
         let shutdown = shutdown.clone();
         async move { relay.run(shutdown).await }
     });
-    let delivered = collect(stream, count, Duration::from_secs(30)).await;
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
-    delivered
+    (shutdown, task)
 }

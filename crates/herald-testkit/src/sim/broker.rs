@@ -10,7 +10,7 @@ use herald_core::error::Message;
 use herald_core::{Envelope, Error, Publisher, Result, Seq};
 
 use super::outbox::{ModelOutbox, RowFate, RowView};
-use super::{Sim, Violation};
+use super::{Sim, Violation, lock};
 
 /// How the model broker misbehaves; drawn per seed.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,13 +89,7 @@ pub struct ModelBroker {
     state: Arc<Mutex<State>>,
 }
 
-impl std::fmt::Debug for ModelBroker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelBroker")
-            .field("faults", &self.faults)
-            .finish_non_exhaustive()
-    }
-}
+debug_faults!(ModelBroker);
 
 /// One relay's publisher (its channel to the broker).
 #[derive(Clone, Debug)]
@@ -124,9 +118,7 @@ impl ModelBroker {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// A publisher for the relay named `name` in the trace.

@@ -97,10 +97,7 @@ impl Sim {
 
     fn core(&self) -> MutexGuard<'_, Core> {
         // A panic while the lock was held already fails the run; the state is still usable.
-        self.shared
-            .core
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        super::lock(&self.shared.core)
     }
 
     /// The seed this world was made from.

@@ -10,12 +10,11 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use herald_core::error::Message;
 use herald_core::{
-    Claim, Claimed, Envelope, Error, Inbox, OutboxTransaction, Result, TransactionalOutbox, Uuid,
+    Claim, Claimed, Envelope, Inbox, OutboxTransaction, Result, TransactionalOutbox, Uuid,
 };
 
-use super::Sim;
+use super::{Sim, failure, lock};
 
 /// How the model database misbehaves; drawn per seed.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,13 +81,7 @@ pub struct ModelInbox {
     state: Arc<Mutex<State>>,
 }
 
-impl std::fmt::Debug for ModelInbox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelInbox")
-            .field("faults", &self.faults)
-            .finish_non_exhaustive()
-    }
-}
+debug_faults!(ModelInbox);
 
 /// A connection inside a transaction: what a handler's `ctx.db()` is.
 #[derive(Debug)]
@@ -127,10 +120,6 @@ impl Drop for ModelTransaction {
     }
 }
 
-fn failure(operation: &'static str, what: &str) -> Error {
-    Error::store(operation, true, Message(format!("simulated: {what}")))
-}
-
 impl ModelInbox {
     /// An empty database in `sim`'s world.
     pub fn new(sim: Sim, faults: InboxFaults) -> Self {
@@ -142,9 +131,7 @@ impl ModelInbox {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// When each message's effects committed (once per commit that carried one).

@@ -25,6 +25,20 @@
 //! happen to run, so the simulations configure their backoffs without jitter.
 //! [`run`] runs one seed; [`SeedPlan`] reads which seeds to run from the environment.
 
+/// `Debug` for a model of the world: its name and its faults (its state would drown the
+/// message of a failed assertion).
+macro_rules! debug_faults {
+    ($model:ident) => {
+        impl std::fmt::Debug for $model {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($model))
+                    .field("faults", &self.faults)
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+}
+
 mod broker;
 mod clock;
 mod inbox;
@@ -154,6 +168,22 @@ impl SeedPlan {
         }
         panic!("{message}");
     }
+}
+
+/// Locks a model's state: a panic elsewhere (a failed assertion) must not hide it.
+fn lock<T>(state: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A simulated store failure of `operation`: transient, as a lost connection or a deadlock is.
+fn failure(operation: &'static str, what: &str) -> herald_core::Error {
+    herald_core::Error::store(
+        operation,
+        true,
+        herald_core::error::Message(format!("simulated: {what}")),
+    )
 }
 
 fn parse_range(text: &str) -> Option<std::ops::Range<u64>> {

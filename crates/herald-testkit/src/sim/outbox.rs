@@ -23,13 +23,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use herald_core::error::Message;
 use herald_core::{
-    ClaimRequest, ClaimedEvent, Disposition, Envelope, Error, Failure, OutboxStore, Result, Seq,
-    Signal, Uuid,
+    ClaimRequest, ClaimedEvent, Disposition, Envelope, Failure, OutboxStore, Result, Seq, Signal,
+    Uuid,
 };
 
-use super::Sim;
+use super::{Sim, failure, lock};
 
 /// How the model database misbehaves; drawn per seed.
 #[derive(Debug, Clone, PartialEq)]
@@ -231,20 +230,10 @@ pub struct ModelOutbox {
     signal: Signal,
 }
 
-impl std::fmt::Debug for ModelOutbox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelOutbox")
-            .field("faults", &self.faults)
-            .finish_non_exhaustive()
-    }
-}
+debug_faults!(ModelOutbox);
 
 fn ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
-}
-
-fn failure(operation: &'static str, what: &str) -> Error {
-    Error::store(operation, true, Message(format!("simulated: {what}")))
 }
 
 impl ModelOutbox {
@@ -259,9 +248,7 @@ impl ModelOutbox {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// Names a relay in the trace.

@@ -21,7 +21,7 @@ use herald_core::{
 };
 use tokio::sync::Notify;
 
-use super::Sim;
+use super::{Sim, lock};
 
 /// The header holding a delivery's number.
 pub const DELIVERY_HEADER: &str = "sim-delivery";
@@ -111,13 +111,7 @@ pub struct ModelQueue {
     ready: Arc<Notify>,
 }
 
-impl std::fmt::Debug for ModelQueue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelQueue")
-            .field("faults", &self.faults)
-            .finish_non_exhaustive()
-    }
-}
+debug_faults!(ModelQueue);
 
 impl ModelQueue {
     /// An empty queue in `sim`'s world.
@@ -131,9 +125,7 @@ impl ModelQueue {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.state)
     }
 
     fn label(&self, id: Uuid) -> (String, String) {

@@ -106,4 +106,18 @@ impl Verdict {
         }
         out
     }
+
+    /// Runs `run` twice for each of the seeds 0 to 24 and fails if a seed's two runs differ,
+    /// in their traces or in their violations: a seed must replay exactly.
+    pub fn assert_seeds_replay(mut run: impl FnMut(u64) -> Verdict) {
+        for seed in 0..25 {
+            let (first, second) = (run(seed), run(seed));
+            assert_eq!(
+                first.trace.entries(),
+                second.trace.entries(),
+                "seed {seed} ran differently twice"
+            );
+            assert_eq!(first.violations, second.violations);
+        }
+    }
 }
