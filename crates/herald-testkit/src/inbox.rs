@@ -35,6 +35,7 @@ macro_rules! inbox_suite {
             a_released_key_holds_nothing,
             a_stale_hold_stops_holding_and_is_deleted,
             holding_again_moves_the_due_time,
+            a_holding_message_waits_only_for_holds_taken_before_its_own,
             retention_prunes_old_records_in_bounded_batches,
             a_duplicate_is_found_by_the_key_not_by_a_read,
             a_group_is_marked_in_one_call_and_repeats_count_once,
@@ -358,6 +359,45 @@ pub async fn holding_again_moves_the_due_time<F: InboxFactory>(factory: &F) {
         }
         other => panic!("held, not {other:?}"),
     }
+}
+
+/// Holds keep the order in which they were first taken (the key's order): a message holding
+/// its key itself (a deferral behind a retry, say) waits for the earlier holds only, never for
+/// a later one, even once the earlier one is held again with a later due time; a message with
+/// no hold waits for the first of them.
+pub async fn a_holding_message_waits_only_for_holds_taken_before_its_own<F: InboxFactory>(
+    factory: &F,
+) {
+    let store = factory.create().await;
+    let (retried, deferred, new) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    store
+        .hold_key(CONSUMER, "a", retried, Duration::from_secs(2))
+        .await
+        .expect("hold");
+    store
+        .hold_key(CONSUMER, "a", deferred, Duration::from_secs(3))
+        .await
+        .expect("hold");
+    // Retried again: due after the deferred one now, still first in the key's order.
+    store
+        .hold_key(CONSUMER, "a", retried, Duration::from_secs(60))
+        .await
+        .expect("hold again");
+    assert_eq!(
+        claim(&store, &[keyed(retried, "a")], LONG, false).await,
+        [Claimed::New],
+        "the first holder is held by nothing"
+    );
+    assert_eq!(
+        held_by(&claim(&store, &[keyed(deferred, "a")], LONG, false).await),
+        Some(retried),
+        "the later holder waits for the earlier one"
+    );
+    assert_eq!(
+        held_by(&claim(&store, &[keyed(new, "a")], LONG, false).await),
+        Some(retried),
+        "a message without a hold waits for the first hold"
+    );
 }
 
 /// Retention deletes records older than asked, at most `limit` per statement.
