@@ -288,17 +288,7 @@ impl Dispatcher {
             let hold = routes.hold(&delivery.envelope, away).await;
             drop(held);
             if let Err(error) = hold {
-                tracing::warn!(
-                    message_id = %delivery.envelope.id,
-                    error = %error.chain(),
-                    "holding the key of a deferred message failed; the message is given back to the broker instead"
-                );
-                tokio::select! {
-                    () = cancellation.cancelled() => {}
-                    () = tokio::time::sleep(HOLD_FAILED_PAUSE) => {}
-                }
-                drop(delivery);
-                drop(credit);
+                give_back_unheld(delivery, credit, &error, &cancellation).await;
                 return;
             }
             if let Err(error) = delivery.defer(delay, reason).await {
@@ -432,6 +422,29 @@ fn later(now: Instant, by: Duration) -> Instant {
         .unwrap_or(now)
 }
 
+/// A message about to go away (a retry, a deferral) whose key hold could not be written: it is
+/// given back to the broker unsettled instead, which requeues it at the head of the queue:
+/// nothing of its key passes it, and its lane waits for it. After a pause: the database is
+/// likely down, and the message would only fail again at once.
+async fn give_back_unheld(
+    delivery: Delivery,
+    credit: OwnedSemaphorePermit,
+    error: &herald_core::Error,
+    cancellation: &CancellationToken,
+) {
+    tracing::warn!(
+        message_id = %delivery.envelope.id,
+        error = %error.chain(),
+        "holding the key of a message about to go away failed; the message is given back to the broker instead"
+    );
+    tokio::select! {
+        () = cancellation.cancelled() => {}
+        () = tokio::time::sleep(HOLD_FAILED_PAUSE) => {}
+    }
+    drop(delivery);
+    drop(credit);
+}
+
 /// Handles one delivery and settles it.
 async fn work(
     routes: Arc<Routes>,
@@ -467,20 +480,7 @@ async fn work(
             // Before the retry is sent, the key's hold is committed: a consumer that starts
             // while the message is away keeps its key's order too.
             if let Err(error) = routes.hold(&envelope, away).await {
-                tracing::warn!(
-                    message_id = %id,
-                    error = %error.chain(),
-                    "holding the key of a message sent for a delayed retry failed; the message is given back to the broker instead"
-                );
-                // Unsettled, it is requeued at the head of the queue: nothing of its key
-                // passes it, and the lane waits for it. After a pause: the database is likely
-                // down, and the message would only fail again at once.
-                tokio::select! {
-                    () = cancellation.cancelled() => {}
-                    () = tokio::time::sleep(HOLD_FAILED_PAUSE) => {}
-                }
-                drop(delivery);
-                drop(credit);
+                give_back_unheld(delivery, credit, &error, &cancellation).await;
                 return Finished {
                     key,
                     id,

@@ -102,6 +102,18 @@ struct State {
     returned_positions: u64,
 }
 
+impl State {
+    /// Puts `queued` in its place: ahead of everything with a later position.
+    fn insert(&mut self, queued: Queued) {
+        let index = self
+            .queue
+            .iter()
+            .position(|q| q.position > queued.position)
+            .unwrap_or(self.queue.len());
+        self.queue.insert(index, queued);
+    }
+}
+
 /// The model queue (one subscription). Cheap to clone.
 #[derive(Clone)]
 pub struct ModelQueue {
@@ -179,20 +191,12 @@ impl ModelQueue {
                 state.positions += 1;
                 FIRST_TIME.saturating_add(state.positions)
             };
-            let index = state
-                .queue
-                .iter()
-                .position(|q| q.position > position)
-                .unwrap_or(state.queue.len());
-            state.queue.insert(
-                index,
-                Queued {
-                    envelope,
-                    attempt,
-                    redelivered: returned,
-                    position,
-                },
-            );
+            state.insert(Queued {
+                envelope,
+                attempt,
+                redelivered: returned,
+                position,
+            });
         }
         self.ready.notify_waiters();
     }
@@ -200,23 +204,12 @@ impl ModelQueue {
     /// Gives a delivered message back: it returns to its place in the queue (as RabbitMQ
     /// requeues), ahead of everything queued after it.
     fn requeue(&self, envelope: Envelope, attempt: u32, position: u64) {
-        {
-            let mut state = self.state();
-            let index = state
-                .queue
-                .iter()
-                .position(|q| q.position > position)
-                .unwrap_or(state.queue.len());
-            state.queue.insert(
-                index,
-                Queued {
-                    envelope,
-                    attempt,
-                    redelivered: true,
-                    position,
-                },
-            );
-        }
+        self.state().insert(Queued {
+            envelope,
+            attempt,
+            redelivered: true,
+            position,
+        });
         self.ready.notify_waiters();
     }
 
