@@ -135,7 +135,7 @@ impl<S: Subscriber> Consumer<S> {
                 biased;
                 () = shutdown.cancelled() => break Ok(()),
                 Some(joined) = dispatcher.workers.join_next_with_id() => dispatcher.joined(joined),
-                Some(_) = dispatcher.settling.join_next() => {}
+                Some(settled) = dispatcher.settling.join_next() => dispatcher.settled(settled),
                 received = deliveries.recv() => match received {
                     Some(Ok(job)) => dispatcher.accept(job),
                     Some(Err(error)) => break Err(error),

@@ -10,15 +10,24 @@
 //!
 //! Held deliveries stay unsettled, so they use prefetch. Past `max_held` of them, the first
 //! held message of a lane is *deferred*: given back to the transport with a delay that brings
-//! it back after the away messages before it, and its place in the lane kept. So held messages
-//! never fill the prefetch, and the away message can always be received again. A deferral is
-//! not a failure: it is a settlement of its own ([`Settlement::Defer`]), which never spends an
-//! attempt and never dead-letters the message. Like a retry, it first holds its key in the
-//! inbox, so that a consumer that starts while it is away keeps the order too. The first held
-//! message goes, not the last: a held message given back unsettled (at a shutdown) returns to
-//! the head of the queue, and no deferred message of its key may then come back ahead of it.
-//! An away message that does not come back within `redelivery_grace` of its due time (a
-//! competing consumer took it) stops holding its key.
+//! it back shortly after the first away message before it, and its place in the lane kept. So
+//! held messages never fill the prefetch, and the away message can always be received again. A
+//! deferral is not a failure: it is a settlement of its own ([`Settlement::Defer`]), which
+//! never spends an attempt and never dead-letters the message.
+//!
+//! Like a retry, a deferral first holds its key in the inbox, so that a consumer that starts
+//! while it is away keeps the order too — but only when every away message before it holds the
+//! key too: a message that comes back without a hold waits in the inbox for the first hold of
+//! its key, so a later message's hold must never be written while an earlier one has none. A
+//! message whose hold cannot be written does not go: a retry tries the hold again after a pause
+//! (its lane still busy), a deferral comes back to its place in the lane, held again (so do the
+//! deferrals behind it). The consumer never gives a message back to the broker unsettled but at
+//! a shutdown, when every message of the lane goes back to its place in the queue, in order.
+//!
+//! The first held message goes, not the last: a held message given back unsettled (at a
+//! shutdown) returns to the head of the queue, and no deferred message of its key may then come
+//! back ahead of it. An away message that does not come back within `redelivery_grace` of its
+//! due time (a competing consumer took it) stops holding its key.
 //!
 //! Everything here runs on one task and owns its state; handlers run on spawned tasks that
 //! report back when their delivery is settled.
@@ -29,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::{Delivery, Settlement, Uuid};
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +49,7 @@ use crate::{ConsumerMetrics, Outcome, UnhandledPolicy};
 /// How much later than the away message a deferred one is asked back.
 const DEFER_MARGIN: Duration = Duration::from_millis(50);
 
-/// How long a delivery whose key could not be held waits before it goes back to the broker.
+/// How long a message whose key could not be held waits before its hold is tried again.
 const HOLD_FAILED_PAUSE: Duration = Duration::from_secs(1);
 
 /// A delivery taken from the stream, with the prefetch credit it holds until settled.
@@ -58,6 +67,32 @@ struct Away {
     id: Uuid,
     back_at: Instant,
     give_up_at: Instant,
+    hold: HoldState,
+}
+
+/// Whether an away message holds its key in the inbox: `None` while its hold is being written
+/// (a deferral's, by its settling task), then whether it was. A retry goes only once its hold
+/// is written; so does a message whose inbox found its key held by another one.
+type HoldState = watch::Receiver<Option<bool>>;
+
+/// A hold state known already.
+fn known(held: bool) -> HoldState {
+    watch::channel(Some(held)).1
+}
+
+/// Waits until every one of `holds` is known; true if each was written. A state whose writer
+/// ended without saying counts as not written: a later hold is then not written either.
+async fn all_written(holds: Vec<HoldState>) -> bool {
+    let mut all = true;
+    for mut hold in holds {
+        let waited = hold.wait_for(Option::is_some).await.map(|state| *state);
+        let written = match waited {
+            Ok(state) => state == Some(true),
+            Err(_) => *hold.borrow() == Some(true),
+        };
+        all &= written;
+    }
+    all
 }
 
 #[derive(Default)]
@@ -69,9 +104,6 @@ struct Lane {
     held: usize,
     /// The give-up time a timer is set for, so that one is set once per away slot.
     timer: Option<Instant>,
-    /// Closed once the key hold of the lane's last deferral is written: the next deferral's
-    /// hold waits for it, so that the inbox orders the holds as the lane does.
-    holding: Option<oneshot::Receiver<()>>,
 }
 
 impl Lane {
@@ -108,6 +140,12 @@ struct Held {
     job: Box<Job>,
 }
 
+/// A deferral whose key hold could not be written: the job goes back to its lane.
+pub(crate) struct Undeferred {
+    key: String,
+    job: Box<Job>,
+}
+
 /// Settings of a [`Dispatcher`].
 pub(crate) struct Limits {
     pub(crate) concurrency: usize,
@@ -125,8 +163,8 @@ pub(crate) struct Dispatcher {
     lanes: HashMap<String, Lane>,
     ready: VecDeque<(Option<String>, Job)>,
     pub(crate) workers: JoinSet<Finished>,
-    /// Deferrals being settled.
-    pub(crate) settling: JoinSet<()>,
+    /// Deferrals being settled; each hands back its job if its key could not be held.
+    pub(crate) settling: JoinSet<Option<Undeferred>>,
     /// Which key each running worker holds, for workers that end without reporting.
     running: HashMap<tokio::task::Id, Option<String>>,
     held: usize,
@@ -223,7 +261,8 @@ impl Dispatcher {
     }
 
     /// Gives the first held delivery of `key`'s lane back to the transport, asking for it
-    /// after every away message before it, and keeps its place. False if the lane holds none.
+    /// shortly after the first away message before it, and keeps its place. False if the lane
+    /// holds none, or one it cannot defer (see [`all_written`]).
     fn defer_first_held(&mut self, key: &str) -> bool {
         let Some(lane) = self.lanes.get_mut(key) else {
             return false;
@@ -241,30 +280,44 @@ impl Dispatcher {
             return false;
         };
         let now = Instant::now();
-        let last_back = lane
-            .slots
-            .iter()
-            .take(index)
-            .filter_map(|slot| match slot {
-                Slot::Away(away) => Some(away.back_at),
+        let aways_before = || {
+            lane.slots.iter().take(index).filter_map(|slot| match slot {
+                Slot::Away(away) => Some(away),
                 Slot::Here(_) => None,
             })
-            .max()
-            .unwrap_or(now);
-        let delay = last_back
-            .saturating_duration_since(now)
-            .saturating_add(DEFER_MARGIN);
+        };
+        // Back shortly after the first away message, the one the lane waits for: the held
+        // messages behind it come back in any order and take their places in the lane. (Not
+        // after the last one: each deferral would then ask for more than the one before it,
+        // and a delay queue rounds each of those up.) One overdue is waited for as long
+        // again as it is late, within its grace: no quicker churn while it may not come.
+        let delay = match aways_before().next() {
+            Some(first) if first.back_at > now => first.back_at - now,
+            Some(first) => {
+                (now - first.back_at).min(first.give_up_at.saturating_duration_since(now))
+            }
+            None => Duration::ZERO,
+        }
+        .saturating_add(DEFER_MARGIN);
+        let earlier: Vec<HoldState> = aways_before().map(|away| away.hold.clone()).collect();
+        if earlier.iter().any(|hold| *hold.borrow() == Some(false)) {
+            // An earlier message of the key is away without a hold (given back to the broker
+            // unsettled, back soon): this one stays held, in prefetch, rather than go away.
+            return false;
+        }
         let Some(Slot::Here(job)) = lane.slots.remove(index) else {
             return false;
         };
         // The transport may keep it longer than asked (a delay queue rounds up).
         let away = job.delivery.effective_delay(delay);
+        let (hold_state, hold) = watch::channel(None);
         lane.slots.insert(
             index,
             Slot::Away(Away {
                 id: job.delivery.envelope.id,
                 back_at: later(now, away),
                 give_up_at: later(now, away.saturating_add(self.limits.redelivery_grace)),
+                hold,
             }),
         );
         lane.held -= 1;
@@ -274,30 +327,66 @@ impl Dispatcher {
         let routes = self.routes.clone();
         let cancellation = self.cancellation.clone();
         let reason = format!("waiting behind an earlier message of key `{key}`");
-        let earlier = lane.holding.take();
-        let (held, holding) = oneshot::channel();
-        lane.holding = Some(holding);
+        let key = key.to_owned();
         self.settling.spawn(async move {
             let Job { delivery, credit } = *job;
             // Held in the inbox before it goes, as a retry is: a consumer that starts while it
-            // is away finds its key held and keeps later messages behind it. After the hold
-            // of the key's previous deferral: holds keep the order in which they are taken.
-            if let Some(earlier) = earlier {
-                let _ = earlier.await;
+            // is away finds its key held and keeps later messages behind it. After the holds
+            // of the away messages before it: holds keep the order in which they are taken.
+            // And only if each of those was written: an earlier message without a hold would
+            // wait for this one's. If one was not, this one is given back unsettled as that
+            // one was: both return to their places in the queue, in order.
+            // If one was not, or this one cannot be, it stays: back in its lane, after a pause.
+            let hold = if all_written(earlier).await {
+                routes
+                    .hold(&delivery.envelope, away)
+                    .await
+                    .map_err(|error| error.chain().to_string())
+            } else {
+                Err("an earlier message of its key could not hold it".to_owned())
+            };
+            if let Err(cause) = hold {
+                hold_state.send_replace(Some(false));
+                tracing::warn!(
+                    message_id = %delivery.envelope.id,
+                    error = cause,
+                    "holding the key of a message about to be deferred failed; it stays, held behind the earlier message of its key"
+                );
+                pause_after_failed_hold(&cancellation).await;
+                return Some(Undeferred {
+                    key,
+                    job: Box::new(Job { delivery, credit }),
+                });
             }
-            let hold = routes.hold(&delivery.envelope, away).await;
-            drop(held);
-            if let Err(error) = hold {
-                give_back_unheld(delivery, credit, &error, &cancellation).await;
-                return;
-            }
+            hold_state.send_replace(Some(true));
             if let Err(error) = delivery.defer(delay, reason).await {
                 metrics.settle_error();
                 tracing::warn!(error = %error.chain(), "deferring a delivery failed; the broker will redeliver it");
             }
             drop(credit);
+            None
         });
         true
+    }
+
+    /// A deferral ended: if its key could not be held, its job takes its place in the lane
+    /// again (or the front, if the lane gave up on it meanwhile).
+    pub(crate) fn settled(&mut self, settled: Result<Option<Undeferred>, tokio::task::JoinError>) {
+        let Ok(Some(Undeferred { key, job })) = settled else {
+            return;
+        };
+        let id = job.delivery.envelope.id;
+        let lane = self.lanes.entry(key.clone()).or_default();
+        match lane
+            .slots
+            .iter()
+            .position(|slot| matches!(slot, Slot::Away(away) if away.id == id))
+        {
+            Some(position) => lane.slots[position] = Slot::Here(job),
+            None => lane.slots.push_front(Slot::Here(job)),
+        }
+        self.advance(&key);
+        self.fill();
     }
 
     /// Starts handlers for ready deliveries while there are free slots.
@@ -342,6 +431,7 @@ impl Dispatcher {
                         id,
                         back_at: later(now, after),
                         give_up_at: later(now, after.saturating_add(grace)),
+                        hold: known(true),
                     })
                 };
                 match finished {
@@ -422,27 +512,13 @@ fn later(now: Instant, by: Duration) -> Instant {
         .unwrap_or(now)
 }
 
-/// A message about to go away (a retry, a deferral) whose key hold could not be written: it is
-/// given back to the broker unsettled instead, which requeues it at the head of the queue:
-/// nothing of its key passes it, and its lane waits for it. After a pause: the database is
-/// likely down, and the message would only fail again at once.
-async fn give_back_unheld(
-    delivery: Delivery,
-    credit: OwnedSemaphorePermit,
-    error: &herald_core::Error,
-    cancellation: &CancellationToken,
-) {
-    tracing::warn!(
-        message_id = %delivery.envelope.id,
-        error = %error.chain(),
-        "holding the key of a message about to go away failed; the message is given back to the broker instead"
-    );
+/// Waits after a key hold could not be written (the database is likely down: trying again at
+/// once would only fail again). False if the consumer is shutting down meanwhile.
+async fn pause_after_failed_hold(cancellation: &CancellationToken) -> bool {
     tokio::select! {
-        () = cancellation.cancelled() => {}
-        () = tokio::time::sleep(HOLD_FAILED_PAUSE) => {}
+        () = cancellation.cancelled() => false,
+        () = tokio::time::sleep(HOLD_FAILED_PAUSE) => true,
     }
-    drop(delivery);
-    drop(credit);
 }
 
 /// Handles one delivery and settles it.
@@ -478,15 +554,25 @@ async fn work(
             // away (a delay queue may round the delay up), not only for what was asked.
             let away = delivery.effective_delay(after);
             // Before the retry is sent, the key's hold is committed: a consumer that starts
-            // while the message is away keeps its key's order too.
-            if let Err(error) = routes.hold(&envelope, away).await {
-                give_back_unheld(delivery, credit, &error, &cancellation).await;
-                return Finished {
-                    key,
-                    id,
-                    redeliver_after: Some(Duration::ZERO),
-                    held: None,
-                };
+            // while the message is away keeps its key's order too. Until it is, the message
+            // stays here and its lane busy; at a shutdown it goes back to its place in the
+            // queue unsettled, and the rest of its lane behind it.
+            while let Err(error) = routes.hold(&envelope, away).await {
+                tracing::warn!(
+                    message_id = %id,
+                    error = %error.chain(),
+                    "holding the key of a message about to be retried failed; trying again"
+                );
+                if !pause_after_failed_hold(&cancellation).await {
+                    drop(delivery);
+                    drop(credit);
+                    return Finished {
+                        key,
+                        id,
+                        redeliver_after: None,
+                        held: None,
+                    };
+                }
             }
             metrics.redelivery();
             (

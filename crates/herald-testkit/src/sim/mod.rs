@@ -82,6 +82,10 @@ where
 pub struct SeedPlan {
     /// The seeds.
     pub seeds: std::ops::Range<u64>,
+    /// Seeds run after those of the range, where they are not in it: seeds that once broke an
+    /// invariant beyond the default range, kept as regression tests (see
+    /// [`with_regressions`](Self::with_regressions)).
+    pub regressions: Vec<u64>,
     /// Whether to print every trace (one seed replayed).
     pub verbose: bool,
 }
@@ -95,6 +99,7 @@ impl SeedPlan {
         {
             return SeedPlan {
                 seeds: seed..seed + 1,
+                regressions: Vec::new(),
                 verbose: true,
             };
         }
@@ -104,8 +109,22 @@ impl SeedPlan {
             .unwrap_or(0..default);
         SeedPlan {
             seeds,
+            regressions: Vec::new(),
             verbose: false,
         }
+    }
+
+    /// Also runs `seeds` (found to break an invariant once, by a longer run) unless one seed is
+    /// replayed: a default run then keeps checking each of them.
+    pub fn with_regressions(mut self, seeds: &[u64]) -> Self {
+        if !self.verbose {
+            self.regressions = seeds
+                .iter()
+                .copied()
+                .filter(|seed| !self.seeds.contains(seed))
+                .collect();
+        }
+        self
     }
 
     /// Runs `one` for every seed and reports: the failing seeds with their violations, the
@@ -115,7 +134,7 @@ impl SeedPlan {
         let mut failed: Vec<Verdict> = Vec::new();
         let mut by_invariant: std::collections::BTreeMap<&'static str, u64> = Default::default();
         let mut slowest = (Duration::ZERO, 0);
-        for seed in self.seeds.clone() {
+        for seed in self.seeds.clone().chain(self.regressions.iter().copied()) {
             let began = WallInstant::now();
             let verdict = one(seed);
             slowest = slowest.max((began.elapsed(), seed));
@@ -134,9 +153,14 @@ impl SeedPlan {
             }
         }
         let elapsed: Duration = started.elapsed();
-        let count = self.seeds.end.saturating_sub(self.seeds.start);
+        let count = self.seeds.end.saturating_sub(self.seeds.start) + self.regressions.len() as u64;
+        let regressions = if self.regressions.is_empty() {
+            String::new()
+        } else {
+            format!(" and {} regression seeds", self.regressions.len())
+        };
         println!(
-            "{what}: {count} seeds ({}..{}) in {:.1} s (slowest: seed {}, {:.2} s), {} failed",
+            "{what}: {count} seeds ({}..{}{regressions}) in {:.1} s (slowest: seed {}, {:.2} s), {} failed",
             self.seeds.start,
             self.seeds.end,
             elapsed.as_secs_f64(),
