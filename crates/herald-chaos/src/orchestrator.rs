@@ -205,6 +205,8 @@ pub async fn run(scenario: Scenario, settings: &RunSettings) -> Result<ScenarioR
     if result
         .as_ref()
         .is_ok_and(|r| r.verdict.is_clean() && r.unexpected_exits == 0)
+        // Asked for the processes' logs: kept, with the run's schema.
+        && std::env::var_os("HERALD_CHAOS_LOG").is_none()
     {
         sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA \"{schema}\" CASCADE")))
             .execute(outbox.pool())

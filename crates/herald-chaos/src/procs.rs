@@ -53,7 +53,7 @@ impl Proc {
             .open(&self.log)?;
         let child = Command::new(std::env::current_exe()?)
             .args(&self.args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", child_log_filter())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -114,10 +114,16 @@ pub fn spawn_producer(args: Vec<String>, log: &Path) -> Result<Child> {
         .open(log)?;
     Ok(Command::new(std::env::current_exe()?)
         .args(args)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", child_log_filter())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
         .spawn()?)
+}
+
+/// The log filter of the processes a run starts: `HERALD_CHAOS_LOG` (an `EnvFilter`, such as
+/// `warn,herald_consumer=debug`), else `warn`.
+fn child_log_filter() -> String {
+    std::env::var("HERALD_CHAOS_LOG").unwrap_or_else(|_| "warn".to_owned())
 }

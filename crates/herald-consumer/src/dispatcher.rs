@@ -10,7 +10,7 @@
 //!
 //! Held deliveries stay unsettled, so they use prefetch. Past `max_held` of them, the first
 //! held message of a lane is *deferred*: given back to the transport with a delay that brings
-//! it back shortly after the first away message before it, and its place in the lane kept. So
+//! it back just after the away messages before it, and its place in the lane kept. So
 //! held messages never fill the prefetch, and the away message can always be received again. A
 //! deferral is not a failure: it is a settlement of its own ([`Settlement::Defer`]), which
 //! never spends an attempt and never dead-letters the message.
@@ -66,6 +66,9 @@ enum Slot {
 struct Away {
     id: Uuid,
     back_at: Instant,
+    /// When it was asked back for: `back_at` but for a deferral, which the transport may
+    /// keep longer than asked (a delay queue rounds up).
+    asked: Instant,
     give_up_at: Instant,
     hold: HoldState,
 }
@@ -209,7 +212,20 @@ impl Dispatcher {
             .position(|slot| matches!(slot, Slot::Away(away) if away.id == id));
         match returning {
             // Back from a redelivery or a deferral: it takes its old place.
-            Some(position) => lane.slots[position] = Slot::Here(Box::new(job)),
+            Some(position) => {
+                if let Slot::Away(away) = &lane.slots[position] {
+                    let now = Instant::now();
+                    tracing::debug!(
+                        key,
+                        message_id = %id,
+                        place = position,
+                        late_ms = now.saturating_duration_since(away.back_at).as_millis() as u64,
+                        early_ms = away.back_at.saturating_duration_since(now).as_millis() as u64,
+                        "back in its place"
+                    );
+                }
+                lane.slots[position] = Slot::Here(Box::new(job));
+            }
             None => lane.slots.push_back(Slot::Here(Box::new(job))),
         }
         self.advance(&key);
@@ -261,7 +277,7 @@ impl Dispatcher {
     }
 
     /// Gives the first held delivery of `key`'s lane back to the transport, asking for it
-    /// shortly after the first away message before it, and keeps its place. False if the lane
+    /// just after the away messages before it, and keeps its place. False if the lane
     /// holds none, or one it cannot defer (see [`all_written`]).
     fn defer_first_held(&mut self, key: &str) -> bool {
         let Some(lane) = self.lanes.get_mut(key) else {
@@ -286,19 +302,23 @@ impl Dispatcher {
                 Slot::Here(_) => None,
             })
         };
-        // Back shortly after the first away message, the one the lane waits for: the held
-        // messages behind it come back in any order and take their places in the lane. (Not
-        // after the last one: each deferral would then ask for more than the one before it,
-        // and a delay queue rounds each of those up.) One overdue is waited for as long
-        // again as it is late, within its grace: no quicker churn while it may not come.
-        let delay = match aways_before().next() {
-            Some(first) if first.back_at > now => first.back_at - now,
-            Some(first) => {
-                (now - first.back_at).min(first.give_up_at.saturating_duration_since(now))
-            }
-            None => Duration::ZERO,
-        }
-        .saturating_add(DEFER_MARGIN);
+        // Back just after the away messages before it, by the times they were *asked* back
+        // for (a deferral) or are due (a retry): the lane's deferred messages come back in
+        // its order, DEFER_MARGIN apart, without the delay queues' rounding adding up along
+        // the lane (each deferral asking for the rounded time of the one before it would
+        // come back a whole delay queue later than that one). One overdue before it is waited
+        // for as long again as it is late, within its grace: held messages do not circle the
+        // delay queues quickly while it may not come.
+        let after = aways_before().map(|away| away.asked).max().unwrap_or(now);
+        let overdue = aways_before()
+            .next()
+            .filter(|first| first.back_at < now)
+            .map(|first| (now - first.back_at).min(first.give_up_at.saturating_duration_since(now)))
+            .unwrap_or_default();
+        let delay = after
+            .saturating_duration_since(now)
+            .max(overdue)
+            .saturating_add(DEFER_MARGIN);
         let earlier: Vec<HoldState> = aways_before().map(|away| away.hold.clone()).collect();
         if earlier.iter().any(|hold| *hold.borrow() == Some(false)) {
             // An earlier message of the key is away without a hold (given back to the broker
@@ -316,6 +336,7 @@ impl Dispatcher {
             Slot::Away(Away {
                 id: job.delivery.envelope.id,
                 back_at: later(now, away),
+                asked: later(now, delay),
                 give_up_at: later(now, away.saturating_add(self.limits.redelivery_grace)),
                 hold,
             }),
@@ -323,6 +344,15 @@ impl Dispatcher {
         lane.held -= 1;
         self.held -= 1;
         self.metrics.deferred();
+        tracing::debug!(
+            key,
+            message_id = %job.delivery.envelope.id,
+            place = index,
+            ?delay,
+            ?away,
+            held = self.held,
+            "deferred behind an earlier message of its key"
+        );
         let metrics = self.metrics.clone();
         let routes = self.routes.clone();
         let cancellation = self.cancellation.clone();
@@ -430,6 +460,7 @@ impl Dispatcher {
                     Slot::Away(Away {
                         id,
                         back_at: later(now, after),
+                        asked: later(now, after),
                         give_up_at: later(now, after.saturating_add(grace)),
                         hold: known(true),
                     })
