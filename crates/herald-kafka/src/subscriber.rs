@@ -25,7 +25,7 @@ use crate::config::SubscriptionTopics;
 use crate::error::kafka;
 use crate::mapping::{self, Lookup, RecordHeaders, header};
 use crate::settle::{self, KafkaAcker};
-use crate::state::{Received, State, Tp};
+use crate::state::{Commit, Received, State, Tp, Tracked, parse_metadata};
 
 /// Records a stream reads ahead of what it hands out before it pauses its partitions.
 const READ_AHEAD: usize = 1000;
@@ -185,10 +185,27 @@ impl ConsumerContext for StreamContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                self.shared.state().assign(tps_of(tpl));
+                // What earlier owners settled beyond their commit points.
+                let committed = consumer
+                    .committed_offsets((*tpl).clone(), Duration::from_secs(10))
+                    .unwrap_or_else(|err| {
+                        tracing::warn!(group = %self.shared.topics.group, error = %err, "cannot read the committed offsets' metadata; settled records past them are delivered again");
+                        TopicPartitionList::new()
+                    });
+                let assigned = tps_of(tpl).into_iter().map(|(topic, partition)| {
+                    let skip = committed
+                        .find_partition(&topic, partition)
+                        .and_then(|e| match e.offset() {
+                            Offset::Offset(o) => Some(parse_metadata(o, e.metadata())),
+                            _ => None,
+                        })
+                        .unwrap_or_default();
+                    ((topic, partition), skip)
+                });
+                self.shared.state().assign(assigned);
                 self.assigned.send_replace(true);
             }
             Rebalance::Revoke(_) => {}
@@ -206,10 +223,12 @@ fn tps_of(tpl: &TopicPartitionList) -> Vec<Tp> {
         .collect()
 }
 
-fn list(commits: &[(Tp, i64)]) -> TopicPartitionList {
+fn list(commits: &[Commit]) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), offset) in commits {
-        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    for ((topic, partition), offset, metadata) in commits {
+        let mut elem = tpl.add_partition(topic, *partition);
+        let _ = elem.set_offset(Offset::Offset(*offset));
+        elem.set_metadata(metadata);
     }
     tpl
 }
@@ -359,8 +378,13 @@ impl Raw {
 /// Takes a received record in: queued for `next()`, settled at once when the subscription
 /// does not want its type, dead-lettered at once when it does not decode.
 async fn ingest(shared: &Arc<StreamShared>, raw: Raw) {
-    let Some(generation) = shared.state().track(&raw.topic, raw.partition, raw.offset) else {
-        return;
+    let generation = match shared.state().track(&raw.topic, raw.partition, raw.offset) {
+        Tracked::New(generation) => generation,
+        Tracked::Settled => {
+            shared.commit.notify_one();
+            return;
+        }
+        Tracked::Unassigned => return,
     };
     let config = &shared.transport.config;
     let attempt = mapping::attempt(&raw.headers);
