@@ -433,3 +433,114 @@ async fn a_record_that_does_not_decode_is_dead_lettered_at_once() {
     )
     .await;
 }
+
+/// What the streams of a test handled: (stream, key, n), in the order handled.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(&'static str, String, u64)>>>;
+
+/// Acks whatever `stream` delivers, noting (stream, key, n), until `stop` is set.
+async fn drain_into(
+    mut stream: herald_kafka::KafkaStream,
+    name: &'static str,
+    seen: Seen,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    while !*stop.borrow() {
+        if let Ok(Some(delivery)) =
+            tokio::time::timeout(Duration::from_millis(100), stream.next()).await
+        {
+            let delivery = delivery.unwrap();
+            let event = delivery
+                .envelope
+                .decode::<herald_testkit::TestEvent>()
+                .unwrap();
+            seen.lock().unwrap().push((name, event.key, event.n));
+            delivery.ack().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_joining_and_leaving_mid_stream_loses_nothing_and_keeps_key_order() {
+    let transport = common::transport().await;
+    let config = transport.config().clone();
+    let group = common::unique("rebalance");
+    let spec = SubscriptionSpec::new(&group, Vec::<String>::new());
+    let keys = 8;
+    let per_key = 60u64;
+    let all: Vec<Envelope> = herald_testkit::interleaved(keys, per_key);
+    let (first, rest) = all.split_at(all.len() / 3);
+    let (second, third) = rest.split_at(rest.len() / 2);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+
+    let (stop_a, stopped_a) = tokio::sync::watch::channel(false);
+    let a = transport.subscribe(&spec).await.unwrap();
+    let task_a = tokio::spawn(drain_into(a, "a", seen.clone(), stopped_a));
+    publish(&transport, first).await;
+
+    // B joins mid-stream: partitions move from A to B.
+    let b = transport.subscribe(&spec).await.unwrap();
+    let (stop_b, stopped_b) = tokio::sync::watch::channel(false);
+    let task_b = tokio::spawn(drain_into(b, "b", seen.clone(), stopped_b));
+    publish(&transport, second).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // B leaves mid-stream: its partitions go back to A.
+    stop_b.send_replace(true);
+    task_b.await.unwrap();
+    publish(&transport, third).await;
+
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let distinct: std::collections::HashSet<(String, u64)> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, k, n)| (k.clone(), *n))
+            .collect();
+        if distinct.len() == all.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} messages handled",
+            distinct.len(),
+            all.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop_a.send_replace(true);
+    task_a.await.unwrap();
+
+    let seen = seen.lock().unwrap().clone();
+    let by_b = seen.iter().filter(|(s, _, _)| *s == "b").count();
+    assert!(by_b > 0, "b took part");
+    for k in 0..keys {
+        let key = format!("key-{k}");
+        let mut firsts = Vec::new();
+        for (_, _, n) in seen.iter().filter(|(_, sk, _)| *sk == key) {
+            if !firsts.contains(n) {
+                firsts.push(*n);
+            }
+        }
+        assert_eq!(
+            firsts,
+            (0..per_key).collect::<Vec<_>>(),
+            "key {key} handled in order, each message"
+        );
+    }
+    let redelivered = seen.len() - all.len();
+    assert!(redelivered <= 2 * keys, "{redelivered} redeliveries");
+
+    // Committed offsets are exactly the ends of the partitions: a restarted group gets nothing.
+    for p in 0..config.partitions {
+        let consumer: BaseConsumer = plain_client().create().unwrap();
+        let (_, high) = consumer
+            .fetch_watermarks(&config.topic, p, Duration::from_secs(10))
+            .unwrap();
+        if high > 0 {
+            wait_committed(&group, &config.topic, p, high).await;
+        }
+    }
+    let mut restarted = transport.subscribe(&spec).await.unwrap();
+    quiet(&mut restarted, "every message was settled and committed").await;
+}
