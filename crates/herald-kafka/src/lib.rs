@@ -44,11 +44,21 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Declares the event topics and the topics of one subscription.
-    pub(crate) async fn declare_subscription(&self, topics: &SubscriptionTopics) -> Result<()> {
+    /// Declares the event topics and the topics of one subscription, and starts the
+    /// subscription's group at the end of the event topics' partitions it has no offset for,
+    /// as a new queue starts empty: messages published from now on wait for the group.
+    pub(crate) async fn declare_subscription(
+        self: &Arc<Self>,
+        topics: &SubscriptionTopics,
+    ) -> Result<()> {
         let mut declarations = topology::plan(&self.config);
         declarations.extend(topology::plan_subscription(&self.config, topics));
-        topology::apply(&self.admin, &declarations, &self.secrets).await
+        topology::apply(&self.admin, &declarations, &self.secrets).await?;
+        let shared = Arc::clone(self);
+        let group = topics.group.clone();
+        tokio::task::spawn_blocking(move || topology::start_at_end(&shared, &group))
+            .await
+            .map_err(|e| error::other("declare a subscription", true, e.to_string()))?
     }
 }
 
@@ -123,6 +133,12 @@ impl KafkaTransport {
         let mut declarations = topology::plan(&self.shared.config);
         declarations.extend(topology::plan_subscription(&self.shared.config, &topics));
         Ok(declarations)
+    }
+
+    /// Waits (up to the delivery timeout) until the producer delivered what it holds, so
+    /// that a program that exits next loses nothing it published. Streams end when dropped.
+    pub async fn close(&self) {
+        self.shared.producing.flush().await;
     }
 
     /// The dead letters of subscription `name`.

@@ -152,6 +152,16 @@ impl Producing {
             .collect()
     }
 
+    /// Waits until the producer delivered what it holds (at most the delivery timeout).
+    pub(crate) async fn flush(&self) {
+        let (_, producer) = self.current();
+        let timeout = self.config.delivery_timeout;
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+        if let Ok(Err(err)) = flushed {
+            tracing::warn!(error = %err, "the Kafka producer did not deliver everything before closing");
+        }
+    }
+
     /// Produces one record and waits for its delivery report.
     pub(crate) async fn send(&self, record: &Record) -> Result<()> {
         let (generation, producer) = self.current();

@@ -109,7 +109,16 @@ fn clone_received(r: &Received) -> Received {
 /// by then go to the partitions' next owner.
 pub struct KafkaStream {
     shared: Arc<StreamShared>,
+    consumer: Arc<KConsumer>,
     _close: oneshot::Sender<()>,
+}
+
+impl Drop for KafkaStream {
+    fn drop(&mut self) {
+        // Commit what was settled now, not when the poll task next runs: a program that drops
+        // its stream and exits would otherwise have its last settlements delivered again.
+        commit(&self.consumer, &self.shared, CommitMode::Sync);
+    }
 }
 
 impl std::fmt::Debug for KafkaStream {
@@ -276,7 +285,8 @@ pub(crate) async fn open(transport: Arc<Shared>, spec: &SubscriptionSpec) -> Res
         .subscribe(&names)
         .map_err(|e| kafka("subscribe", &e, &secrets))?;
     let (close, closed) = oneshot::channel();
-    tokio::spawn(run(consumer, Arc::clone(&shared), closed));
+    let consumer = Arc::new(consumer);
+    tokio::spawn(run(Arc::clone(&consumer), Arc::clone(&shared), closed));
     if tokio::time::timeout(JOIN_TIMEOUT, joined.wait_for(|joined| *joined))
         .await
         .is_err()
@@ -285,13 +295,18 @@ pub(crate) async fn open(transport: Arc<Shared>, spec: &SubscriptionSpec) -> Res
     }
     Ok(KafkaStream {
         shared,
+        consumer,
         _close: close,
     })
 }
 
 /// The poll task: receives records, commits what was settled, pauses reading far ahead;
 /// commits and leaves the group when the stream is dropped.
-async fn run(consumer: KConsumer, shared: Arc<StreamShared>, mut closed: oneshot::Receiver<()>) {
+async fn run(
+    consumer: Arc<KConsumer>,
+    shared: Arc<StreamShared>,
+    mut closed: oneshot::Receiver<()>,
+) {
     let mut paused = false;
     loop {
         let (buffered, reassigned) = {

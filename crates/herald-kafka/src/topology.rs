@@ -6,8 +6,11 @@ use std::time::{Duration, Instant};
 use herald_core::Result;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
 
+use crate::Shared;
 use crate::config::{KafkaConfig, SubscriptionTopics};
 use crate::error::{Secrets, kafka, other};
 
@@ -26,6 +29,19 @@ pub struct Declaration {
     /// Whether it is compacted (dead-letter topics: a purge leaves a tombstone that
     /// compaction removes with the letters it purged) rather than deleted by age.
     pub compacted: bool,
+}
+
+impl std::fmt::Display for Declaration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "topic {} ({} partition(s), replication factor {}{})",
+            self.topic,
+            self.partitions,
+            self.replication_factor,
+            if self.compacted { ", compacted" } else { "" }
+        )
+    }
 }
 
 /// The event topics of `config`: [`KafkaConfig::topic`] and the routes' topics.
@@ -136,5 +152,67 @@ async fn wait_for_metadata(
             }
             Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
+    }
+}
+
+/// Commits, for consumer group `group`, the end offset of every event-topic partition it has
+/// no offset for: the group starts where the topics end when it is declared, as a new queue
+/// starts empty. A group with members already positioned itself (its first member declared
+/// it): the broker refuses the commit, which is fine.
+pub(crate) fn start_at_end(shared: &Shared, group: &str) -> Result<()> {
+    let secrets = &shared.secrets;
+    let fail = |e: rdkafka::error::KafkaError| kafka("declare a subscription", &e, secrets);
+    let mut client = crate::client_config(&shared.config);
+    client
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = client.create().map_err(fail)?;
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(fail)?;
+    let mut partitions = TopicPartitionList::new();
+    for topic in shared.config.topics() {
+        if let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) {
+            for p in t.partitions() {
+                partitions.add_partition(&topic, p.id());
+            }
+        }
+    }
+    let committed = consumer
+        .committed_offsets(partitions, Duration::from_secs(10))
+        .map_err(fail)?;
+    let mut start = TopicPartitionList::new();
+    for elem in committed.elements() {
+        if matches!(elem.offset(), Offset::Offset(_)) {
+            continue;
+        }
+        let (_, high) = consumer
+            .fetch_watermarks(elem.topic(), elem.partition(), Duration::from_secs(10))
+            .map_err(fail)?;
+        start
+            .add_partition_offset(elem.topic(), elem.partition(), Offset::Offset(high))
+            .map_err(fail)?;
+    }
+    if start.count() == 0 {
+        return Ok(());
+    }
+    match consumer.commit(&start, CommitMode::Sync) {
+        Ok(()) => Ok(()),
+        Err(err)
+            if matches!(
+                err.rdkafka_error_code(),
+                Some(
+                    RDKafkaErrorCode::UnknownMemberId
+                        | RDKafkaErrorCode::IllegalGeneration
+                        | RDKafkaErrorCode::RebalanceInProgress
+                        | RDKafkaErrorCode::FencedMemberEpoch
+                        | RDKafkaErrorCode::StaleMemberEpoch
+                )
+            ) =>
+        {
+            tracing::debug!(%group, error = %err, "the group is active: it keeps its own start");
+            Ok(())
+        }
+        Err(err) => Err(fail(err)),
     }
 }

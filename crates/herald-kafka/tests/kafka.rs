@@ -544,3 +544,27 @@ async fn a_consumer_joining_and_leaving_mid_stream_loses_nothing_and_keeps_key_o
     let mut restarted = transport.subscribe(&spec).await.unwrap();
     quiet(&mut restarted, "every message was settled and committed").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_subscription_starts_where_the_topic_ends_when_declared() {
+    let transport = common::transport().await;
+    let before = envelope("history", 0);
+    publish(&transport, std::slice::from_ref(&before)).await;
+    let group = common::unique("late");
+    transport.declare_subscription(&group).await.unwrap();
+    let after = envelope("history", 1);
+    publish(&transport, std::slice::from_ref(&after)).await;
+    let spec = SubscriptionSpec::new(&group, Vec::<String>::new());
+    let mut stream = transport.subscribe(&spec).await.unwrap();
+    let delivery = next(&mut stream).await;
+    assert_eq!(
+        delivery.envelope.id, after.id,
+        "published after the declaration: delivered; before: not"
+    );
+    delivery.ack().await.unwrap();
+    quiet(
+        &mut stream,
+        "history from before the subscription is not delivered",
+    )
+    .await;
+}
