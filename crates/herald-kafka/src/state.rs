@@ -255,11 +255,6 @@ impl State {
         self.ready.extend(self.delayed.drain(..due));
         self.delayed.first().map(|r| r.due_ms)
     }
-
-    /// Records received and not handed out.
-    pub(crate) fn buffered(&self) -> usize {
-        self.ready.len() + self.delayed.len()
-    }
 }
 
 #[cfg(test)]

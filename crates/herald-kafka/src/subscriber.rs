@@ -307,20 +307,34 @@ async fn run(
     shared: Arc<StreamShared>,
     mut closed: oneshot::Receiver<()>,
 ) {
-    let mut paused = false;
+    // Records due now and retried records waiting for their time are read ahead apart: a
+    // pile of delayed retries pauses the retry topic only, never the event topics.
+    let mut paused = [false, false];
     loop {
         let (buffered, reassigned) = {
             let mut state = shared.state();
-            (state.buffered(), std::mem::take(&mut state.reassigned))
+            let buffered = [state.ready.len(), state.delayed.len()];
+            (buffered, std::mem::take(&mut state.reassigned))
         };
         if reassigned {
-            paused = false;
+            paused = [false, false];
         }
         if let Ok(assignment) = consumer.assignment() {
-            if !paused && buffered >= READ_AHEAD {
-                paused = consumer.pause(&assignment).is_ok();
-            } else if paused && buffered < READ_AHEAD / 2 {
-                paused = consumer.resume(&assignment).is_err();
+            for (i, retry) in [false, true].into_iter().enumerate() {
+                let mut part = TopicPartitionList::new();
+                for e in assignment.elements() {
+                    if (e.topic() == shared.topics.retry) == retry {
+                        part.add_partition(e.topic(), e.partition());
+                    }
+                }
+                if part.count() == 0 {
+                    continue;
+                }
+                if !paused[i] && buffered[i] >= READ_AHEAD {
+                    paused[i] = consumer.pause(&part).is_ok();
+                } else if paused[i] && buffered[i] < READ_AHEAD / 2 {
+                    paused[i] = consumer.resume(&part).is_err();
+                }
             }
         }
         tokio::select! {
