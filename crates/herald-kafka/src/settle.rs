@@ -156,8 +156,8 @@ fn retry_record(
 
 /// The dead-letter record of `raw`: its headers and value, plus why (`kind`: `rejected`,
 /// `max-attempts`, `malformed`; `error`: the text), after how many deliveries, from where and
-/// when. Keyed by the message id (by its place in the log when it has none), so that a purge
-/// can remove it.
+/// when. Keyed by the message id and the place in the log the copy was first read from, so
+/// that a purge can remove it and two copies of one message stay two dead letters.
 pub(crate) fn dead_letter_record(
     shared: &StreamShared,
     raw: &Raw,
@@ -180,10 +180,21 @@ pub(crate) fn dead_letter_record(
         .format(&Rfc3339)
         .unwrap_or_default();
     mapping::set(&mut headers, header::DEAD_LETTERED_AT, now);
-    let key = match Lookup(&raw.headers).string(header::ID).ok().flatten() {
-        Some(id) => id,
-        None => format!("{}/{}/{}", raw.topic, raw.partition, raw.offset),
-    };
+    // One key per copy of a message (two copies of one id, published twice, are two dead
+    // letters): the id and where the copy was first read.
+    let h = Lookup(&headers);
+    let text = |name| h.string(name).ok().flatten().unwrap_or_default();
+    let key = format!(
+        "{}@{}/{}/{}",
+        Lookup(&raw.headers)
+            .string(header::ID)
+            .ok()
+            .flatten()
+            .unwrap_or_default(),
+        text(header::ORIGINAL_TOPIC),
+        text(header::ORIGINAL_PARTITION),
+        text(header::ORIGINAL_OFFSET)
+    );
     Record {
         topic: shared.topics.dead_letter.clone(),
         key: Some(key.into_bytes()),

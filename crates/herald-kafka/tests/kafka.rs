@@ -568,3 +568,39 @@ async fn a_new_subscription_starts_where_the_topic_ends_when_declared() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_copies_of_a_message_rejected_are_two_dead_letters() {
+    let transport = common::transport().await;
+    let group = common::unique("copies");
+    let spec = SubscriptionSpec::new(&group, Vec::<String>::new());
+    let mut stream = transport.subscribe(&spec).await.unwrap();
+    // Published twice, as a relay does when a confirm is lost.
+    let message = envelope("twice", 0);
+    publish(&transport, &[message.clone(), message.clone()]).await;
+    for _ in 0..2 {
+        let copy = next(&mut stream).await;
+        assert_eq!(copy.envelope.id, message.id);
+        copy.reject("poison").await.unwrap();
+    }
+    let queue = transport.dead_letter_queue(&group).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let dead = loop {
+        let dead = queue.dead_letters(Page::ALL).await.unwrap();
+        if dead.len() >= 2 || Instant::now() > deadline {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(dead.len(), 2, "each copy is a dead letter");
+    assert!(dead.iter().all(|d| d.id == Some(message.id)));
+    assert_eq!(
+        queue
+            .purge(herald_core::Selection::One(message.id))
+            .await
+            .unwrap(),
+        2,
+        "purging the id purges both copies"
+    );
+    assert!(queue.dead_letters(Page::ALL).await.unwrap().is_empty());
+}
