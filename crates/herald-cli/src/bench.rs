@@ -12,7 +12,8 @@ use crate::store::{AnyStore, StoreOptions};
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Pre-fill an outbox, then drain it through the relay into a broker (the in-memory one by
-    /// default). On RabbitMQ, also time a bare publish loop of the same events, the ceiling.
+    /// default). On RabbitMQ and Kafka, also time a bare publish loop of the same events, the
+    /// ceiling.
     Relay {
         /// Events to pre-fill.
         #[arg(long, default_value_t = 100_000)]
@@ -29,8 +30,8 @@ pub enum BenchCommand {
         /// Rows claimed per batch.
         #[arg(long, default_value_t = 512)]
         batch_size: usize,
-        /// Broker: `memory`, or `amqp://…` (a queue of the run's own receives the events and is
-        /// deleted afterwards).
+        /// Broker: `memory`, `amqp://…` (a queue of the run's own receives the events and is
+        /// deleted afterwards) or `kafka://…` (the events go to the configured topic).
         #[arg(long, default_value = "memory")]
         transport: String,
     },
@@ -110,7 +111,10 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         report.elapsed.as_secs_f64(),
         report.published as f64 / report.elapsed.as_secs_f64().max(1e-9)
     );
-    if let crate::transport::AnyTransport::Amqp(_) = &transport {
+    if matches!(
+        &transport,
+        crate::transport::AnyTransport::Amqp(_) | crate::transport::AnyTransport::Kafka(_)
+    ) {
         // The relay closed its transport: the same broker, a fresh connection.
         let again = crate::transport::AnyTransport::connect(&transport_url).await?;
         let measured = ceiling(&again, events, keys, batch_size).await;

@@ -6,12 +6,14 @@
 //! herald relay    --database URL    run the outbox relay
 //! herald outbox   status | dead-letters | replay <ID>|--all | purge --dead-letters [--id ID]
 //! herald amqp     declare | dead-letters | replay <ID>|--all | purge <ID>|--all
+//! herald kafka    declare                 topics of the outbox and of its subscriptions
 //! herald bench relay                drain a pre-filled outbox and report events per second
 //! ```
 
 mod amqp;
 mod bench;
 mod demo;
+mod kafka;
 mod outbox;
 mod relay;
 mod store;
@@ -63,6 +65,11 @@ enum Command {
     Amqp {
         #[command(subcommand)]
         command: amqp::AmqpCommand,
+    },
+    /// Kafka administration: declare the topics from configuration.
+    Kafka {
+        #[command(subcommand)]
+        command: kafka::KafkaCommand,
     },
 }
 
@@ -147,6 +154,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Outbox { database, command } => outbox::run(&database, command).await,
         Command::Bench { command } => bench::run(command).await,
         Command::Amqp { command } => amqp::run(command).await,
+        Command::Kafka { command } => kafka::run(command).await,
     }
 }
 

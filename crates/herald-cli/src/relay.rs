@@ -17,7 +17,7 @@ pub struct RelayArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// Broker to publish to: `amqp://user:password@host:5672/vhost` (or `amqps://…`) for
-    /// RabbitMQ, or `memory`, an in-process broker whose messages a built-in sink consumes (for
+    /// RabbitMQ, `kafka://host:9092[,host:9092…][/topic]` for Kafka, or `memory`, an in-process broker whose messages a built-in sink consumes (for
     /// smoke tests and drain measurements).
     #[arg(long, env = "HERALD_TRANSPORT", default_value = "memory")]
     pub transport: String,
@@ -110,6 +110,8 @@ pub async fn drive(
         }
         // Messages go to the queues consumers (or `herald amqp declare`) bound.
         AnyTransport::Amqp(_) => None,
+        // Kafka keeps every record on its topic, read or not.
+        AnyTransport::Kafka(_) => None,
     };
     // Commits of other processes wake the relays at once (NOTIFY, or the file's commit counter).
     let listener = match &store {

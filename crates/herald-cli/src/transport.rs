@@ -6,6 +6,7 @@ use herald_core::{
     DeadLetter, DeadLetters, Delivery, DeliveryStream, Envelope, Error, Page, Publisher,
     Subscriber, SubscriptionSpec,
 };
+use herald_kafka::{KafkaConfig, KafkaStream, KafkaTransport};
 use herald_memory::{MemoryStream, MemoryTransport};
 
 /// A broker connection on whichever transport `--transport` names.
@@ -15,19 +16,24 @@ pub enum AnyTransport {
     Memory(MemoryTransport),
     /// RabbitMQ.
     Amqp(AmqpTransport),
+    /// Apache Kafka.
+    Kafka(KafkaTransport),
 }
 
 impl AnyTransport {
     /// Connects to the transport named by `spec`: `memory`, or a broker URL
-    /// (`amqp://…`, `amqps://…`).
+    /// (`amqp://…`, `amqps://…`, `kafka://host:port[,host:port…][/topic]`).
     pub async fn connect(spec: &str) -> Result<Self> {
         match spec {
             "memory" => Ok(AnyTransport::Memory(MemoryTransport::new())),
             url if is_amqp(url) => Ok(AnyTransport::Amqp(
                 AmqpTransport::connect(amqp_config(url)?).await?,
             )),
+            url if is_kafka(url) => Ok(AnyTransport::Kafka(
+                KafkaTransport::connect(kafka_config(url)?).await?,
+            )),
             other => bail!(
-                "unknown transport {:?}: this build knows `memory`, `amqp://…` and `amqps://…`",
+                "unknown transport {:?}: this build knows `memory`, `amqp://…`, `amqps://…` and `kafka://…`",
                 herald_core::redact::redact_url(other)
             ),
         }
@@ -42,6 +48,11 @@ impl AnyTransport {
                 herald_core::redact::redact_url(&t.config().url),
                 t.config().exchange
             ),
+            AnyTransport::Kafka(t) => format!(
+                "Kafka {} (topic {})",
+                t.config().bootstrap_servers,
+                t.config().topic
+            ),
         }
     }
 
@@ -52,6 +63,9 @@ impl AnyTransport {
             AnyTransport::Memory(t) => t.declare(spec),
             AnyTransport::Amqp(t) => {
                 t.declare(spec).await?;
+            }
+            AnyTransport::Kafka(t) => {
+                t.declare_subscription(&spec.name).await?;
             }
         }
         Ok(())
@@ -70,6 +84,11 @@ impl AnyTransport {
                     .dead_letters(Page::first(10_000))
                     .await?
             }
+            AnyTransport::Kafka(t) => {
+                t.dead_letter_queue(subscription)?
+                    .dead_letters(Page::first(10_000))
+                    .await?
+            }
         })
     }
 
@@ -78,6 +97,7 @@ impl AnyTransport {
         match self {
             AnyTransport::Memory(t) => t.close(),
             AnyTransport::Amqp(t) => t.close().await,
+            AnyTransport::Kafka(t) => t.close().await,
         }
     }
 }
@@ -87,6 +107,7 @@ impl Publisher for AnyTransport {
         match self {
             AnyTransport::Memory(t) => t.publish(batch).await,
             AnyTransport::Amqp(t) => t.publish(batch).await,
+            AnyTransport::Kafka(t) => t.publish(batch).await,
         }
     }
 }
@@ -97,6 +118,8 @@ pub enum AnyStream {
     Memory(MemoryStream),
     /// RabbitMQ.
     Amqp(AmqpStream),
+    /// Apache Kafka.
+    Kafka(KafkaStream),
 }
 
 impl DeliveryStream for AnyStream {
@@ -104,6 +127,7 @@ impl DeliveryStream for AnyStream {
         match self {
             AnyStream::Memory(s) => s.next().await,
             AnyStream::Amqp(s) => s.next().await,
+            AnyStream::Kafka(s) => s.next().await,
         }
     }
 }
@@ -115,6 +139,7 @@ impl Subscriber for AnyTransport {
         match self {
             AnyTransport::Memory(t) => Ok(AnyStream::Memory(t.subscribe(spec).await?)),
             AnyTransport::Amqp(t) => Ok(AnyStream::Amqp(t.subscribe(spec).await?)),
+            AnyTransport::Kafka(t) => Ok(AnyStream::Kafka(t.subscribe(spec).await?)),
         }
     }
 }
@@ -122,6 +147,34 @@ impl Subscriber for AnyTransport {
 /// Whether `spec` names a RabbitMQ broker.
 pub fn is_amqp(spec: &str) -> bool {
     spec.starts_with("amqp://") || spec.starts_with("amqps://")
+}
+
+/// Whether `spec` names a Kafka cluster.
+pub fn is_kafka(spec: &str) -> bool {
+    spec.starts_with("kafka://")
+}
+
+/// The Kafka settings for `url` (`kafka://host:port[,host:port…][/topic]`): the defaults,
+/// with the overrides operators set in the environment (`HERALD_KAFKA_TOPIC`,
+/// `HERALD_KAFKA_PARTITIONS`, `HERALD_KAFKA_REPLICATION_FACTOR`).
+pub fn kafka_config(url: &str) -> Result<KafkaConfig> {
+    let mut config = KafkaConfig::from_url(url)?;
+    config.client_id = format!("herald-{}", std::process::id());
+    if let Ok(topic) = std::env::var("HERALD_KAFKA_TOPIC") {
+        config.topic = topic;
+    }
+    if let Ok(n) = std::env::var("HERALD_KAFKA_PARTITIONS") {
+        config.partitions = n
+            .parse()
+            .map_err(|_| anyhow::anyhow!("HERALD_KAFKA_PARTITIONS `{n}` is not a number"))?;
+    }
+    if let Ok(n) = std::env::var("HERALD_KAFKA_REPLICATION_FACTOR") {
+        config.replication_factor = n.parse().map_err(|_| {
+            anyhow::anyhow!("HERALD_KAFKA_REPLICATION_FACTOR `{n}` is not a number")
+        })?;
+    }
+    config.validate()?;
+    Ok(config)
 }
 
 /// The AMQP settings for `url`: the defaults, with the overrides operators set in the

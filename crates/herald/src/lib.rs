@@ -32,6 +32,10 @@ pub use herald_memory::{self as memory, MemoryTransport};
 #[cfg(feature = "amqp")]
 pub use herald_amqp::{self as amqp, AmqpConfig, AmqpTransport};
 
+/// The Apache Kafka transport.
+#[cfg(feature = "kafka")]
+pub use herald_kafka::{self as kafka, KafkaConfig, KafkaTransport};
+
 /// The consumer: typed handlers, the transactional inbox, retries and dead letters, per-key
 /// order.
 #[cfg(feature = "consumer")]
@@ -58,6 +62,8 @@ pub mod prelude {
     };
     #[cfg(feature = "domain")]
     pub use herald_domain::{Aggregate, DomainEvent, DomainEvents, UnitOfWork};
+    #[cfg(feature = "kafka")]
+    pub use herald_kafka::{KafkaConfig, KafkaTransport};
     #[cfg(feature = "memory")]
     pub use herald_memory::MemoryTransport;
     #[cfg(feature = "postgres")]

@@ -1,0 +1,218 @@
+//! The topics the transport declares: what to declare ([`plan`], [`plan_subscription`]) and
+//! declaring it idempotently through the admin API.
+
+use std::time::{Duration, Instant};
+
+use herald_core::Result;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::Shared;
+use crate::config::{KafkaConfig, SubscriptionTopics};
+use crate::error::{Secrets, kafka, other};
+
+/// How long a declaration waits for the broker to create a topic and show it in metadata.
+const DECLARE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One topic to declare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declaration {
+    /// Its name.
+    pub topic: String,
+    /// Its partitions.
+    pub partitions: i32,
+    /// Replicas of each partition.
+    pub replication_factor: i32,
+    /// Whether it is compacted (dead-letter topics: a purge leaves a tombstone that
+    /// compaction removes with the letters it purged) rather than deleted by age.
+    pub compacted: bool,
+}
+
+impl std::fmt::Display for Declaration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "topic {} ({} partition(s), replication factor {}{})",
+            self.topic,
+            self.partitions,
+            self.replication_factor,
+            if self.compacted { ", compacted" } else { "" }
+        )
+    }
+}
+
+/// The event topics of `config`: [`KafkaConfig::topic`] and the routes' topics.
+pub fn plan(config: &KafkaConfig) -> Vec<Declaration> {
+    config
+        .topics()
+        .into_iter()
+        .map(|topic| Declaration {
+            topic,
+            partitions: config.partitions,
+            replication_factor: config.replication_factor,
+            compacted: false,
+        })
+        .collect()
+}
+
+/// The topics of one subscription: its retry topic (as many partitions as the event topics)
+/// and its dead-letter topic (one partition, so that letters are listed in the order they
+/// came, and compacted).
+pub fn plan_subscription(config: &KafkaConfig, topics: &SubscriptionTopics) -> Vec<Declaration> {
+    vec![
+        Declaration {
+            topic: topics.retry.clone(),
+            partitions: config.partitions,
+            replication_factor: config.replication_factor,
+            compacted: false,
+        },
+        Declaration {
+            topic: topics.dead_letter.clone(),
+            partitions: 1,
+            replication_factor: config.replication_factor,
+            compacted: true,
+        },
+    ]
+}
+
+/// Creates the topics of `declarations` that do not exist (an existing topic is left as it
+/// is), then waits until the cluster's metadata shows every one of them.
+pub(crate) async fn apply(
+    admin: &AdminClient<DefaultClientContext>,
+    declarations: &[Declaration],
+    secrets: &Secrets,
+) -> Result<()> {
+    if declarations.is_empty() {
+        return Ok(());
+    }
+    let new: Vec<NewTopic<'_>> = declarations
+        .iter()
+        .map(|d| {
+            let topic = NewTopic::new(
+                &d.topic,
+                d.partitions,
+                TopicReplication::Fixed(d.replication_factor),
+            );
+            if d.compacted {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(DECLARE_TIMEOUT));
+    let results = admin
+        .create_topics(&new, &options)
+        .await
+        .map_err(|e| kafka("declare topics", &e, secrets))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(other(
+                    "declare topics",
+                    crate::error::is_transient(code),
+                    format!("topic `{topic}`: {code}"),
+                ));
+            }
+        }
+    }
+    let names: Vec<String> = declarations.iter().map(|d| d.topic.clone()).collect();
+    wait_for_metadata(admin, names, secrets).await
+}
+
+/// Waits until every topic of `names` has its partitions in the cluster's metadata.
+async fn wait_for_metadata(
+    admin: &AdminClient<DefaultClientContext>,
+    names: Vec<String>,
+    secrets: &Secrets,
+) -> Result<()> {
+    let deadline = Instant::now() + DECLARE_TIMEOUT;
+    loop {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(5))
+            .map_err(|e| kafka("read metadata", &e, secrets))?;
+        let missing = names.iter().find(|name| {
+            !metadata.topics().iter().any(|t| {
+                t.name() == name.as_str() && t.error().is_none() && !t.partitions().is_empty()
+            })
+        });
+        match missing {
+            None => return Ok(()),
+            Some(name) if Instant::now() > deadline => {
+                return Err(other(
+                    "declare topics",
+                    true,
+                    format!("topic `{name}` not in the metadata after {DECLARE_TIMEOUT:?}"),
+                ));
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Commits, for consumer group `group`, the end offset of every event-topic partition it has
+/// no offset for: the group starts where the topics end when it is declared, as a new queue
+/// starts empty. A group with members already positioned itself (its first member declared
+/// it): the broker refuses the commit, which is fine.
+pub(crate) fn start_at_end(shared: &Shared, group: &str) -> Result<()> {
+    let secrets = &shared.secrets;
+    let fail = |e: rdkafka::error::KafkaError| kafka("declare a subscription", &e, secrets);
+    let mut client = crate::client_config(&shared.config);
+    client
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = client.create().map_err(fail)?;
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(fail)?;
+    let mut partitions = TopicPartitionList::new();
+    for topic in shared.config.topics() {
+        if let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) {
+            for p in t.partitions() {
+                partitions.add_partition(&topic, p.id());
+            }
+        }
+    }
+    let committed = consumer
+        .committed_offsets(partitions, Duration::from_secs(10))
+        .map_err(fail)?;
+    let mut start = TopicPartitionList::new();
+    for elem in committed.elements() {
+        if matches!(elem.offset(), Offset::Offset(_)) {
+            continue;
+        }
+        let (_, high) = consumer
+            .fetch_watermarks(elem.topic(), elem.partition(), Duration::from_secs(10))
+            .map_err(fail)?;
+        start
+            .add_partition_offset(elem.topic(), elem.partition(), Offset::Offset(high))
+            .map_err(fail)?;
+    }
+    if start.count() == 0 {
+        return Ok(());
+    }
+    match consumer.commit(&start, CommitMode::Sync) {
+        Ok(()) => Ok(()),
+        Err(err)
+            if matches!(
+                err.rdkafka_error_code(),
+                Some(
+                    RDKafkaErrorCode::UnknownMemberId
+                        | RDKafkaErrorCode::IllegalGeneration
+                        | RDKafkaErrorCode::RebalanceInProgress
+                        | RDKafkaErrorCode::FencedMemberEpoch
+                        | RDKafkaErrorCode::StaleMemberEpoch
+                )
+            ) =>
+        {
+            tracing::debug!(%group, error = %err, "the group is active: it keeps its own start");
+            Ok(())
+        }
+        Err(err) => Err(fail(err)),
+    }
+}
