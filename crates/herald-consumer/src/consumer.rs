@@ -125,6 +125,7 @@ impl<S: Subscriber> Consumer<S> {
                 concurrency: self.config.concurrency,
                 max_held: self.config.max_held,
                 redelivery_grace: self.config.redelivery_grace,
+                hold_stale_after: self.config.hold_stale_after(),
             },
             self.metrics.clone(),
             stop.clone(),

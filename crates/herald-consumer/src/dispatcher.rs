@@ -154,6 +154,9 @@ pub(crate) struct Limits {
     pub(crate) concurrency: usize,
     pub(crate) max_held: usize,
     pub(crate) redelivery_grace: Duration,
+    /// How long past its due time a key hold stops holding (see
+    /// [`ConsumerConfig::hold_stale_after`](crate::ConsumerConfig)).
+    pub(crate) hold_stale_after: Duration,
 }
 
 /// Lanes, the queue of runnable deliveries, and the running handlers.
@@ -172,6 +175,10 @@ pub(crate) struct Dispatcher {
     running: HashMap<tokio::task::Id, Option<String>>,
     held: usize,
     timers: BinaryHeap<Reverse<(Instant, String)>>,
+    /// Messages whose key hold this consumer wrote, and when: a message deferred again soon
+    /// after does not write it again (its place among the holds is kept anyway), so that held
+    /// messages going round the delay queues cost no database write each time.
+    holds_written: HashMap<Uuid, Instant>,
 }
 
 impl Dispatcher {
@@ -193,6 +200,7 @@ impl Dispatcher {
             running: HashMap::new(),
             held: 0,
             timers: BinaryHeap::new(),
+            holds_written: HashMap::new(),
         }
     }
 
@@ -331,6 +339,15 @@ impl Dispatcher {
         // The transport may keep it longer than asked (a delay queue rounds up).
         let away = job.delivery.effective_delay(delay);
         let (hold_state, hold) = watch::channel(None);
+        let id = job.delivery.envelope.id;
+        // Written by this consumer lately: still there, in its place (a hold goes only with
+        // its message's effects, at its dead-lettering, or once stale).
+        let write_hold = self.holds_written.get(&id).is_none_or(|at| {
+            now.saturating_duration_since(*at) >= self.limits.hold_stale_after / 4
+        });
+        if write_hold {
+            self.holds_written.insert(id, now);
+        }
         lane.slots.insert(
             index,
             Slot::Away(Away {
@@ -364,16 +381,17 @@ impl Dispatcher {
             // is away finds its key held and keeps later messages behind it. After the holds
             // of the away messages before it: holds keep the order in which they are taken.
             // And only if each of those was written: an earlier message without a hold would
-            // wait for this one's. If one was not, this one is given back unsettled as that
-            // one was: both return to their places in the queue, in order.
-            // If one was not, or this one cannot be, it stays: back in its lane, after a pause.
-            let hold = if all_written(earlier).await {
+            // wait for this one's. If one was not, or this one cannot be, it stays: back in its
+            // lane, after a pause.
+            let hold = if !all_written(earlier).await {
+                Err("an earlier message of its key could not hold it".to_owned())
+            } else if write_hold {
                 routes
                     .hold(&delivery.envelope, away)
                     .await
                     .map_err(|error| error.chain().to_string())
             } else {
-                Err("an earlier message of its key could not hold it".to_owned())
+                Ok(())
             };
             if let Err(cause) = hold {
                 hold_state.send_replace(Some(false));
@@ -406,6 +424,7 @@ impl Dispatcher {
             return;
         };
         let id = job.delivery.envelope.id;
+        self.holds_written.remove(&id);
         let lane = self.lanes.entry(key.clone()).or_default();
         match lane
             .slots
@@ -451,6 +470,26 @@ impl Dispatcher {
                 (self.running.remove(&error.id()).flatten(), None)
             }
         };
+        match &finished {
+            // Handled or dead-lettered: its hold, if it had one, went with it.
+            Some(Finished {
+                id,
+                redeliver_after: None,
+                held: None,
+                ..
+            }) => {
+                self.holds_written.remove(id);
+            }
+            // Away for a retry: its hold was written before it went.
+            Some(Finished {
+                id,
+                redeliver_after: Some(_),
+                ..
+            }) => {
+                self.holds_written.insert(*id, Instant::now());
+            }
+            _ => {}
+        }
         if let Some(key) = key {
             if let Some(lane) = self.lanes.get_mut(&key) {
                 lane.busy = false;
