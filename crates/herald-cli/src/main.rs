@@ -4,7 +4,8 @@
 //! herald demo                       ordering → outbox → relay → broker → inventory, on SQLite
 //! herald migrate  --database URL    create or upgrade the outbox tables
 //! herald relay    --database URL    run the outbox relay
-//! herald outbox   status | dead-letters | replay <ID>|--all | purge --dead-letters [--id ID]
+//! herald outbox   status [--json] | check [--max-age 60s] [--max-dead-letters 0]
+//!                 | dead-letters | replay <ID>|--all | purge --dead-letters [--id ID]
 //! herald amqp     declare | dead-letters | replay <ID>|--all | purge <ID>|--all
 //! herald bench relay                drain a pre-filled outbox and report events per second
 //! ```
@@ -12,6 +13,7 @@
 mod amqp;
 mod bench;
 mod demo;
+mod ops;
 mod outbox;
 mod relay;
 mod store;
@@ -19,7 +21,7 @@ mod transport;
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use herald_core::Completion;
 use tracing_subscriber::EnvFilter;
@@ -125,7 +127,12 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
+            if error.is::<outbox::CheckFailed>() {
+                // Distinct from 1 (the outbox could not be checked), for alerting scripts.
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }
@@ -175,6 +182,25 @@ pub fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
         }
         token.cancel();
     });
+}
+
+/// `250ms`, `5s`, `2m`, `1h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("`{text}` is not a duration such as 500ms, 5s, 2m or 1h"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => bail!("`{text}`: unknown unit `{unit}` (ms, s, m or h)"),
+    })
 }
 
 /// Formats a duration for tables (`1.23 ms`).

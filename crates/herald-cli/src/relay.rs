@@ -1,11 +1,12 @@
 //! `herald relay`: run the outbox processor.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Args;
 use herald_core::{DeliveryStream, OutboxAdmin, Subscriber, SubscriptionSpec};
-use herald_relay::{Relay, RelayConfig, RelaySnapshot};
+use herald_relay::{OutboxMonitor, Relay, RelayConfig, RelaySnapshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::DatabaseArgs;
@@ -36,6 +37,17 @@ pub struct RelayArgs {
     /// Exit once the outbox is empty, and report the drain rate.
     #[arg(long)]
     pub until_empty: bool,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (e.g. `127.0.0.1:9464`).
+    #[arg(long, env = "HERALD_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Serve liveness (`/livez`) and readiness (`/readyz`: the database and the broker
+    /// answer) at this address (e.g. `0.0.0.0:8080`).
+    #[arg(long, env = "HERALD_HEALTH_ADDR")]
+    pub health_addr: Option<SocketAddr>,
+    /// How often the outbox's depth and oldest due row are sampled for the metrics (`15s`,
+    /// `500ms`; only with `--metrics-addr`).
+    #[arg(long, default_value = "15s", value_parser = crate::parse_duration)]
+    pub stats_interval: Duration,
 }
 
 /// Result of running relays until the outbox was empty.
@@ -61,6 +73,23 @@ pub async fn run(args: RelayArgs) -> Result<()> {
     };
     let shutdown = CancellationToken::new();
     crate::cancel_on_signal(shutdown.clone());
+    // The operations endpoints and the outbox monitor stop with the relays.
+    let ops = shutdown.child_token();
+    let mut served = Vec::new();
+    if let Some(addr) = args.metrics_addr {
+        let handle = crate::ops::install_recorder(ops.clone())?;
+        served.push(crate::ops::serve_metrics(addr, handle, ops.clone()).await?);
+        let monitor = OutboxMonitor::new(store.clone(), args.stats_interval);
+        let stop = ops.clone();
+        served.push(tokio::spawn(async move { monitor.run(stop).await }));
+    }
+    if let Some(addr) = args.health_addr {
+        let dependencies = crate::ops::Dependencies {
+            store: store.clone(),
+            transport: transport.clone(),
+        };
+        served.push(crate::ops::serve_health(addr, dependencies, ops.clone()).await?);
+    }
     let report = drive(
         store,
         transport,
@@ -69,7 +98,12 @@ pub async fn run(args: RelayArgs) -> Result<()> {
         args.until_empty,
         shutdown,
     )
-    .await?;
+    .await;
+    ops.cancel();
+    for task in served {
+        let _ = task.await;
+    }
+    let report = report?;
     println!(
         "published {} events in {:.2} s ({:.0} events/s); retried {}, dead-lettered {}",
         report.published,

@@ -73,6 +73,19 @@ impl AnyTransport {
         })
     }
 
+    /// Checks that the broker answers (the in-memory broker always does, until closed).
+    pub async fn ping(&self) -> herald_core::Result<()> {
+        match self {
+            AnyTransport::Memory(t) if t.is_closed() => Err(Error::transport(
+                "ping",
+                false,
+                herald_core::error::Message("the in-memory broker is closed".into()),
+            )),
+            AnyTransport::Memory(_) => Ok(()),
+            AnyTransport::Amqp(t) => t.ping().await,
+        }
+    }
+
     /// Closes the connection; open streams end.
     pub async fn close(&self) {
         match self {
