@@ -3,6 +3,7 @@
 //! ```text
 //! herald demo                       ordering → outbox → relay → broker → inventory, on SQLite
 //! herald migrate  --database URL    create or upgrade the outbox tables
+//! herald config   check FILE [--print]   validate a relay configuration file
 //! herald relay    --database URL    run the outbox relay
 //! herald outbox   status [--json] | check [--max-age 60s] [--max-dead-letters 0]
 //!                 | dead-letters | replay <ID>|--all | purge --dead-letters [--id ID]
@@ -12,6 +13,7 @@
 
 mod amqp;
 mod bench;
+mod config;
 mod demo;
 mod ops;
 mod outbox;
@@ -60,6 +62,11 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: bench::BenchCommand,
+    },
+    /// Configuration files (`herald relay --config`).
+    Config {
+        #[command(subcommand)]
+        command: config::ConfigCommand,
     },
     /// RabbitMQ administration: declare the topology from configuration.
     Amqp {
@@ -154,6 +161,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Outbox { database, command } => outbox::run(&database, command).await,
         Command::Bench { command } => bench::run(command).await,
         Command::Amqp { command } => amqp::run(command).await,
+        Command::Config { command } => config::run(command),
     }
 }
 
@@ -184,7 +192,7 @@ pub fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
     });
 }
 
-/// `250ms`, `5s`, `2m`, `1h` (a bare number is seconds).
+/// `250ms`, `5s`, `2m`, `1h`, `7d` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration> {
     let text = text.trim();
     let split = text
@@ -199,7 +207,8 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
         "" | "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
-        _ => bail!("`{text}`: unknown unit `{unit}` (ms, s, m or h)"),
+        "d" => Duration::from_secs(n * 86_400),
+        _ => bail!("`{text}`: unknown unit `{unit}` (ms, s, m, h or d)"),
     })
 }
 

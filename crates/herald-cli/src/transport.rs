@@ -33,6 +33,21 @@ impl AnyTransport {
         }
     }
 
+    /// Connects like [`connect`](Self::connect), with the `[amqp]` settings of `file`
+    /// (the environment's `HERALD_AMQP_*` overrides win over the file's).
+    pub async fn connect_with(spec: &str, file: &crate::config::FileConfig) -> Result<Self> {
+        match spec {
+            url if is_amqp(url) => {
+                let mut config = AmqpConfig::new(url);
+                config.connection_name = format!("herald {}", std::process::id());
+                file.apply_amqp(&mut config)?;
+                apply_env(&mut config)?;
+                Ok(AnyTransport::Amqp(AmqpTransport::connect(config).await?))
+            }
+            other => Self::connect(other).await,
+        }
+    }
+
     /// What to print about this transport (never a password).
     pub fn describe(&self) -> String {
         match self {
@@ -143,6 +158,12 @@ pub fn is_amqp(spec: &str) -> bool {
 pub fn amqp_config(url: &str) -> Result<AmqpConfig> {
     let mut config = AmqpConfig::new(url);
     config.connection_name = format!("herald {}", std::process::id());
+    apply_env(&mut config)?;
+    Ok(config)
+}
+
+/// The operators' `HERALD_AMQP_*` overrides, validated.
+fn apply_env(config: &mut AmqpConfig) -> Result<()> {
     if let Ok(exchange) = std::env::var("HERALD_AMQP_EXCHANGE") {
         config.exchange = exchange;
     }
@@ -156,7 +177,7 @@ pub fn amqp_config(url: &str) -> Result<AmqpConfig> {
         config.connection_name = name;
     }
     config.validate()?;
-    Ok(config)
+    Ok(())
 }
 
 /// A publisher that refuses a random share of messages before they reach the broker, as a
