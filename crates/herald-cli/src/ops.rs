@@ -135,6 +135,37 @@ impl Dependencies {
     }
 }
 
+/// Whether the database and the broker answer, as `herald_dependency_up{dependency="database"}`
+/// and `{dependency="broker"}` gauges (1 or 0), asked every `interval` until `shutdown`.
+pub async fn watch_dependencies(
+    dependencies: Dependencies,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    metrics::describe_gauge!(
+        DEPENDENCY_UP,
+        metrics::Unit::Count,
+        "Whether a dependency (database, broker) answered the last check: 1 or 0."
+    );
+    loop {
+        let readiness = dependencies.readiness().await;
+        for (dependency, check) in [
+            ("database", &readiness.database),
+            ("broker", &readiness.broker),
+        ] {
+            metrics::gauge!(DEPENDENCY_UP, "dependency" => dependency)
+                .set(f64::from(u8::from(check.ok)));
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// The gauge [`watch_dependencies`] sets.
+pub const DEPENDENCY_UP: &str = "herald_dependency_up";
+
 /// Serves `GET /livez` (the process answers: 200) and `GET /readyz` (200 when the database and
 /// the broker both answer, else 503; the body says which failed) on `addr` until `shutdown`.
 /// `/healthz` is `/livez`.

@@ -104,6 +104,15 @@ pub async fn run(args: RelayArgs) -> Result<()> {
         let monitor = OutboxMonitor::new(store.clone(), stats_interval);
         let stop = ops.clone();
         served.push(tokio::spawn(async move { monitor.run(stop).await }));
+        let dependencies = crate::ops::Dependencies {
+            store: store.clone(),
+            transport: transport.clone(),
+        };
+        served.push(tokio::spawn(crate::ops::watch_dependencies(
+            dependencies,
+            stats_interval,
+            ops.clone(),
+        )));
     }
     if let Some(addr) = health_addr {
         let dependencies = crate::ops::Dependencies {

@@ -433,6 +433,25 @@ async fn ready_becomes(addr: SocketAddr, status: u16, within: Duration, relay: &
     }
 }
 
+/// Polls `/metrics` until `herald_dependency_up{dependency=…}` is `expected`.
+async fn up_becomes(addr: SocketAddr, dependency: &str, expected: f64, relay: &Herald) {
+    let series = format!("herald_dependency_up{{dependency=\"{dependency}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((200, body)) = get(addr, "/metrics").await
+            && parse(&body).get(&series) == Some(&expected)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} never became {expected}\n{}",
+            relay.output()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_database_and_the_broker() {
     let id = uuid::Uuid::now_v7().simple().to_string();
@@ -448,6 +467,8 @@ async fn readiness_follows_the_database_and_the_broker() {
         through(&broker, amqp_proxy.addr),
     );
     let health_text = health.to_string();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics_text = metrics.to_string();
     let exchange = format!("herald-cli-health-{id}");
     let relay = Herald::spawn(
         &[
@@ -460,6 +481,10 @@ async fn readiness_follows_the_database_and_the_broker() {
             &broker_url,
             "--health-addr",
             &health_text,
+            "--metrics-addr",
+            &metrics_text,
+            "--stats-interval",
+            "200ms",
         ],
         &[("HERALD_AMQP_EXCHANGE", &exchange)],
     );
@@ -472,6 +497,8 @@ async fn readiness_follows_the_database_and_the_broker() {
     assert!(body.contains("\"database\":{\"ok\":false"), "{body}");
     assert!(body.contains("\"broker\":{\"ok\":true"), "{body}");
     assert_eq!(get(health, "/livez").await.unwrap().0, 200, "still alive");
+    up_becomes(metrics, "database", 0.0, &relay).await;
+    up_becomes(metrics, "broker", 1.0, &relay).await;
     db_proxy.open().await;
     ready_becomes(health, 200, long, &relay).await;
 
@@ -479,8 +506,11 @@ async fn readiness_follows_the_database_and_the_broker() {
     let body = ready_becomes(health, 503, long, &relay).await;
     assert!(body.contains("\"broker\":{\"ok\":false"), "{body}");
     assert!(body.contains("\"database\":{\"ok\":true"), "{body}");
+    up_becomes(metrics, "broker", 0.0, &relay).await;
     amqp_proxy.open().await;
     ready_becomes(health, 200, long, &relay).await;
+    up_becomes(metrics, "database", 1.0, &relay).await;
+    up_becomes(metrics, "broker", 1.0, &relay).await;
 
     assert_eq!(get(health, "/nothing").await.unwrap().0, 404);
     drop(relay);
