@@ -5,7 +5,7 @@
 //! herald migrate  --database URL    create or upgrade the outbox tables
 //! herald config   check FILE [--print]   validate a relay configuration file
 //! herald relay    --database URL    run the outbox relay
-//! herald outbox   status [--json] | check [--max-age 60s] [--max-dead-letters 0]
+//! herald outbox   status [--json] [--watch 2s] | check [--max-age 60s] [--max-dead-letters 0]
 //!                 | dead-letters | replay <ID>|--all | purge --dead-letters [--id ID]
 //! herald amqp     declare | dead-letters | replay <ID>|--all | purge <ID>|--all
 //! herald bench relay                drain a pre-filled outbox and report events per second

@@ -19,6 +19,9 @@ pub enum OutboxCommand {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Print again every INTERVAL (`2s`, `500ms`) until interrupted.
+        #[arg(long, value_name = "INTERVAL", value_parser = crate::parse_duration)]
+        watch: Option<Duration>,
     },
     /// Exit non-zero (2) when the outbox is unhealthy, for cron-style alerting: its oldest due
     /// event is older than `--max-age`, or it holds more dead letters than
@@ -63,12 +66,29 @@ pub enum OutboxCommand {
 pub async fn run(database: &DatabaseArgs, command: OutboxCommand) -> Result<()> {
     let store = AnyStore::connect(&database.store_options()).await?;
     match command {
-        OutboxCommand::Status { json } => {
-            let status = Status::of(&store.stats().await?, OffsetDateTime::now_utc());
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                status.print();
+        OutboxCommand::Status { json, watch } => {
+            let stop = tokio_util::sync::CancellationToken::new();
+            crate::cancel_on_signal(stop.clone());
+            loop {
+                let status = Status::of(&store.stats().await?, OffsetDateTime::now_utc());
+                if json {
+                    // One object per line when watching, so that each sample parses alone.
+                    let text = match watch {
+                        Some(_) => serde_json::to_string(&status)?,
+                        None => serde_json::to_string_pretty(&status)?,
+                    };
+                    println!("{text}");
+                } else {
+                    if watch.is_some() {
+                        println!("{}", OffsetDateTime::now_utc());
+                    }
+                    status.print();
+                }
+                let Some(every) = watch else { break };
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(every) => {}
+                }
             }
         }
         OutboxCommand::Check {

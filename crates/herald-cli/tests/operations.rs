@@ -607,6 +607,40 @@ async fn outbox_check_fails_on_an_old_due_event_or_dead_letters_and_status_print
     let out = outbox_cmd(&["check", "--max-dead-letters", "1"]);
     assert!(out.status.success(), "{}", text(&out));
 
+    // --watch prints a sample per interval, one JSON object a line, until stopped.
+    let watching = Herald::spawn(
+        &[
+            "outbox",
+            "--database",
+            &database,
+            "--schema",
+            &schema,
+            "status",
+            "--json",
+            "--watch",
+            "100ms",
+        ],
+        &[],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let samples = loop {
+        let samples: Vec<serde_json::Value> = watching
+            .output()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        if samples.len() >= 3 {
+            break samples;
+        }
+        assert!(Instant::now() < deadline, "{}", watching.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    drop(watching);
+    assert!(
+        samples.iter().all(|s| s["dead_lettered"] == 1),
+        "{samples:?}"
+    );
+
     let out = outbox_cmd(&["check"]);
     assert_eq!(out.status.code(), Some(1), "nothing to check is an error");
     drop_schema(&store).await;
