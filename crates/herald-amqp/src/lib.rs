@@ -158,6 +158,15 @@ impl AmqpTransport {
         self.shared.publishing.link().close().await;
     }
 
+    /// Checks that the broker answers: opens a channel on the publishing connection
+    /// (connecting first if the connection was lost) and closes it. A readiness probe's
+    /// question; bound it with a timeout, as a connection attempt may take a while.
+    pub async fn ping(&self) -> Result<()> {
+        let (channel, _) = self.shared.publishing.link().channel().await?;
+        let _ = channel.close(200, "ping".into()).await;
+        Ok(())
+    }
+
     /// Whether [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
         self.shared.is_closed()

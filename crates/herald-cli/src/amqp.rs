@@ -1,13 +1,12 @@
 //! `herald amqp …`: RabbitMQ administration.
 
-use std::time::Duration;
-
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use herald_amqp::{AmqpDeadLetterQueue, AmqpTransport, Declaration, ExchangeKind, QueueKind};
 use herald_core::{DeadLetters, Page, Selection, SubscriptionSpec, Uuid};
 
 use crate::outbox::describe;
+use crate::parse_duration;
 use crate::transport::{amqp_config, is_amqp};
 
 #[derive(Subcommand)]
@@ -235,27 +234,10 @@ fn subscription(text: &str) -> SubscriptionSpec {
     }
 }
 
-/// `250ms`, `5s`, `2m`, `1h` (a bare number is seconds).
-fn parse_duration(text: &str) -> Result<Duration> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .with_context(|| format!("`{text}` is not a duration such as 500ms, 5s, 2m or 1h"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => bail!("`{text}`: unknown unit `{unit}` (ms, s, m or h)"),
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

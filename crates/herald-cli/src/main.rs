@@ -3,8 +3,10 @@
 //! ```text
 //! herald demo                       ordering → outbox → relay → broker → inventory, on SQLite
 //! herald migrate  --database URL    create or upgrade the outbox tables
+//! herald config   check FILE [--print]   validate a relay configuration file
 //! herald relay    --database URL    run the outbox relay
-//! herald outbox   status | dead-letters | replay <ID>|--all | purge --dead-letters [--id ID]
+//! herald outbox   status [--json] [--watch 2s] | check [--max-age 60s] [--max-dead-letters 0]
+//!                 | dead-letters | replay <ID>|--all | purge --dead-letters [--id ID]
 //! herald amqp     declare | dead-letters | replay <ID>|--all | purge <ID>|--all
 //! herald kafka    declare                 topics of the outbox and of its subscriptions
 //! herald bench relay                drain a pre-filled outbox and report events per second
@@ -12,8 +14,10 @@
 
 mod amqp;
 mod bench;
+mod config;
 mod demo;
 mod kafka;
+mod ops;
 mod outbox;
 mod relay;
 mod store;
@@ -21,7 +25,7 @@ mod transport;
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use herald_core::Completion;
 use tracing_subscriber::EnvFilter;
@@ -60,6 +64,11 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: bench::BenchCommand,
+    },
+    /// Configuration files (`herald relay --config`).
+    Config {
+        #[command(subcommand)]
+        command: config::ConfigCommand,
     },
     /// RabbitMQ administration: declare the topology from configuration.
     Amqp {
@@ -132,7 +141,12 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
+            if error.is::<outbox::CheckFailed>() {
+                // Distinct from 1 (the outbox could not be checked), for alerting scripts.
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }
@@ -155,6 +169,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Bench { command } => bench::run(command).await,
         Command::Amqp { command } => amqp::run(command).await,
         Command::Kafka { command } => kafka::run(command).await,
+        Command::Config { command } => config::run(command),
     }
 }
 
@@ -183,6 +198,26 @@ pub fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
         }
         token.cancel();
     });
+}
+
+/// `250ms`, `5s`, `2m`, `1h`, `7d` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("`{text}` is not a duration such as 500ms, 5s, 2m or 1h"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86_400),
+        _ => bail!("`{text}`: unknown unit `{unit}` (ms, s, m, h or d)"),
+    })
 }
 
 /// Formats a duration for tables (`1.23 ms`).

@@ -1,14 +1,17 @@
 //! `herald relay`: run the outbox processor.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Args;
 use herald_core::{DeliveryStream, OutboxAdmin, Subscriber, SubscriptionSpec};
-use herald_relay::{Relay, RelayConfig, RelaySnapshot};
+use herald_relay::{OutboxMonitor, Relay, RelayConfig, RelaySnapshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::DatabaseArgs;
+use crate::config::FileConfig;
 use crate::store::AnyStore;
 use crate::transport::AnyTransport;
 
@@ -21,21 +24,36 @@ pub struct RelayArgs {
     /// smoke tests and drain measurements).
     #[arg(long, env = "HERALD_TRANSPORT", default_value = "memory")]
     pub transport: String,
-    /// Relay instances to run in this process.
-    #[arg(long, default_value_t = 1)]
-    pub instances: usize,
-    /// Rows claimed per batch.
-    #[arg(long, default_value_t = 512)]
-    pub batch_size: usize,
-    /// Publish attempts before a row is dead-lettered.
-    #[arg(long, default_value_t = 10)]
-    pub max_attempts: u32,
+    /// Settings file (TOML: `[relay]`, `[amqp]`, `[operations]`; see `herald config check`).
+    /// Flags given here win over it.
+    #[arg(long, env = "HERALD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Relay instances to run in this process [default: 1].
+    #[arg(long, env = "HERALD_INSTANCES")]
+    pub instances: Option<usize>,
+    /// Rows claimed per batch [default: 512].
+    #[arg(long, env = "HERALD_BATCH_SIZE")]
+    pub batch_size: Option<usize>,
+    /// Publish attempts before a row is dead-lettered [default: 10].
+    #[arg(long, env = "HERALD_MAX_ATTEMPTS")]
+    pub max_attempts: Option<u32>,
     /// Create or upgrade the outbox tables first.
     #[arg(long)]
     pub migrate: bool,
     /// Exit once the outbox is empty, and report the drain rate.
     #[arg(long)]
     pub until_empty: bool,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (e.g. `127.0.0.1:9464`).
+    #[arg(long, env = "HERALD_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Serve liveness (`/livez`) and readiness (`/readyz`: the database and the broker
+    /// answer) at this address (e.g. `0.0.0.0:8080`).
+    #[arg(long, env = "HERALD_HEALTH_ADDR")]
+    pub health_addr: Option<SocketAddr>,
+    /// How often the outbox's depth and oldest due row are sampled for the metrics (`15s`,
+    /// `500ms`; only with `--metrics-addr`) [default: 15s].
+    #[arg(long, env = "HERALD_STATS_INTERVAL", value_parser = crate::parse_duration)]
+    pub stats_interval: Option<Duration>,
 }
 
 /// Result of running relays until the outbox was empty.
@@ -49,27 +67,74 @@ pub struct DrainReport {
 }
 
 pub async fn run(args: RelayArgs) -> Result<()> {
-    let transport = AnyTransport::connect(&args.transport).await?;
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    file.check()?;
+    let mut config = file.relay_config()?;
+    if let Some(n) = args.batch_size {
+        config.batch_size = n;
+    }
+    if let Some(n) = args.max_attempts {
+        config.max_attempts = n;
+    }
+    config.validate()?;
+    let instances = args.instances.or(file.relay.instances).unwrap_or(1);
+    let operations = &file.operations;
+    let metrics_addr = args.metrics_addr.or(operations.metrics_addr);
+    let health_addr = args.health_addr.or(operations.health_addr);
+    let stats_interval = args
+        .stats_interval
+        .or(operations.stats_interval.map(|d| d.0))
+        .unwrap_or(Duration::from_secs(15));
+    let transport = AnyTransport::connect_with(&args.transport, &file).await?;
     let store = AnyStore::connect(&args.database.store_options()).await?;
     if args.migrate {
         store.migrate().await?;
     }
-    let config = RelayConfig {
-        batch_size: args.batch_size,
-        max_attempts: args.max_attempts,
-        ..RelayConfig::default()
-    };
     let shutdown = CancellationToken::new();
     crate::cancel_on_signal(shutdown.clone());
+    // The operations endpoints and the outbox monitor stop with the relays.
+    let ops = shutdown.child_token();
+    let mut served = Vec::new();
+    if let Some(addr) = metrics_addr {
+        let handle = crate::ops::install_recorder(ops.clone())?;
+        served.push(crate::ops::serve_metrics(addr, handle, ops.clone()).await?);
+        let monitor = OutboxMonitor::new(store.clone(), stats_interval);
+        let stop = ops.clone();
+        served.push(tokio::spawn(async move { monitor.run(stop).await }));
+        let dependencies = crate::ops::Dependencies {
+            store: store.clone(),
+            transport: transport.clone(),
+        };
+        served.push(tokio::spawn(crate::ops::watch_dependencies(
+            dependencies,
+            stats_interval,
+            ops.clone(),
+        )));
+    }
+    if let Some(addr) = health_addr {
+        let dependencies = crate::ops::Dependencies {
+            store: store.clone(),
+            transport: transport.clone(),
+        };
+        served.push(crate::ops::serve_health(addr, dependencies, ops.clone()).await?);
+    }
     let report = drive(
         store,
         transport,
         config,
-        args.instances,
+        instances,
         args.until_empty,
         shutdown,
     )
-    .await?;
+    .await;
+    ops.cancel();
+    for task in served {
+        let _ = task.await;
+    }
+    let report = report?;
     println!(
         "published {} events in {:.2} s ({:.0} events/s); retried {}, dead-lettered {}",
         report.published,

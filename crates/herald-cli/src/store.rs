@@ -66,6 +66,15 @@ impl AnyStore {
         }
     }
 
+    /// Checks that the database answers (one `SELECT 1` on the store's pool).
+    pub async fn ping(&self) -> Result<()> {
+        let answered = match self {
+            AnyStore::Postgres(s) => sqlx::query("SELECT 1").execute(s.pool()).await.map(drop),
+            AnyStore::Sqlite(s) => sqlx::query("SELECT 1").execute(s.pool()).await.map(drop),
+        };
+        answered.map_err(|error| herald_core::Error::store("ping", true, error))
+    }
+
     /// Backend name for messages.
     pub fn backend(&self) -> &'static str {
         match self {

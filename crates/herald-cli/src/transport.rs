@@ -39,6 +39,21 @@ impl AnyTransport {
         }
     }
 
+    /// Connects like [`connect`](Self::connect), with the `[amqp]` settings of `file`
+    /// (the environment's `HERALD_AMQP_*` overrides win over the file's).
+    pub async fn connect_with(spec: &str, file: &crate::config::FileConfig) -> Result<Self> {
+        match spec {
+            url if is_amqp(url) => {
+                let mut config = AmqpConfig::new(url);
+                config.connection_name = format!("herald {}", std::process::id());
+                file.apply_amqp(&mut config)?;
+                apply_env(&mut config)?;
+                Ok(AnyTransport::Amqp(AmqpTransport::connect(config).await?))
+            }
+            other => Self::connect(other).await,
+        }
+    }
+
     /// What to print about this transport (never a password).
     pub fn describe(&self) -> String {
         match self {
@@ -90,6 +105,20 @@ impl AnyTransport {
                     .await?
             }
         })
+    }
+
+    /// Checks that the broker answers (the in-memory broker always does, until closed).
+    pub async fn ping(&self) -> herald_core::Result<()> {
+        match self {
+            AnyTransport::Memory(t) if t.is_closed() => Err(Error::transport(
+                "ping",
+                false,
+                herald_core::error::Message("the in-memory broker is closed".into()),
+            )),
+            AnyTransport::Memory(_) => Ok(()),
+            AnyTransport::Amqp(t) => t.ping().await,
+            AnyTransport::Kafka(t) => t.ping().await,
+        }
     }
 
     /// Closes the connection; open streams end.
@@ -183,6 +212,12 @@ pub fn kafka_config(url: &str) -> Result<KafkaConfig> {
 pub fn amqp_config(url: &str) -> Result<AmqpConfig> {
     let mut config = AmqpConfig::new(url);
     config.connection_name = format!("herald {}", std::process::id());
+    apply_env(&mut config)?;
+    Ok(config)
+}
+
+/// The operators' `HERALD_AMQP_*` overrides, validated.
+fn apply_env(config: &mut AmqpConfig) -> Result<()> {
     if let Ok(exchange) = std::env::var("HERALD_AMQP_EXCHANGE") {
         config.exchange = exchange;
     }
@@ -196,7 +231,7 @@ pub fn amqp_config(url: &str) -> Result<AmqpConfig> {
         config.connection_name = name;
     }
     config.validate()?;
-    Ok(config)
+    Ok(())
 }
 
 /// A publisher that refuses a random share of messages before they reach the broker, as a

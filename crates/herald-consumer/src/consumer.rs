@@ -57,7 +57,7 @@ impl<S: Subscriber> Consumer<S> {
         if subscription.trim().is_empty() {
             return Err(Error::Config("subscription name must not be empty".into()));
         }
-        let metrics = ConsumerMetrics::default();
+        let metrics = ConsumerMetrics::new(&subscription);
         // The transport's prefetch and cap on attempts derive from this configuration, set
         // nowhere else: a message that always fails is delivered once, then redelivered
         // `retry.delayed` times, and the transport dead-letters a retry past that.

@@ -8,7 +8,7 @@ mod error;
 mod handler;
 mod inbox;
 mod layer;
-mod metrics;
+pub mod metrics;
 mod outcome;
 mod router;
 

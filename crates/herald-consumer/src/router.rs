@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::handler::{Endpoint, Plain};
 use crate::inbox::{Deduplicated, Transactional};
-use crate::layer::{Chain, DynLayer, Layer, Retry, Timeout, Tracing};
+use crate::layer::{Chain, DynLayer, Layer, Measure, Retry, Timeout, Tracing};
 use crate::{
     ConsumerConfig, ConsumerMetrics, Context, Handler, Outcome, TxContext, UnhandledPolicy,
 };
@@ -179,6 +179,7 @@ impl Router {
             ));
         }
         let mut layers: Vec<Arc<dyn DynLayer>> = vec![
+            Arc::new(Measure::new(metrics.clone())),
             Arc::new(Tracing),
             Arc::new(Retry::new(config.retry.clone(), metrics.clone())),
         ];

@@ -131,6 +131,10 @@ pub struct OutboxStats {
     pub archived: u64,
     /// When the oldest pending row was recorded.
     pub oldest_pending_at: Option<OffsetDateTime>,
+    /// When the oldest pending row that is due (not backing off after a failure) was
+    /// recorded: the age an outbox-age alert should watch, which one delayed retry does not
+    /// set off.
+    pub oldest_due_at: Option<OffsetDateTime>,
 }
 
 /// Operations on an outbox for operators (the `herald outbox` commands). Its dead letters are

@@ -141,6 +141,21 @@ impl KafkaTransport {
         self.shared.producing.flush().await;
     }
 
+    /// Checks that the cluster answers: reads its metadata, waiting up to 2 s.
+    pub async fn ping(&self) -> Result<()> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || {
+            shared
+                .admin
+                .inner()
+                .fetch_metadata(None, std::time::Duration::from_secs(2))
+                .map(|_| ())
+                .map_err(|e| kafka("read metadata", &e, &shared.secrets))
+        })
+        .await
+        .map_err(|e| error::other("ping", true, e.to_string()))?
+    }
+
     /// The dead letters of subscription `name`.
     pub fn dead_letter_queue(&self, name: &str) -> Result<KafkaDeadLetterQueue> {
         let topics = SubscriptionTopics::of(&self.shared.config, name)?;

@@ -6,7 +6,7 @@
 
 use herald_core::{Disposition, Envelope, Error, Failure, Publisher, Seq};
 
-use crate::RelayConfig;
+use crate::{RelayConfig, RelayMetrics};
 
 /// What became of each row of a batch, ready to be written back to the store.
 #[derive(Debug, Default)]
@@ -24,13 +24,18 @@ pub(crate) struct Row {
 }
 
 /// One pipelined publish round, bounded by the publish timeout; always one result per envelope.
+/// Its duration goes to `metrics`.
 pub(crate) async fn confirm_round<P: Publisher>(
     publisher: &P,
     envelopes: &[Envelope],
     config: &RelayConfig,
+    metrics: &RelayMetrics,
 ) -> Vec<Result<(), Error>> {
     let expected = envelopes.len();
-    match tokio::time::timeout(config.publish_timeout, publisher.publish(envelopes)).await {
+    let started = tokio::time::Instant::now();
+    let outcome = tokio::time::timeout(config.publish_timeout, publisher.publish(envelopes)).await;
+    metrics.published_call(started.elapsed());
+    match outcome {
         Ok(results) if results.len() == expected => results,
         Ok(results) => {
             let got = results.len();

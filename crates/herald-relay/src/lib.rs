@@ -9,15 +9,21 @@
 //! store's signal and otherwise polls, runs as several instances safely, and keeps
 //! per-partition-key order (see the `batch` and `pipeline` modules for how).
 //!
+//! What a relay does is counted in [`RelayMetrics`] and emitted through the [`metrics`](::metrics)
+//! facade (the names are in [`metrics::names`](crate::metrics::names)); an [`OutboxMonitor`] samples the outbox's
+//! depth and the age of its oldest due row into gauges.
+//!
 //! [`OutboxStore`]: herald_core::OutboxStore
 //! [`Publisher`]: herald_core::Publisher
 
 mod batch;
 mod config;
-mod metrics;
+pub mod metrics;
+mod monitor;
 mod pipeline;
 mod relay;
 
 pub use config::RelayConfig;
 pub use metrics::{RelayMetrics, RelaySnapshot};
+pub use monitor::OutboxMonitor;
 pub use relay::{BatchReport, Relay};

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::batch::{self, RowFates};
+use crate::metrics::ErrorKind;
 use crate::pipeline::{MAX_ROUNDS, PIPELINE_DEPTH, Scheduler, Slot, Ticket, WriteBackTerms};
 use crate::{RelayConfig, RelayMetrics};
 
@@ -172,8 +173,13 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                     break;
                 };
                 rounds.push(Box::pin(async move {
-                    let results =
-                        batch::confirm_round(&self.publisher, &round.envelopes, &self.config).await;
+                    let results = batch::confirm_round(
+                        &self.publisher,
+                        &round.envelopes,
+                        &self.config,
+                        &self.metrics,
+                    )
+                    .await;
                     (round.slots, results)
                 }));
             }
@@ -241,7 +247,8 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                             // The rows come back after their lease (published rows are
                             // published again: at least once).
                             store_errors += 1;
-                            self.metrics.store_error();
+                            self.metrics.store_error(ErrorKind::WriteBack);
+                            self.metrics.unsettled(terms.claimed);
                             let delay = self.config.store_backoff.delay(store_errors);
                             warn!(relay = %self.id, error = %error.chain(), retry_in = ?delay, "could not write a batch back");
                             claim_after = Instant::now() + delay;
@@ -276,7 +283,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                             scheduler.claim_failed(ticket);
                             self.renew_claimer("a claim failed");
                             store_errors += 1;
-                            self.metrics.store_error();
+                            self.metrics.store_error(ErrorKind::Claim);
                             let delay = self.config.store_backoff.delay(store_errors);
                             warn!(relay = %self.id, error = %error.chain(), retry_in = ?delay, "claim failed");
                             claim_after = Instant::now() + delay;
@@ -383,8 +390,13 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         while let Some(round) =
             scheduler.take_round(Instant::now(), shutdown.is_cancelled() || unreachable)
         {
-            let results =
-                batch::confirm_round(&self.publisher, &round.envelopes, &self.config).await;
+            let results = batch::confirm_round(
+                &self.publisher,
+                &round.envelopes,
+                &self.config,
+                &self.metrics,
+            )
+            .await;
             if results
                 .iter()
                 .any(|r| r.as_ref().is_err_and(Error::is_unreachable))
@@ -398,12 +410,16 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         // With no call in flight every row has its fate: the batch is settleable.
         let Some((fates, terms)) = scheduler.pop_settleable() else {
             warn!(relay = %self.id, "batch left without a fate; its rows come back after their lease");
+            self.metrics.unsettled(count);
             return Ok(BatchReport {
                 claimed: count,
                 ..BatchReport::default()
             });
         };
-        let report = self.settle(&terms, fates).await?;
+        let report = self
+            .settle(&terms, fates)
+            .await
+            .inspect_err(|_| self.metrics.unsettled(count))?;
         self.metrics.settled(&report);
         debug!(relay = %self.id, ?report, "batch settled");
         Ok(report)
@@ -525,7 +541,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                     if Instant::now() + delay >= deadline {
                         return Err(error);
                     }
-                    self.metrics.store_error();
+                    self.metrics.store_error(ErrorKind::StoreRetry);
                     warn!(relay = %self.id, error = %error.chain(), "{what} failed, retrying");
                     tokio::time::sleep(delay).await;
                 }

@@ -649,12 +649,14 @@ pub async fn claim_is_correct_with_many_finished_rows<F: StoreFactory>(factory: 
     );
 }
 
-/// Stats count pending, retrying, in-flight and dead-lettered rows, and the oldest pending.
+/// Stats count pending, retrying, in-flight and dead-lettered rows, the oldest pending row and
+/// the oldest due one (a row backing off is pending, not due).
 pub async fn stats_report_each_state<F: StoreFactory>(factory: &F) {
     let store = factory.create(Completion::Delete).await;
     let empty = store.stats().await.expect("stats");
     assert_eq!(empty.pending, 0);
     assert!(empty.oldest_pending_at.is_none());
+    assert!(empty.oldest_due_at.is_none());
 
     record(factory, &store, &interleaved(4, 1)).await;
     let relay = Uuid::now_v7();
@@ -677,4 +679,17 @@ pub async fn stats_report_each_state<F: StoreFactory>(factory: &F) {
     let oldest = stats.oldest_pending_at.expect("oldest pending");
     let age = herald_core::OffsetDateTime::now_utc() - oldest;
     assert!(age.whole_seconds() < 60, "recorded just now, got age {age}");
+    assert!(stats.oldest_due_at.is_some(), "the untouched row is due");
+
+    // Only the retrying row is left pending: it is backing off, not due.
+    let last = claim(&store, Uuid::now_v7(), 10).await;
+    assert_eq!(last.len(), 1, "the untouched row");
+    let stats = store.stats().await.expect("stats");
+    assert_eq!((stats.pending, stats.retrying), (1, 1));
+    assert!(stats.oldest_pending_at.is_some());
+    assert!(
+        stats.oldest_due_at.is_none(),
+        "a row backing off is not due: {:?}",
+        stats.oldest_due_at
+    );
 }

@@ -4,13 +4,15 @@
 //! first:
 //!
 //! ```text
-//! tracing → retry → your layers (Router::layer, in the order added) → timeout → inbox → handler
+//! measure → tracing → retry → your layers (Router::layer, in the order added) → timeout → inbox → handler
 //! ```
 //!
-//! The router installs `tracing`, `retry` and `timeout` around every handler itself; they are
-//! not public, so none of them can be installed twice. Their settings are public:
+//! The router installs `measure`, `tracing`, `retry` and `timeout` around every handler itself;
+//! they are not public, so none of them can be installed twice. Their settings are public:
 //! [`RetryPolicy`] and `ConsumerConfig::handler_timeout` (whose error is [`TimedOut`]).
 //!
+//! - [`Measure`] counts each run by handler and outcome, times it and records the message's
+//!   end-to-end lag, through the `metrics` facade (see [`crate::metrics`]);
 //! - [`Tracing`] opens one span per message and handler, and logs the final outcome;
 //! - [`Retry`] runs what is inside it again at once for transient errors, then turns the
 //!   failure into a delayed redelivery or a dead letter;
@@ -28,6 +30,7 @@
 //! A layer is a [`Layer`]: it receives the context and a [`Next`] to run the rest of the chain
 //! (zero, one or several times), like axum's `from_fn` middleware.
 
+mod measure;
 mod retry;
 mod timeout;
 mod tracing;
@@ -37,6 +40,7 @@ use std::sync::Arc;
 
 use herald_core::BoxFuture;
 
+pub(crate) use self::measure::Measure;
 pub(crate) use self::retry::Retry;
 pub use self::retry::RetryPolicy;
 pub use self::timeout::TimedOut;
