@@ -223,7 +223,11 @@ async fn pull<D: DeliveryStream>(
             None => return,
             Some(Ok(delivery)) => {
                 errors = 0;
-                Ok(Job { delivery, credit })
+                Ok(Job {
+                    delivery,
+                    credit,
+                    hold: None,
+                })
             }
             Some(Err(error)) if error.is_transient() => {
                 errors = errors.saturating_add(1);

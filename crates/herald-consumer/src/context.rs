@@ -28,6 +28,9 @@ pub struct Context {
     /// Set when the inbox found the message's key held for another message, away for a
     /// delayed retry: that message, and how long until it is due back.
     held: Option<(Uuid, Duration)>,
+    /// Set when this consumer wrote (or may have written) a key hold for this message while
+    /// it waited here, behind an earlier message of its key.
+    holding: bool,
 }
 
 impl Context {
@@ -48,6 +51,7 @@ impl Context {
             duplicate: false,
             consumer: None,
             held: None,
+            holding: false,
         }
     }
 
@@ -167,11 +171,18 @@ impl Context {
         ))
     }
 
+    /// Marks the message as one whose key hold this consumer wrote, or may have, while it
+    /// waited behind an earlier message of its key: the hold goes with its effects.
+    pub(crate) fn set_holding(&mut self, holding: bool) {
+        self.holding = holding;
+    }
+
     /// The consumer and key whose hold this message may have (it was delivered before: a
-    /// delayed retry, or a redelivery after its consumer went away); `None` for a first
-    /// delivery, which holds nothing.
+    /// delayed retry, or a redelivery after its consumer went away; or it waited here behind
+    /// an earlier message of its key, which another one was deferred behind); `None` for a
+    /// first delivery that waited for nothing, which holds nothing.
     pub(crate) fn own_hold(&self) -> Option<(&str, &str)> {
-        if self.attempt > 1 || self.redelivered {
+        if self.attempt > 1 || self.redelivered || self.holding {
             self.order_key()
         } else {
             None

@@ -8,26 +8,30 @@
 //! order: a key whose message is retrying is held until that message succeeds or is
 //! dead-lettered; other keys flow.
 //!
-//! Held deliveries stay unsettled, so they use prefetch. Past `max_held` of them, the first
+//! Held deliveries stay unsettled, so they use prefetch. Past `max_held` of them, the last
 //! held message of a lane is *deferred*: given back to the transport with a delay that brings
-//! it back just after the away messages before it, and its place in the lane kept. So
-//! held messages never fill the prefetch, and the away message can always be received again. A
+//! it back just after the away messages before it are due, and its place in the lane kept. So
+//! held messages never fill the prefetch, and the away message can always be received again;
+//! and the front of each lane, what runs first when its away message is back, stays here. A
 //! deferral is not a failure: it is a settlement of its own ([`Settlement::Defer`]), which
 //! never spends an attempt and never dead-letters the message.
 //!
 //! Like a retry, a deferral first holds its key in the inbox, so that a consumer that starts
-//! while it is away keeps the order too — but only when every away message before it holds the
-//! key too: a message that comes back without a hold waits in the inbox for the first hold of
-//! its key, so a later message's hold must never be written while an earlier one has none. A
-//! message whose hold cannot be written does not go: a retry tries the hold again after a pause
-//! (its lane still busy), a deferral comes back to its place in the lane, held again (so do the
-//! deferrals behind it). The consumer never gives a message back to the broker unsettled but at
-//! a shutdown, when every message of the lane goes back to its place in the queue, in order.
+//! while it is away keeps the order too. Holds keep the order in which they were taken, and a
+//! message that comes back without a hold waits in the inbox for the first hold of its key: so
+//! a later message's hold is never written while an earlier one has none. Every message before
+//! a deferred one that waits here gets its hold first (one write each, not one per deferral),
+//! in order, and it runs only once that write has ended, its hold then going with its effects;
+//! a deferral's hold is written only once the holds of every message before it were, and it
+//! goes to the transport only after the deferral before it did (so that, into the same delay
+//! queue, it comes back after that one). A message whose hold cannot be written does not go: a
+//! retry tries the hold again after a pause (its lane still busy), a deferral comes back to its
+//! place in the lane, held again (so do the deferrals behind it). The consumer never gives a
+//! message back to the broker unsettled but at a shutdown, when every message of the lane goes
+//! back to its place in the queue, in order.
 //!
-//! The first held message goes, not the last: a held message given back unsettled (at a
-//! shutdown) returns to the head of the queue, and no deferred message of its key may then come
-//! back ahead of it. An away message that does not come back within `redelivery_grace` of its
-//! due time (a competing consumer took it) stops holding its key.
+//! An away message that does not come back within `redelivery_grace` of its due time (a
+//! competing consumer took it) stops holding its key.
 //!
 //! Everything here runs on one task and owns its state; handlers run on spawned tasks that
 //! report back when their delivery is settled.
@@ -37,7 +41,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_core::{Delivery, Settlement, Uuid};
+use herald_core::{Delivery, Envelope, Settlement, Uuid};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -49,6 +53,10 @@ use crate::{ConsumerMetrics, Outcome, UnhandledPolicy};
 /// How much later than the away message a deferred one is asked back.
 const DEFER_MARGIN: Duration = Duration::from_millis(50);
 
+/// How many key holds written the dispatcher remembers before it forgets those too old to
+/// matter (it then waits for twice as many as are left).
+const PRUNE_HOLDS_AT: usize = 4096;
+
 /// How long a message whose key could not be held waits before its hold is tried again.
 const HOLD_FAILED_PAUSE: Duration = Duration::from_secs(1);
 
@@ -56,6 +64,10 @@ const HOLD_FAILED_PAUSE: Duration = Duration::from_secs(1);
 pub(crate) struct Job {
     pub(crate) delivery: Delivery,
     pub(crate) credit: OwnedSemaphorePermit,
+    /// Set once this consumer wrote a key hold for the message, or is writing one, or may
+    /// have: it came back from away, or it waits here and a later message of its key was
+    /// deferred. It runs only once that write has ended, and its hold goes with its effects.
+    pub(crate) hold: Option<HoldState>,
 }
 
 enum Slot {
@@ -66,9 +78,6 @@ enum Slot {
 struct Away {
     id: Uuid,
     back_at: Instant,
-    /// When it was asked back for: `back_at` but for a deferral, which the transport may
-    /// keep longer than asked (a delay queue rounds up).
-    asked: Instant,
     give_up_at: Instant,
     hold: HoldState,
 }
@@ -179,6 +188,9 @@ pub(crate) struct Dispatcher {
     /// after does not write it again (its place among the holds is kept anyway), so that held
     /// messages going round the delay queues cost no database write each time.
     holds_written: HashMap<Uuid, Instant>,
+    /// Past this many entries, `holds_written` drops those too old to matter (messages this
+    /// consumer gave up on or never saw again would otherwise stay in it for good).
+    prune_holds_at: usize,
 }
 
 impl Dispatcher {
@@ -201,6 +213,7 @@ impl Dispatcher {
             held: 0,
             timers: BinaryHeap::new(),
             holds_written: HashMap::new(),
+            prune_holds_at: PRUNE_HOLDS_AT,
         }
     }
 
@@ -231,6 +244,10 @@ impl Dispatcher {
                         early_ms = away.back_at.saturating_duration_since(now).as_millis() as u64,
                         "back in its place"
                     );
+                }
+                let mut job = job;
+                if let Slot::Away(away) = &lane.slots[position] {
+                    job.hold = Some(away.hold.clone());
                 }
                 lane.slots[position] = Slot::Here(Box::new(job));
             }
@@ -281,13 +298,15 @@ impl Dispatcher {
             self.lanes.remove(key);
             return;
         }
-        while self.held > self.limits.max_held && self.defer_first_held(key) {}
+        while self.held > self.limits.max_held && self.defer_last_held(key) {}
     }
 
-    /// Gives the first held delivery of `key`'s lane back to the transport, asking for it
-    /// just after the away messages before it, and keeps its place. False if the lane
+    /// Gives the last held delivery of `key`'s lane back to the transport, asking for it
+    /// just after the away messages before it, and keeps its place. Every message before it
+    /// that waits here without a key hold gets one first, in order: the deferred message's
+    /// hold must never be written while an earlier one of its key has none. False if the lane
     /// holds none, or one it cannot defer (see [`all_written`]).
-    fn defer_first_held(&mut self, key: &str) -> bool {
+    fn defer_last_held(&mut self, key: &str) -> bool {
         let Some(lane) = self.lanes.get_mut(key) else {
             return false;
         };
@@ -297,44 +316,93 @@ impl Dispatcher {
         let Some(index) = lane
             .slots
             .iter()
-            .skip(first_away)
-            .position(|s| matches!(s, Slot::Here(_)))
-            .map(|offset| first_away + offset)
+            .rposition(|s| matches!(s, Slot::Here(_)))
+            .filter(|index| *index > first_away)
         else {
             return false;
         };
         let now = Instant::now();
+        let stale = self.limits.hold_stale_after / 4;
+        let fresh = |id: &Uuid| {
+            self.holds_written
+                .get(id)
+                .is_some_and(|at| now.saturating_duration_since(*at) < stale)
+        };
+        // The holds of the messages before it: those of the away ones, and those the ones
+        // waiting here have or are getting; the ones here without a (recent) hold get one,
+        // in order, before this one's.
+        let mut earlier: Vec<HoldState> = Vec::new();
+        let mut to_hold: Vec<(Envelope, watch::Sender<Option<bool>>)> = Vec::new();
+        for slot in lane.slots.iter().take(index) {
+            match slot {
+                Slot::Away(away) => earlier.push(away.hold.clone()),
+                Slot::Here(job) => match &job.hold {
+                    Some(hold)
+                        if *hold.borrow() != Some(false) && fresh(&job.delivery.envelope.id) =>
+                    {
+                        earlier.push(hold.clone());
+                    }
+                    // Being written by an earlier deferral: that one writes it.
+                    Some(hold) if hold.borrow().is_none() => earlier.push(hold.clone()),
+                    _ => {}
+                },
+            }
+        }
+        if earlier.iter().any(|hold| *hold.borrow() == Some(false)) {
+            // An earlier message of the key is away without a hold (given back to the broker
+            // unsettled, back soon): this one stays held, in prefetch, rather than go away.
+            return false;
+        }
+        for slot in lane.slots.iter_mut().take(index) {
+            if let Slot::Here(job) = slot {
+                let id = job.delivery.envelope.id;
+                let pending = job
+                    .hold
+                    .as_ref()
+                    .is_some_and(|hold| hold.borrow().is_none());
+                let held = job
+                    .hold
+                    .as_ref()
+                    .is_some_and(|hold| *hold.borrow() == Some(true));
+                if pending || (held && fresh(&id)) {
+                    continue;
+                }
+                let (sender, receiver) = watch::channel(None);
+                job.hold = Some(receiver);
+                to_hold.push((job.delivery.envelope.clone(), sender));
+            }
+        }
         let aways_before = || {
             lane.slots.iter().take(index).filter_map(|slot| match slot {
                 Slot::Away(away) => Some(away),
                 Slot::Here(_) => None,
             })
         };
-        // Back just after the away messages before it, by the times they were *asked* back
-        // for (a deferral) or are due (a retry): the lane's deferred messages come back in
-        // its order, DEFER_MARGIN apart, without the delay queues' rounding adding up along
-        // the lane (each deferral asking for the rounded time of the one before it would
-        // come back a whole delay queue later than that one). One overdue before it is waited
-        // for as long again as it is late, within its grace: held messages do not circle the
-        // delay queues quickly while it may not come.
-        let after = aways_before().map(|away| away.asked).max().unwrap_or(now);
+        // Back just after the away messages before it, by when they are due back: the time
+        // the transport really keeps them (a delay queue rounds up). Going into the same delay
+        // queue after the one before it, it comes back after that one; into a shorter one, it
+        // is asked DEFER_MARGIN later still — unless that margin would put it into a longer
+        // queue: each deferral of a lane would then come back one more delay queue later than
+        // the one before it, adding up along the lane. One overdue before it is waited for as
+        // long again as it is late, within its grace: held messages do not circle the delay
+        // queues quickly while it may not come.
+        let after = aways_before().map(|away| away.back_at).max().unwrap_or(now);
         let overdue = aways_before()
             .next()
             .filter(|first| first.back_at < now)
             .map(|first| (now - first.back_at).min(first.give_up_at.saturating_duration_since(now)))
             .unwrap_or_default();
-        let delay = after
-            .saturating_duration_since(now)
-            .max(overdue)
-            .saturating_add(DEFER_MARGIN);
-        let earlier: Vec<HoldState> = aways_before().map(|away| away.hold.clone()).collect();
-        if earlier.iter().any(|hold| *hold.borrow() == Some(false)) {
-            // An earlier message of the key is away without a hold (given back to the broker
-            // unsettled, back soon): this one stays held, in prefetch, rather than go away.
-            return false;
-        }
+        let base = after.saturating_duration_since(now).max(overdue);
+        let padded = base.saturating_add(DEFER_MARGIN);
         let Some(Slot::Here(job)) = lane.slots.remove(index) else {
             return false;
+        };
+        let delay = if base.is_zero()
+            || job.delivery.effective_delay(padded) == job.delivery.effective_delay(base)
+        {
+            padded
+        } else {
+            base
         };
         // The transport may keep it longer than asked (a delay queue rounds up).
         let away = job.delivery.effective_delay(delay);
@@ -342,18 +410,31 @@ impl Dispatcher {
         let id = job.delivery.envelope.id;
         // Written by this consumer lately: still there, in its place (a hold goes only with
         // its message's effects, at its dead-lettering, or once stale).
-        let write_hold = self.holds_written.get(&id).is_none_or(|at| {
-            now.saturating_duration_since(*at) >= self.limits.hold_stale_after / 4
-        });
+        let write_hold = !fresh(&id)
+            || job
+                .hold
+                .as_ref()
+                .is_some_and(|hold| *hold.borrow() == Some(false));
+        for (envelope, _) in &to_hold {
+            self.holds_written.insert(envelope.id, now);
+        }
         if write_hold {
             self.holds_written.insert(id, now);
+        }
+        if self.holds_written.len() > self.prune_holds_at {
+            self.holds_written
+                .retain(|_, at| now.saturating_duration_since(*at) < stale);
+            self.prune_holds_at = PRUNE_HOLDS_AT.max(2 * self.holds_written.len());
+        }
+        // A hold being written for it (by an earlier deferral) is waited for with the others.
+        if let Some(own) = job.hold.as_ref().filter(|hold| hold.borrow().is_none()) {
+            earlier.push(own.clone());
         }
         lane.slots.insert(
             index,
             Slot::Away(Away {
                 id: job.delivery.envelope.id,
                 back_at: later(now, away),
-                asked: later(now, delay),
                 give_up_at: later(now, away.saturating_add(self.limits.redelivery_grace)),
                 hold,
             }),
@@ -368,6 +449,7 @@ impl Dispatcher {
             ?delay,
             ?away,
             held = self.held,
+            holds_first = to_hold.len(),
             "deferred behind an earlier message of its key"
         );
         let metrics = self.metrics.clone();
@@ -376,23 +458,36 @@ impl Dispatcher {
         let reason = format!("waiting behind an earlier message of key `{key}`");
         let key = key.to_owned();
         self.settling.spawn(async move {
-            let Job { delivery, credit } = *job;
+            let Job {
+                delivery, credit, ..
+            } = *job;
             // Held in the inbox before it goes, as a retry is: a consumer that starts while it
             // is away finds its key held and keeps later messages behind it. After the holds
-            // of the away messages before it: holds keep the order in which they are taken.
-            // And only if each of those was written: an earlier message without a hold would
-            // wait for this one's. If one was not, or this one cannot be, it stays: back in its
-            // lane, after a pause.
-            let hold = if !all_written(earlier).await {
+            // of the messages before it (holds keep the order in which they are taken), and
+            // only if each of those was written: an earlier message without a hold would wait
+            // for this one's. The messages before it that wait here get theirs first, for the
+            // same reason: at a crash they go back to the queue. If one was not written, or
+            // this one cannot be, it stays: back in its lane, after a pause.
+            let mut hold = if all_written(earlier).await {
+                Ok(())
+            } else {
                 Err("an earlier message of its key could not hold it".to_owned())
-            } else if write_hold {
-                routes
+            };
+            for (envelope, written) in to_hold {
+                if hold.is_ok() {
+                    hold = routes
+                        .hold(&envelope, away)
+                        .await
+                        .map_err(|error| error.chain().to_string());
+                }
+                written.send_replace(Some(hold.is_ok()));
+            }
+            if hold.is_ok() && write_hold {
+                hold = routes
                     .hold(&delivery.envelope, away)
                     .await
-                    .map_err(|error| error.chain().to_string())
-            } else {
-                Ok(())
-            };
+                    .map_err(|error| error.chain().to_string());
+            }
             if let Err(cause) = hold {
                 hold_state.send_replace(Some(false));
                 tracing::warn!(
@@ -403,14 +498,21 @@ impl Dispatcher {
                 pause_after_failed_hold(&cancellation).await;
                 return Some(Undeferred {
                     key,
-                    job: Box::new(Job { delivery, credit }),
+                    job: Box::new(Job {
+                        delivery,
+                        credit,
+                        hold: Some(known(false)),
+                    }),
                 });
             }
-            hold_state.send_replace(Some(true));
+            // Said once it is sent: the deferrals of a lane behind it, which wait for this, then
+            // go into a delay queue after it, and one going into the same queue comes back
+            // after it. (Its hold is written either way.)
             if let Err(error) = delivery.defer(delay, reason).await {
                 metrics.settle_error();
                 tracing::warn!(error = %error.chain(), "deferring a delivery failed; the broker will redeliver it");
             }
+            hold_state.send_replace(Some(true));
             drop(credit);
             None
         });
@@ -499,7 +601,6 @@ impl Dispatcher {
                     Slot::Away(Away {
                         id,
                         back_at: later(now, after),
-                        asked: later(now, after),
                         give_up_at: later(now, after.saturating_add(grace)),
                         hold: known(true),
                     })
@@ -599,15 +700,26 @@ async fn work(
     key: Option<String>,
     job: Job,
 ) -> Finished {
-    let Job { delivery, credit } = job;
+    let Job {
+        delivery,
+        credit,
+        hold,
+    } = job;
     let id = delivery.envelope.id;
     let attempt = delivery.attempt.max(1);
     let envelope = Arc::new(delivery.envelope.clone());
+    // A hold being written for it (a later message of its key was deferred) is waited for:
+    // written after the run, it would outlive the message and hold the key until stale.
+    let holding = hold.is_some();
+    if let Some(mut written) = hold.clone() {
+        let _ = written.wait_for(Option::is_some).await;
+    }
     let (routed, duplicates) = routes
         .route(
             envelope.clone(),
             attempt,
             delivery.redelivered,
+            holding,
             &cancellation,
         )
         .await;
@@ -677,7 +789,11 @@ async fn work(
                 held: Some(Held {
                     by,
                     due_in,
-                    job: Box::new(Job { delivery, credit }),
+                    job: Box::new(Job {
+                        delivery,
+                        credit,
+                        hold,
+                    }),
                 }),
             };
         }

@@ -253,12 +253,14 @@ impl Routes {
     /// Routes one delivery: decodes by type and version, runs every handler of the type in
     /// registration order, and combines their outcomes (any reject rejects; else any retry
     /// retries, after the longest delay asked for; else done). Returns the handler runs the
-    /// inbox skipped too.
+    /// inbox skipped too. `holding`: this consumer wrote (or may have written) a key hold for
+    /// the message while it waited (see [`Context::own_hold`]).
     pub(crate) async fn route(
         &self,
         envelope: Arc<Envelope>,
         attempt: u32,
         redelivered: bool,
+        holding: bool,
         cancellation: &CancellationToken,
     ) -> (Routed, u32) {
         let Some(versions) = self.types.get(&envelope.event_type) else {
@@ -293,6 +295,7 @@ impl Routes {
                 cancellation.clone(),
             );
             ctx.set_consumer(self.consumer.clone());
+            ctx.set_holding(holding);
             let outcome = match chain.run(&mut ctx).await {
                 Ok(outcome) => outcome,
                 // The retry layer turns every error into an outcome; should one get through,

@@ -409,7 +409,9 @@ async fn scenario(sim: Sim, faulty: bool) -> Verdict {
 ///   on `1 + delayed` deliveries;
 /// - `order`: a handler run of a message starts only once every earlier message of its key
 ///   was handled (its inbox record committed) or settled for good by the consumer (an
-///   acknowledgement or a dead letter asked for).
+///   acknowledgement or a dead letter asked for);
+/// - `holds`: no key hold outlives its message: an acknowledged message's hold went with its
+///   effects (one left behind holds later messages of its key until it is stale).
 fn check(queue: &ModelQueue, inbox: &ModelInbox, book: &Book) -> Vec<Violation> {
     let settled = queue.settled();
     let effects = inbox.effects();
@@ -481,6 +483,21 @@ fn check(queue: &ModelQueue, inbox: &ModelInbox, book: &Book) -> Vec<Violation> 
                     ),
                 });
             }
+        }
+    }
+    for ((_, key, id), due) in inbox.holds() {
+        let acked = settled.get(&id).is_some_and(|s| !s.acked.is_empty());
+        if let Some(m) = book.messages.iter().find(|m| m.id == id)
+            && acked
+        {
+            violations.push(Violation {
+                invariant: "holds",
+                key: Some(key),
+                detail: format!(
+                    "{} was acknowledged, but its key hold (due at {due} ms) is still there",
+                    m.label()
+                ),
+            });
         }
     }
     let mut reported = BTreeSet::new();
