@@ -249,6 +249,9 @@ pub async fn child(args: ChildArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let elapsed_s = started.elapsed().as_secs_f64();
+    if std::env::var_os("HERALD_BENCH_RELAY_COUNTERS").is_some() {
+        eprintln!("relay child: {elapsed_s:.2} s, {:?}", metrics.snapshot());
+    }
     shutdown.cancel();
     running.await??;
     transport.close().await;
