@@ -766,15 +766,28 @@ async fn work(
             )
         }
         Routed::Handled(Outcome::Reject { reason }) => {
-            // A message that may have been away (a delayed retry, a deferral) leaves its key's
-            // hold. Asked of every dead letter: they are rare, and a hold left behind would
-            // hold its key until it is stale.
-            if let Err(error) = routes.release(&envelope).await {
+            // A message that may have been away (a delayed retry, a deferral) or held here
+            // behind another leaves its key's hold before it is dead-lettered: a hold left
+            // behind would hold its key until it is stale, and the holds of the messages after
+            // it would then go stale together, their order lost. Asked of every dead letter
+            // (they are rare); until it is done, the message stays and its lane waits, as a
+            // retry's hold does.
+            while let Err(error) = routes.release(&envelope).await {
                 tracing::warn!(
                     message_id = %id,
                     error = %error.chain(),
-                    "releasing the key hold of a dead-lettered message failed; its key waits until the hold is stale"
+                    "releasing the key hold of a message about to be dead-lettered failed; trying again"
                 );
+                if !pause_after_failed_hold(&cancellation).await {
+                    drop(delivery);
+                    drop(credit);
+                    return Finished {
+                        key,
+                        id,
+                        redeliver_after: None,
+                        held: None,
+                    };
+                }
             }
             metrics.dead_lettered();
             (Settlement::Reject { reason }, None)

@@ -569,10 +569,12 @@ fn one_split(seed: u64, keep: bool) -> Verdict {
 /// retry's or a deferral's key hold that could not be written let a later message of the key
 /// go first — it was deferred with a hold of its own, which the earlier one, back without a
 /// hold, then waited for (1614 and the others); or it came back ahead of the earlier one given
-/// back to the queue (9305, restart gap).
-const REGRESSIONS: [u64; 17] = [
-    406, 1614, 3021, 3094, 3488, 3527, 3816, 5182, 5776, 6619, 6954, 7698, 8231, 8457, 8497, 9305,
-    9692,
+/// back to the queue (9305, restart gap). And (4529, restart gap, once the messages held here
+/// took key holds too): a dead-lettered message whose hold could not be released held its key
+/// until stale, and the later messages' holds, written together, went stale together.
+const REGRESSIONS: [u64; 18] = [
+    406, 1614, 3021, 3094, 3488, 3527, 3816, 4529, 5182, 5776, 6619, 6954, 7698, 8231, 8457, 8497,
+    9305, 9692,
 ];
 
 #[test]
