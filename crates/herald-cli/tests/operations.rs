@@ -354,17 +354,39 @@ struct Proxy {
 
 impl Proxy {
     async fn start(upstream: String) -> Proxy {
+        // Bound at once, on a port the system picks: a port found free and bound later may
+        // be taken in between by a test running in parallel.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = Proxy {
-            addr: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            addr: listener.local_addr().unwrap(),
             upstream,
             tasks: Arc::default(),
         };
-        proxy.open().await;
+        proxy.serve(listener);
         proxy
     }
 
+    /// Listens again on the same port after a [`cut`](Self::cut).
     async fn open(&self) {
-        let listener = TcpListener::bind(self.addr).await.unwrap();
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(listener) => break listener,
+                Err(error) if tries < 50 => {
+                    tries += 1;
+                    eprintln!(
+                        "proxy port {} not free yet ({error}); trying again",
+                        self.addr
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("proxy port {} not free: {error}", self.addr),
+            }
+        };
+        self.serve(listener);
+    }
+
+    fn serve(&self, listener: TcpListener) {
         let upstream = self.upstream.clone();
         let tasks = self.tasks.clone();
         let accept = tokio::spawn(async move {
