@@ -692,6 +692,44 @@ async fn pause_after_failed_hold(cancellation: &CancellationToken) -> bool {
     }
 }
 
+/// Runs `write` (a key hold's write or release) until it succeeds, pausing after each
+/// failure; false if the consumer began shutting down first.
+async fn until_written<F, W>(
+    cancellation: &CancellationToken,
+    id: Uuid,
+    what: &str,
+    mut write: W,
+) -> bool
+where
+    W: FnMut() -> F,
+    F: std::future::Future<Output = herald_core::Result<()>>,
+{
+    while let Err(error) = write().await {
+        tracing::warn!(message_id = %id, error = %error.chain(), "{what} failed; trying again");
+        if !pause_after_failed_hold(cancellation).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// A delivery dropped unsettled at a shutdown: the broker hands it out again.
+fn given_back(
+    key: Option<String>,
+    id: Uuid,
+    delivery: Delivery,
+    credit: OwnedSemaphorePermit,
+) -> Finished {
+    drop(delivery);
+    drop(credit);
+    Finished {
+        key,
+        id,
+        redeliver_after: None,
+        held: None,
+    }
+}
+
 /// Handles one delivery and settles it.
 async fn work(
     routes: Arc<Routes>,
@@ -739,22 +777,14 @@ async fn work(
             // while the message is away keeps its key's order too. Until it is, the message
             // stays here and its lane busy; at a shutdown it goes back to its place in the
             // queue unsettled, and the rest of its lane behind it.
-            while let Err(error) = routes.hold(&envelope, away).await {
-                tracing::warn!(
-                    message_id = %id,
-                    error = %error.chain(),
-                    "holding the key of a message about to be retried failed; trying again"
-                );
-                if !pause_after_failed_hold(&cancellation).await {
-                    drop(delivery);
-                    drop(credit);
-                    return Finished {
-                        key,
-                        id,
-                        redeliver_after: None,
-                        held: None,
-                    };
-                }
+            let held = until_written(
+                &cancellation,
+                id,
+                "holding the key of a message about to be retried",
+                || routes.hold(&envelope, away),
+            );
+            if !held.await {
+                return given_back(key, id, delivery, credit);
             }
             metrics.redelivery();
             (
@@ -772,22 +802,14 @@ async fn work(
             // it would then go stale together, their order lost. Asked of every dead letter
             // (they are rare); until it is done, the message stays and its lane waits, as a
             // retry's hold does.
-            while let Err(error) = routes.release(&envelope).await {
-                tracing::warn!(
-                    message_id = %id,
-                    error = %error.chain(),
-                    "releasing the key hold of a message about to be dead-lettered failed; trying again"
-                );
-                if !pause_after_failed_hold(&cancellation).await {
-                    drop(delivery);
-                    drop(credit);
-                    return Finished {
-                        key,
-                        id,
-                        redeliver_after: None,
-                        held: None,
-                    };
-                }
+            let released = until_written(
+                &cancellation,
+                id,
+                "releasing the key hold of a message about to be dead-lettered",
+                || routes.release(&envelope),
+            );
+            if !released.await {
+                return given_back(key, id, delivery, credit);
             }
             metrics.dead_lettered();
             (Settlement::Reject { reason }, None)
