@@ -3,6 +3,8 @@
 mod config;
 mod dead_letters;
 mod error;
+#[cfg(test)]
+mod fatal_tests;
 pub mod mapping;
 mod publisher;
 mod settle;

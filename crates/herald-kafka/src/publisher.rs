@@ -73,6 +73,12 @@ impl Producing {
         })
     }
 
+    /// How many producers were built before the one in use.
+    #[cfg(test)]
+    pub(crate) fn generation(&self) -> u64 {
+        self.current().0
+    }
+
     fn current(&self) -> (u64, FutureProducer) {
         self.current
             .lock()
