@@ -6,12 +6,12 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::Result;
-use herald_amqp::AmqpTransport;
-use herald_core::{DeadLetters, OutboxAdmin, Page};
+use herald_core::OutboxAdmin;
 use herald_postgres::PgOutbox;
 use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
 
+use crate::bus::Bus;
 use crate::observer::{self, Arrival, Inversion};
 
 /// What one run left behind.
@@ -69,7 +69,7 @@ pub enum Side {
 pub async fn settled(
     outbox: &PgOutbox,
     schema: &str,
-    transport: &AmqpTransport,
+    transport: &Bus,
     queue: &str,
     witnessed: usize,
 ) -> Result<bool> {
@@ -92,10 +92,7 @@ pub async fn settled(
     if stats.pending + stats.retrying + stats.in_flight > 0 {
         return Ok(false);
     }
-    let dead = transport
-        .dead_letter_queue(queue)?
-        .dead_letters(Page::first(1_000_000))
-        .await?;
+    let dead = transport.dead_letters(queue).await?;
     Ok(dead.len() as i64 >= poison)
 }
 
@@ -103,7 +100,7 @@ pub async fn settled(
 pub async fn check(
     outbox: &PgOutbox,
     schema: &str,
-    transport: &AmqpTransport,
+    transport: &Bus,
     queue: &str,
     arrivals: &[Arrival],
 ) -> Result<Verdict> {
@@ -174,10 +171,7 @@ pub async fn check(
         ));
     }
 
-    let dead = transport
-        .dead_letter_queue(queue)?
-        .dead_letters(Page::first(1_000_000))
-        .await?;
+    let dead = transport.dead_letters(queue).await?;
     let mut dead_ids = HashSet::new();
     let poison: HashSet<Uuid> = produced
         .iter()

@@ -22,7 +22,7 @@ impl Event for Step {
     }
 }
 
-/// The names of one scenario run: its PostgreSQL schema, exchange and queue.
+/// The names of one scenario run: its PostgreSQL schema, exchange or topic, and queues.
 #[derive(Debug, Clone)]
 pub struct RunNames {
     /// The run's id (a UUIDv7 without hyphens).
@@ -47,7 +47,12 @@ impl RunNames {
         format!("herald-chaos-{}", self.id)
     }
 
-    /// The consumers' queue (the subscription name).
+    /// The Kafka topic every event of the run goes to.
+    pub fn topic(&self) -> String {
+        format!("herald-chaos-{}", self.id)
+    }
+
+    /// The consumers' queue (the subscription name; on Kafka, the consumer group).
     pub fn queue(&self) -> String {
         format!("herald-chaos-{}", self.id)
     }

@@ -2,7 +2,7 @@
 //!
 //! `herald-chaos run` starts, per scenario, two producers, two relays and two consumers (with
 //! the transactional inbox) as processes of this binary against the real PostgreSQL and
-//! RabbitMQ, breaks things on purpose while the producers produce (SIGKILLs, broker and
+//! RabbitMQ (or Kafka: the `kafka-…` scenarios), breaks things on purpose while the producers produce (SIGKILLs, broker and
 //! database restarts, terminated database sessions, publish nacks under back-pressure, slow
 //! and stalled database traffic with expiring leases, handlers that fail, swallow database
 //! errors or retry through long delay queues), lets the system heal by itself, and then checks
@@ -12,9 +12,11 @@
 //! exits non-zero if any check failed.
 
 mod broker;
+mod bus;
 mod check;
 mod database;
 mod event;
+mod kafka_broker;
 mod observer;
 mod orchestrator;
 mod procs;
@@ -64,6 +66,13 @@ struct RunArgs {
         default_value = herald_testkit::env::AMQP_URL
     )]
     amqp: String,
+    /// Kafka bootstrap servers (the `kafka-…` scenarios).
+    #[arg(
+        long,
+        env = "HERALD_TEST_KAFKA",
+        default_value = herald_testkit::env::KAFKA
+    )]
+    kafka: String,
     /// Scenarios to run (default: all of them, one after the other).
     #[arg(long, value_enum, value_delimiter = ',')]
     scenarios: Vec<Scenario>,
@@ -100,7 +109,11 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // librdkafka logs every refused connection as an error: while the Kafka
+                // scenarios stop the broker on purpose, that is all it would print.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("warn,librdkafka=off,rdkafka=off")
+                }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -129,6 +142,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let settings = RunSettings {
         database: args.database.clone(),
         amqp: args.amqp.clone(),
+        kafka: args.kafka.clone(),
         events: args.events,
         duration: Duration::from_secs(args.duration),
         fail_rate: args.fail_rate,
@@ -148,8 +162,14 @@ async fn run(args: RunArgs) -> Result<()> {
             let result = orchestrator::run(scenario, &settings).await;
             // Whatever happened, the broker and the database must be running when we move on.
             let database = database::ensure_running();
+            let kafka = if scenario.on_kafka() {
+                kafka_broker::ensure_running(&args.kafka)
+            } else {
+                Ok(())
+            };
             broker::ensure_running()?;
             database?;
+            kafka?;
             let row = result?;
             clean &= row.verdict.is_clean() && row.unexpected_exits == 0;
             eprintln!(

@@ -3,6 +3,10 @@
 //! messages to its one consumer in the order they were enqueued, so first arrivals are the
 //! order the relays published in, whatever the consumers did afterwards.
 //!
+//! On Kafka the witness is a consumer group of its own reading the run's topic: a key's
+//! events sit in one partition, which the group reads in order, so its first arrivals are
+//! the order each key's events were written to the topic in.
+//!
 //! Under back-pressure the witness's queue is bounded (`max-length` with `reject-publish`,
 //! set as a policy) and drained slowly, so the broker nacks the relays' publishes while it is
 //! full: a relay must then publish again without letting a later event of the key through.
@@ -11,8 +15,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use herald_amqp::AmqpTransport;
-use herald_core::{DeliveryStream as _, Subscriber as _, SubscriptionSpec};
+use herald_core::{DeliveryStream as _, Subscriber, SubscriptionSpec};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -54,7 +57,7 @@ pub struct Observer {
 
 impl Observer {
     /// Subscribes to `queue` (declared by the caller) and records first arrivals until dropped.
-    pub fn start(transport: AmqpTransport, queue: String, drain: Drain) -> Self {
+    pub fn start<T: Subscriber>(transport: T, queue: String, drain: Drain) -> Self {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let stop = CancellationToken::new();
         let spec = SubscriptionSpec {
@@ -89,8 +92,8 @@ impl Drop for Observer {
     }
 }
 
-async fn watch(
-    transport: AmqpTransport,
+async fn watch<T: Subscriber>(
+    transport: T,
     spec: SubscriptionSpec,
     drain: Drain,
     seen: Arc<Mutex<Seen>>,

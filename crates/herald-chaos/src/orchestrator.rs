@@ -1,5 +1,5 @@
-//! One scenario run: sets up its schema and topology, starts producers, two relays and two
-//! consumers as processes and the broker-side witness, breaks things until the producers are
+//! One scenario run: sets up its schema and topology (on RabbitMQ or on Kafka), starts
+//! producers, two relays and two consumers as processes and the broker-side witness, breaks things until the producers are
 //! done, waits for the system to heal by itself, checks, and cleans up.
 
 use std::path::Path;
@@ -7,20 +7,21 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use herald_amqp::AmqpTransport;
-use herald_core::SubscriptionSpec;
+use herald_kafka::KafkaTransport;
 use herald_postgres::{PgOutbox, PgOutboxConfig};
 use sqlx::AssertSqlSafe;
 use tokio::time::Instant;
 
 use crate::broker;
+use crate::bus::Bus;
 use crate::check::{self, ScenarioRow};
 use crate::database;
-use crate::event::{RunNames, Step};
+use crate::event::RunNames;
+use crate::kafka_broker;
 use crate::observer::{Drain, Observer};
 use crate::procs::{Exits, Proc, spawn_producer};
 use crate::proxy::DelayProxy;
-use crate::roles::Common;
-use herald_core::Event;
+use crate::roles::{Common, KAFKA_DELIVERY_TIMEOUT};
 
 /// The faults a scenario injects (handlers fail transiently and poison events exist in all).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -58,11 +59,22 @@ pub enum Scenario {
     LongRetries,
     /// All of the above at once, but the long retries (see `has`).
     All,
+    /// On Kafka: only handler faults (retries through the retry topic, poison events to the
+    /// dead-letter topic).
+    KafkaHandlerFaults,
+    /// On Kafka: SIGKILL a relay at random moments, and restart it.
+    KafkaRelayKill,
+    /// On Kafka: SIGKILL a consumer (its partitions go to the other one when its session
+    /// times out), and make consumers exit between the inbox commit and the offset commit;
+    /// restart them.
+    KafkaConsumerKill,
+    /// On Kafka: SIGTERM the broker of `scripts/services kafka` mid-stream and start it again.
+    KafkaBrokerRestart,
 }
 
 impl Scenario {
     /// Every scenario, in the order a run goes through them.
-    pub const EVERY: [Scenario; 12] = [
+    pub const EVERY: [Scenario; 16] = [
         Scenario::HandlerFaults,
         Scenario::RelayKill,
         Scenario::ConsumerKill,
@@ -75,7 +87,27 @@ impl Scenario {
         Scenario::SwallowedErrors,
         Scenario::LongRetries,
         Scenario::All,
+        Scenario::KafkaHandlerFaults,
+        Scenario::KafkaRelayKill,
+        Scenario::KafkaConsumerKill,
+        Scenario::KafkaBrokerRestart,
     ];
+
+    /// Whether the scenario runs on Kafka.
+    pub fn on_kafka(self) -> bool {
+        self != self.faults()
+    }
+
+    /// The RabbitMQ scenario injecting the same faults.
+    fn faults(self) -> Scenario {
+        match self {
+            Scenario::KafkaHandlerFaults => Scenario::HandlerFaults,
+            Scenario::KafkaRelayKill => Scenario::RelayKill,
+            Scenario::KafkaConsumerKill => Scenario::ConsumerKill,
+            Scenario::KafkaBrokerRestart => Scenario::BrokerRestart,
+            other => other,
+        }
+    }
 
     fn has(self, fault: Scenario) -> bool {
         // `All` leaves the long retries out, no longer for order (a retry waiting in a delay
@@ -84,7 +116,8 @@ impl Scenario {
         // `per_key_order_survives_a_consumer_restart_while_a_retry_waits_in_a_delay_queue`), but
         // for time: with `all`'s 10 % handler failures each sent through the 15 s delay queue,
         // the run did not settle within the 240 s recovery timeout (2 000 events, 2026-12-04).
-        self == fault || (self == Scenario::All && fault != Scenario::LongRetries)
+        let faults = self.faults();
+        faults == fault || (faults == Scenario::All && fault != Scenario::LongRetries)
     }
 
     /// Whether the broker nacks publishes under back-pressure. Slow statements and expiring
@@ -107,6 +140,8 @@ pub struct RunSettings {
     pub database: String,
     /// Services.
     pub amqp: String,
+    /// Kafka bootstrap servers (the Kafka scenarios').
+    pub kafka: String,
     /// Events per run.
     pub events: usize,
     /// How long producing should take (the faults are injected meanwhile).
@@ -133,8 +168,12 @@ pub async fn run(scenario: Scenario, settings: &RunSettings) -> Result<ScenarioR
     let common = Common {
         database: settings.database.clone(),
         amqp: settings.amqp.clone(),
+        kafka: scenario.on_kafka().then(|| settings.kafka.clone()),
         run: names.id.clone(),
     };
+    if scenario.has(Scenario::BrokerRestart) && scenario.on_kafka() {
+        kafka_broker::check_local(&settings.kafka)?;
+    }
     let schema = names.schema();
     let outbox = PgOutbox::connect(
         &common.database_url("checker"),
@@ -155,30 +194,31 @@ pub async fn run(scenario: Scenario, settings: &RunSettings) -> Result<ScenarioR
          INSERT INTO \"{schema}\".markers (id) VALUES (0); \
          CREATE TABLE \"{schema}\".relay_stats (relay uuid PRIMARY KEY, claimed bigint NOT NULL, \
              published bigint NOT NULL, retried bigint NOT NULL, released bigint NOT NULL, \
-             store_errors bigint NOT NULL);"
+             store_errors bigint NOT NULL); \
+         CREATE TABLE \"{schema}\".consumer_stats (consumer uuid PRIMARY KEY, \
+             received bigint NOT NULL, duplicates bigint NOT NULL, \
+             dead_lettered bigint NOT NULL);"
     )))
     .execute(outbox.pool())
     .await?;
-    let transport = AmqpTransport::connect(common.amqp_config()).await?;
-    let spec = SubscriptionSpec::new(names.queue(), vec![Step::TYPE.to_owned()]);
-    transport.declare(&spec).await?;
-    // The witness's queue exists (and is bounded) before the first event is published.
+    let transport = match common.kafka_config() {
+        Some(kafka) => Bus::Kafka(KafkaTransport::connect(kafka).await?),
+        None => Bus::Amqp(AmqpTransport::connect(common.amqp_config()).await?),
+    };
+    // The consumers' and the witness's subscriptions exist (the witness's queue bounded)
+    // before the first event is published.
+    transport.declare(&names.queue()).await?;
     let witness = names.witness_queue();
     if scenario.nacks() {
         broker::bound_queue(&names.policy(), &witness, WITNESS_MAX_LENGTH)?;
     }
-    transport
-        .declare(&SubscriptionSpec::new(
-            witness.clone(),
-            vec![Step::TYPE.to_owned()],
-        ))
-        .await?;
+    transport.declare(&witness).await?;
 
     let result = drive(scenario, settings, &common, &names, &outbox, &transport).await;
 
     // Clean up whatever happened; the broker and the database are running again by now.
-    let _ = transport.delete_subscription(&names.queue()).await;
-    let _ = transport.delete_subscription(&witness).await;
+    transport.delete(&names.queue()).await;
+    transport.delete(&witness).await;
     if scenario.nacks() {
         let _ = broker::clear_policy(&names.policy());
     }
@@ -227,11 +267,11 @@ async fn drive(
     common: &Common,
     names: &RunNames,
     outbox: &PgOutbox,
-    transport: &AmqpTransport,
+    transport: &Bus,
 ) -> Result<ScenarioRow> {
     let dir = settings.log_dir.join(&names.id);
     std::fs::create_dir_all(&dir)?;
-    let base = vec![
+    let mut base = vec![
         "--database".to_owned(),
         common.database.clone(),
         "--amqp".to_owned(),
@@ -239,6 +279,9 @@ async fn drive(
         "--run".to_owned(),
         names.id.clone(),
     ];
+    if let Some(kafka) = &common.kafka {
+        base.extend(["--kafka".to_owned(), kafka.clone()]);
+    }
     let crash_rate = if scenario.has(Scenario::ConsumerKill) {
         0.001
     } else {
@@ -260,11 +303,14 @@ async fn drive(
             prefetch: 200,
         }
     };
-    let witness = Observer::start(
-        AmqpTransport::lazy(common.amqp_config())?,
-        names.witness_queue(),
-        drain,
-    );
+    let witness = match common.kafka_config() {
+        Some(kafka) => Observer::start(KafkaTransport::lazy(kafka)?, names.witness_queue(), drain),
+        None => Observer::start(
+            AmqpTransport::lazy(common.amqp_config())?,
+            names.witness_queue(),
+            drain,
+        ),
+    };
     let proxy = if scenario.has(Scenario::SlowDatabase) || scenario.has(Scenario::LeaseExpiry) {
         let (upstream, _) = address_of(&common.database)?;
         Some(DelayProxy::start(upstream).await?)
@@ -291,6 +337,16 @@ async fn drive(
                 "3000".to_owned(),
                 "--publish-timeout-ms".to_owned(),
                 "1000".to_owned(),
+            ]);
+        }
+        if scenario.on_kafka() {
+            // Longer than librdkafka's delivery timeout: the relay does not give a publish up
+            // while the producer may still deliver it.
+            args.extend([
+                "--publish-timeout-ms".to_owned(),
+                (KAFKA_DELIVERY_TIMEOUT + Duration::from_secs(2))
+                    .as_millis()
+                    .to_string(),
             ]);
         }
         procs.push(Proc::spawn(format!("relay-{i}"), args, &dir)?);
@@ -380,7 +436,14 @@ async fn drive(
                 .kill(Duration::from_millis(300))
                 .await?;
             row.kills += 1;
-            next.consumer_kill = Some(now + jitter(Duration::from_millis(1500)));
+            // On Kafka a killed consumer's partitions wait for its session to time out (6 s)
+            // before the other one takes them: fewer kills, or nothing would move.
+            let every = if scenario.on_kafka() {
+                Duration::from_secs(4)
+            } else {
+                Duration::from_millis(1500)
+            };
+            next.consumer_kill = Some(now + jitter(every));
             last_fault = now;
         }
         if next.db_terminate.is_some_and(|at| at <= now) {
@@ -399,12 +462,21 @@ async fn drive(
             last_fault = now;
         }
         if next.broker_restart.is_some_and(|at| at <= now) {
-            tokio::task::spawn_blocking(|| -> Result<()> {
-                let mut stopped = broker::Stopped::stop()?;
-                std::thread::sleep(Duration::from_millis(1500));
-                stopped.start()
-            })
-            .await??;
+            if scenario.on_kafka() {
+                tokio::task::spawn_blocking(|| -> Result<()> {
+                    let mut stopped = kafka_broker::Stopped::stop()?;
+                    std::thread::sleep(Duration::from_millis(1500));
+                    stopped.start()
+                })
+                .await??;
+            } else {
+                tokio::task::spawn_blocking(|| -> Result<()> {
+                    let mut stopped = broker::Stopped::stop()?;
+                    std::thread::sleep(Duration::from_millis(1500));
+                    stopped.start()
+                })
+                .await??;
+            }
             row.faults += 1;
             next.broker_restart = Some(Instant::now() + jitter(Duration::from_secs(5)));
             last_fault = Instant::now();
@@ -513,6 +585,22 @@ async fn drive(
             "herald-chaos: {scenario:?}: relays claimed {claimed} rows, published {published}, \
              rescheduled {retried} after failed publishes, released {released}, \
              {store_errors} store errors"
+        );
+    }
+    let consumed: Result<(i64, i64, i64, i64), sqlx::Error> =
+        sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT count(*), coalesce(sum(received), 0)::bigint, \
+                    coalesce(sum(duplicates), 0)::bigint, \
+                    coalesce(sum(dead_lettered), 0)::bigint FROM \"{}\".consumer_stats",
+            names.schema()
+        )))
+        .fetch_one(outbox.pool())
+        .await;
+    if let Ok((processes, received, duplicates, dead_lettered)) = consumed {
+        eprintln!(
+            "herald-chaos: {scenario:?}: {processes} consumer processes received {received} \
+             deliveries, {duplicates} of them redeliveries the inbox absorbed, dead-lettered \
+             {dead_lettered} (counters of killed processes miss their last half second)"
         );
     }
     row.verdict = check::check(

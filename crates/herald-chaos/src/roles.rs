@@ -1,6 +1,6 @@
 //! The roles the orchestrator runs as processes of this same binary: producer, relay and
-//! consumer. Each is the real thing (a PostgreSQL outbox, the relay, the RabbitMQ transport,
-//! a consumer with the transactional inbox); the only difference from production is the
+//! consumer. Each is the real thing (a PostgreSQL outbox, the relay, the RabbitMQ or Kafka
+//! transport, a consumer with the transactional inbox); the only difference from production is the
 //! handler, which records its effect in a table and fails on purpose when told to.
 
 use std::time::Duration;
@@ -9,10 +9,11 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 use herald_amqp::{AmqpConfig, AmqpTransport};
 use herald_consumer::{
-    Consumer, ConsumerConfig, Handler, HandlerError, HandlerResult, Outcome, RetryPolicy, Router,
-    TxContext,
+    Consumer, ConsumerConfig, ConsumerMetrics, Handler, HandlerError, HandlerResult, Outcome,
+    RetryPolicy, Router, TxContext,
 };
-use herald_core::{Backoff, Envelope, Metadata};
+use herald_core::{Backoff, Envelope, Metadata, Publisher, Subscriber};
+use herald_kafka::{KafkaConfig, KafkaTransport};
 use herald_postgres::{PgOutbox, PgOutboxConfig};
 use herald_relay::{Relay, RelayConfig, RelayMetrics};
 use sqlx::AssertSqlSafe;
@@ -27,6 +28,10 @@ pub const LONG_RETRY_QUEUE: Duration = Duration::from_secs(15);
 /// Exit code of a consumer that ended itself between its database commit and its ack.
 pub const CRASH_EXIT: i32 = 86;
 
+/// How long the Kafka producer keeps trying to deliver a message (the relay's publish timeout
+/// on Kafka is longer: a publish is not given up while librdkafka may still deliver it).
+pub const KAFKA_DELIVERY_TIMEOUT: Duration = Duration::from_secs(8);
+
 /// What every role is told: where the services are and which run it belongs to.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
@@ -36,6 +41,10 @@ pub struct Common {
     /// AMQP URL.
     #[arg(long)]
     pub amqp: String,
+    /// Kafka bootstrap servers: given, the run is on Kafka (its topic and consumer groups),
+    /// not on RabbitMQ.
+    #[arg(long)]
+    pub kafka: Option<String>,
     /// The run's id (names the schema, exchange and queue).
     #[arg(long)]
     pub run: String,
@@ -102,6 +111,20 @@ impl Common {
             single_active_consumer: true,
             ..AmqpConfig::new(self.amqp.clone())
         }
+    }
+
+    /// The run's Kafka transport settings, when the run is on Kafka: the run's topic, six
+    /// partitions, a short session timeout (a killed consumer's partitions go to the other one
+    /// within 6 s, the broker's least).
+    pub fn kafka_config(&self) -> Option<KafkaConfig> {
+        self.kafka.as_ref().map(|servers| KafkaConfig {
+            topic: self.names().topic(),
+            partitions: 6,
+            client_id: "herald-chaos".into(),
+            session_timeout: Duration::from_secs(6),
+            delivery_timeout: KAFKA_DELIVERY_TIMEOUT,
+            ..KafkaConfig::new(servers.clone())
+        })
     }
 }
 
@@ -223,7 +246,6 @@ pub struct RelayArgs {
 pub async fn relay(args: RelayArgs) -> Result<()> {
     let common = args.common;
     let outbox = common.outbox("relay").await?;
-    let transport = AmqpTransport::lazy(common.amqp_config())?;
     let config = RelayConfig {
         lease: Duration::from_millis(args.lease_ms),
         publish_timeout: Duration::from_millis(args.publish_timeout_ms),
@@ -238,6 +260,22 @@ pub async fn relay(args: RelayArgs) -> Result<()> {
         },
         ..RelayConfig::default()
     };
+    match common.kafka_config() {
+        Some(kafka) => run_relay(&common, outbox, KafkaTransport::lazy(kafka)?, config).await,
+        None => {
+            let transport = AmqpTransport::lazy(common.amqp_config())?;
+            run_relay(&common, outbox, transport, config).await
+        }
+    }
+}
+
+/// Runs a relay on `transport` until killed.
+async fn run_relay<P: Publisher>(
+    common: &Common,
+    outbox: PgOutbox,
+    transport: P,
+    config: RelayConfig,
+) -> Result<()> {
     let relay = Relay::new(outbox.clone(), transport, config)?;
     let shutdown = CancellationToken::new();
     let _listener = outbox.watch_commits(shutdown.clone()).await?;
@@ -270,6 +308,29 @@ async fn report_stats(outbox: PgOutbox, table: String, id: uuid::Uuid, metrics: 
         .bind(count(s.retried))
         .bind(count(s.released))
         .bind(count(s.store_errors))
+        .execute(outbox.pool())
+        .await;
+    }
+}
+
+/// Writes the consumer's counters to `consumer_stats` twice a second, as [`report_stats`]
+/// does the relay's: what the run reports as redeliveries the inbox absorbed (a process
+/// killed loses its last half second of them, so the figure is a floor).
+async fn report_consumer_stats(outbox: PgOutbox, table: String, metrics: ConsumerMetrics) {
+    let id = uuid::Uuid::now_v7();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let s = metrics.snapshot();
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let _ = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {table} (consumer, received, duplicates, dead_lettered) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (consumer) DO UPDATE SET \
+             received = $2, duplicates = $3, dead_lettered = $4"
+        )))
+        .bind(id)
+        .bind(count(s.received))
+        .bind(count(s.duplicates))
+        .bind(count(s.dead_lettered))
         .execute(outbox.pool())
         .await;
     }
@@ -356,7 +417,6 @@ impl Handler<Step, TxContext<PgOutbox>> for Apply {
 /// Runs a consumer until killed.
 pub async fn consumer(args: ConsumerArgs) -> Result<()> {
     let outbox = args.common.outbox("consumer").await?;
-    let transport = AmqpTransport::lazy(args.common.amqp_config())?;
     let schema = args.common.names().schema();
     let handler = Apply {
         effects: format!("\"{schema}\".effects"),
@@ -403,12 +463,31 @@ pub async fn consumer(args: ConsumerArgs) -> Result<()> {
         },
         ..ConsumerConfig::default()
     };
-    let consumer = Consumer::new(
-        transport,
-        args.common.names().queue(),
-        Router::new().transactional(&outbox, "chaos.apply", handler),
-        config,
-    )?;
+    let router = Router::new().transactional(&outbox, "chaos.apply", handler);
+    let queue = args.common.names().queue();
+    let stats = (outbox.clone(), format!("\"{schema}\".consumer_stats"));
+    match args.common.kafka_config() {
+        Some(kafka) => {
+            run_consumer(KafkaTransport::lazy(kafka)?, queue, router, config, stats).await
+        }
+        None => {
+            let transport = AmqpTransport::lazy(args.common.amqp_config())?;
+            run_consumer(transport, queue, router, config, stats).await
+        }
+    }
+}
+
+/// Runs a consumer of subscription `queue` on `transport` until killed, its counters written
+/// to `stats` (the outbox's pool, the table).
+async fn run_consumer<S: Subscriber>(
+    transport: S,
+    queue: String,
+    router: Router,
+    config: ConsumerConfig,
+    stats: (PgOutbox, String),
+) -> Result<()> {
+    let consumer = Consumer::new(transport, queue, router, config)?;
+    tokio::spawn(report_consumer_stats(stats.0, stats.1, consumer.metrics()));
     consumer
         .run(CancellationToken::new())
         .await
