@@ -29,17 +29,6 @@ impl OutboxAdmin for PgOutbox {
             .fetch_one(&self.inner.pool)
             .await
             .store_err("read stats", secrets)?;
-        // The oldest due row is a statement of its own, built here rather than with the others:
-        // stats are read every few seconds at most, and the format costs nothing next to it.
-        let oldest_due = format!(
-            "SELECT min(recorded_at) AS oldest_due_at FROM {} \
-             WHERE (locked_until IS NULL OR locked_until <= now()) AND available_at <= now()",
-            self.inner.config.qualified("")
-        );
-        let due_row = sqlx::query(AssertSqlSafe(oldest_due))
-            .fetch_one(&self.inner.pool)
-            .await
-            .store_err("read stats", secrets)?;
         let stats = (|| {
             Ok::<_, sqlx::Error>(OutboxStats {
                 pending: count(&row, "pending")?,
@@ -48,7 +37,7 @@ impl OutboxAdmin for PgOutbox {
                 dead_lettered: count(&row, "dead_lettered")?,
                 archived: count(&row, "archived")?,
                 oldest_pending_at: row.try_get("oldest_pending_at")?,
-                oldest_due_at: due_row.try_get("oldest_due_at")?,
+                oldest_due_at: row.try_get("oldest_due_at")?,
             })
         })();
         stats.store_err("read stats", secrets)

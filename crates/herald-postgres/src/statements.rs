@@ -233,6 +233,8 @@ impl AdminSql {
                  count(*) FILTER (WHERE {pending} AND available_at > now()) AS retrying, \
                  count(*) FILTER (WHERE locked_until > now()) AS in_flight, \
                  min(recorded_at) FILTER (WHERE {pending}) AS oldest_pending_at, \
+                 min(recorded_at) FILTER (WHERE {pending} AND available_at <= now()) \
+                     AS oldest_due_at, \
                  (SELECT count(*) FROM {dead_letters}) AS dead_lettered, \
                  (SELECT count(*) FROM {archive}) AS archived \
              FROM {outbox}"

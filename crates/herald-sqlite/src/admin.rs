@@ -67,20 +67,7 @@ impl OutboxAdmin for SqliteOutbox {
             .await
             .store_err("read stats")?;
         let oldest: Option<i64> = row.try_get("oldest_pending_at").store_err("read stats")?;
-        // The oldest due row is a statement of its own, built here rather than with the others:
-        // stats are read every few seconds at most, and the format costs nothing next to it.
-        let oldest_due: std::sync::Arc<str> = format!(
-            "SELECT MIN(recorded_at) AS oldest_due_at FROM {} \
-             WHERE (locked_until IS NULL OR locked_until <= ?1) AND available_at <= ?1",
-            self.inner.config.quoted("")
-        )
-        .into();
-        let due_row = query(&oldest_due)
-            .bind(now_micros())
-            .fetch_one(self.pool())
-            .await
-            .store_err("read stats")?;
-        let oldest_due: Option<i64> = due_row.try_get("oldest_due_at").store_err("read stats")?;
+        let oldest_due: Option<i64> = row.try_get("oldest_due_at").store_err("read stats")?;
         Ok(OutboxStats {
             pending: count(&row, "pending")?,
             retrying: count(&row, "retrying")?,
@@ -92,7 +79,7 @@ impl OutboxAdmin for SqliteOutbox {
                 None => None,
             },
             oldest_due_at: match oldest_due {
-                Some(_) => Some(time_column(&due_row, "oldest_due_at", "read stats")?),
+                Some(_) => Some(time_column(&row, "oldest_due_at", "read stats")?),
                 None => None,
             },
         })

@@ -175,7 +175,9 @@ impl AdminSql {
                    (SELECT COUNT(*) FROM {t} WHERE locked_until > ?1) AS in_flight, \
                    (SELECT COUNT(*) FROM {dead}) AS dead_lettered, \
                    (SELECT COUNT(*) FROM {archive}) AS archived, \
-                   (SELECT MIN(recorded_at) FROM {t} WHERE {unleased}) AS oldest_pending_at"
+                   (SELECT MIN(recorded_at) FROM {t} WHERE {unleased}) AS oldest_pending_at, \
+                   (SELECT MIN(recorded_at) FROM {t} WHERE {unleased} AND available_at <= ?1) \
+                     AS oldest_due_at"
             )
             .into(),
             // The row's columns as JSON too (its raw form), so that a row whose envelope no
