@@ -2,7 +2,8 @@
 //! deployments, in a file.
 //!
 //! The file holds what the library's configurations hold (the relay's batches, lease, attempts,
-//! backoff and retention; RabbitMQ's exchange and routing keys) and the operations endpoints.
+//! backoff and retention; RabbitMQ's exchange and routing keys; Kafka's topics, routes,
+//! partitions and producer settings) and the operations endpoints.
 //! Connection URLs are not in it: they carry passwords, and come from `--database` /
 //! `--transport` or `HERALD_DATABASE_URL` / `HERALD_TRANSPORT`. A flag given on the command
 //! line wins over the file. Unknown keys are errors that name the key.
@@ -28,6 +29,9 @@ pub struct FileConfig {
     /// RabbitMQ's settings (used with an `amqp://` transport).
     #[serde(default)]
     pub amqp: AmqpSection,
+    /// Kafka's settings (used with a `kafka://` transport).
+    #[serde(default)]
+    pub kafka: KafkaSection,
     /// Metrics and health endpoints.
     #[serde(default)]
     pub operations: OperationsSection,
@@ -85,6 +89,25 @@ pub struct AmqpSection {
     pub heartbeat: Option<Secs>,
     pub connect_timeout: Option<Secs>,
     pub source: Option<String>,
+}
+
+/// `[kafka]`: `herald_kafka::KafkaConfig`'s fields but the bootstrap servers (they come with
+/// the transport's URL). `properties` are further librdkafka properties; those the transport
+/// owns (idempotence, acks, partitioner …) are refused.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    pub topic: Option<String>,
+    pub routes: Option<BTreeMap<String, String>>,
+    pub partitions: Option<i32>,
+    pub replication_factor: Option<i32>,
+    pub source: Option<String>,
+    pub client_id: Option<String>,
+    pub in_flight: Option<usize>,
+    pub delivery_timeout: Option<Secs>,
+    pub max_message_bytes: Option<usize>,
+    pub session_timeout: Option<Secs>,
+    pub properties: Option<BTreeMap<String, String>>,
 }
 
 /// `[operations]`: what `herald relay` serves.
@@ -229,10 +252,65 @@ impl FileConfig {
         Ok(())
     }
 
+    /// The file with the values of secret-looking Kafka properties (`…password…`,
+    /// `…secret…`, `….pem`) replaced by `***`, to print.
+    pub fn redacted(&self) -> Self {
+        let mut out = self.clone();
+        if let Some(properties) = &mut out.kafka.properties {
+            for (name, value) in properties.iter_mut() {
+                if name.contains("password") || name.contains("secret") || name.ends_with(".pem") {
+                    *value = "***".to_owned();
+                }
+            }
+        }
+        out
+    }
+
+    /// `config` with what the file's `[kafka]` section sets.
+    pub fn apply_kafka(&self, config: &mut herald_kafka::KafkaConfig) -> Result<()> {
+        let k = &self.kafka;
+        if let Some(topic) = &k.topic {
+            config.topic = topic.clone();
+        }
+        if let Some(routes) = &k.routes {
+            config.routes = routes.clone();
+        }
+        if let Some(n) = k.partitions {
+            config.partitions = n;
+        }
+        if let Some(n) = k.replication_factor {
+            config.replication_factor = n;
+        }
+        if let Some(source) = &k.source {
+            config.source = source.clone();
+        }
+        if let Some(id) = &k.client_id {
+            config.client_id = id.clone();
+        }
+        if let Some(n) = k.in_flight {
+            config.in_flight = n;
+        }
+        if let Some(d) = k.delivery_timeout {
+            config.delivery_timeout = d.0;
+        }
+        if let Some(n) = k.max_message_bytes {
+            config.max_message_bytes = n;
+        }
+        if let Some(d) = k.session_timeout {
+            config.session_timeout = d.0;
+        }
+        if let Some(properties) = &k.properties {
+            config.properties.extend(properties.clone());
+        }
+        config.validate().context("[kafka]")?;
+        Ok(())
+    }
+
     /// Checks every section, as the relay would use it.
     pub fn check(&self) -> Result<()> {
         self.relay_config()?;
         self.apply_amqp(&mut herald_amqp::AmqpConfig::new("amqp://localhost"))?;
+        self.apply_kafka(&mut herald_kafka::KafkaConfig::new("localhost:9092"))?;
         if self.relay.instances == Some(0) {
             anyhow::bail!("[relay] instances must be at least 1");
         }
@@ -246,7 +324,8 @@ pub enum ConfigCommand {
     Check {
         /// The file (TOML).
         file: PathBuf,
-        /// Print the file back, normalised (durations in their largest whole unit).
+        /// Print the file back, normalised (durations in their largest whole unit; the values
+        /// of secret-looking Kafka properties as `***`).
         #[arg(long)]
         print: bool,
     },
@@ -260,7 +339,7 @@ pub fn run(command: ConfigCommand) -> Result<()> {
                 .check()
                 .with_context(|| format!("{} is not a valid configuration", file.display()))?;
             if print {
-                print!("{}", toml::to_string(&config)?);
+                print!("{}", toml::to_string(&config.redacted())?);
             } else {
                 println!("{}: ok", file.display());
             }

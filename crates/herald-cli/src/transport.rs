@@ -39,8 +39,9 @@ impl AnyTransport {
         }
     }
 
-    /// Connects like [`connect`](Self::connect), with the `[amqp]` settings of `file`
-    /// (the environment's `HERALD_AMQP_*` overrides win over the file's).
+    /// Connects like [`connect`](Self::connect), with the `[amqp]` or `[kafka]` settings of
+    /// `file` (the environment's `HERALD_AMQP_*` / `HERALD_KAFKA_*` overrides win over the
+    /// file's).
     pub async fn connect_with(spec: &str, file: &crate::config::FileConfig) -> Result<Self> {
         match spec {
             url if is_amqp(url) => {
@@ -49,6 +50,13 @@ impl AnyTransport {
                 file.apply_amqp(&mut config)?;
                 apply_env(&mut config)?;
                 Ok(AnyTransport::Amqp(AmqpTransport::connect(config).await?))
+            }
+            url if is_kafka(url) => {
+                let mut config = KafkaConfig::from_url(url)?;
+                config.client_id = format!("herald-{}", std::process::id());
+                file.apply_kafka(&mut config)?;
+                apply_kafka_env(&mut config)?;
+                Ok(AnyTransport::Kafka(KafkaTransport::connect(config).await?))
             }
             other => Self::connect(other).await,
         }
@@ -189,6 +197,12 @@ pub fn is_kafka(spec: &str) -> bool {
 pub fn kafka_config(url: &str) -> Result<KafkaConfig> {
     let mut config = KafkaConfig::from_url(url)?;
     config.client_id = format!("herald-{}", std::process::id());
+    apply_kafka_env(&mut config)?;
+    Ok(config)
+}
+
+/// The operators' `HERALD_KAFKA_*` overrides, validated.
+fn apply_kafka_env(config: &mut KafkaConfig) -> Result<()> {
     if let Ok(topic) = std::env::var("HERALD_KAFKA_TOPIC") {
         config.topic = topic;
     }
@@ -203,7 +217,7 @@ pub fn kafka_config(url: &str) -> Result<KafkaConfig> {
         })?;
     }
     config.validate()?;
-    Ok(config)
+    Ok(())
 }
 
 /// The AMQP settings for `url`: the defaults, with the overrides operators set in the

@@ -31,6 +31,19 @@ heartbeat = "20s"
 connect_timeout = "5s"
 source = "/ordering"
 
+[kafka]
+topic = "ordering.events"
+routes = { "ordering.audit_logged" = "ordering.audit" }
+partitions = 12
+replication_factor = 3
+source = "/ordering"
+client_id = "orders-relay"
+in_flight = 5000
+delivery_timeout = "2m"
+max_message_bytes = 500000
+session_timeout = "30s"
+properties = { "security.protocol" = "sasl_ssl", "sasl.mechanism" = "PLAIN", "sasl.username" = "relay", "sasl.password" = "hunter2" }
+
 [operations]
 metrics_addr = "127.0.0.1:9464"
 health_addr = "0.0.0.0:8080"
@@ -64,11 +77,21 @@ fn a_file_with_every_option_round_trips() {
         "exchange = \"orders\"",
         "\"ordering.order_created\" = \"orders.created\"",
         "source = \"/ordering\"",
+        "topic = \"ordering.events\"",
+        "\"ordering.audit_logged\" = \"ordering.audit\"",
+        "partitions = 12",
+        "delivery_timeout = \"2m\"",
+        "\"sasl.mechanism\" = \"PLAIN\"",
+        "\"sasl.password\" = \"***\"",
         "metrics_addr = \"127.0.0.1:9464\"",
         "stats_interval = \"30s\"",
     ] {
         assert!(printed.contains(key), "{key} missing:\n{printed}");
     }
+    assert!(
+        !printed.contains("hunter2"),
+        "a password printed:\n{printed}"
+    );
     let second = write(&dir, "printed.toml", &printed);
     let out = herald(&["config", "check", "--print", &second]);
     assert!(out.status.success(), "{}", text(&out));
@@ -82,6 +105,12 @@ fn an_invalid_file_is_a_clear_error_naming_the_key() {
         ("[relay]\nbatch_sise = 5\n", "batch_sise"),
         ("[relay]\nlease = \"30 parsecs\"\n", "lease"),
         ("[amqp]\nexchange_kind = \"sideways\"\n", "exchange_kind"),
+        ("[kafka]\npartitionz = 3\n", "partitionz"),
+        ("[kafka]\npartitions = 0\n", "[kafka]"),
+        (
+            "[kafka]\nproperties = { \"enable.idempotence\" = \"false\" }\n",
+            "enable.idempotence",
+        ),
         (
             "[relay]\nlease = \"5s\"\npublish_timeout = \"10s\"\n",
             "publish timeout",
@@ -196,4 +225,90 @@ fn the_readmes_example_file_is_valid() {
     let path = write(&dir, "herald.toml", example);
     let out = herald(&["config", "check", &path]);
     assert!(out.status.success(), "{}\n{example}", text(&out));
+}
+
+#[test]
+fn the_relay_takes_its_kafka_settings_from_the_file() {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("outbox.db");
+    let url = format!("sqlite://{}", db.display());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = herald_sqlite::SqliteOutbox::connect(&url, Default::default())
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let events: Vec<_> = (0..20)
+            .map(|i| herald_testkit::envelope(&format!("k{i}"), i))
+            .collect();
+        let mut tx = store.begin().await.unwrap();
+        tx.record_all(&events).await.unwrap();
+        tx.commit().await.unwrap();
+    });
+    let servers = herald_testkit::env::kafka();
+    let topic = format!(
+        "herald-test-config-{}",
+        herald_core::Uuid::now_v7().simple()
+    );
+    let config = write(
+        &dir,
+        "herald.toml",
+        &format!(
+            "[kafka]\ntopic = \"{topic}\"\npartitions = 3\nsource = \"/config-test\"\n\
+             delivery_timeout = \"20s\"\n"
+        ),
+    );
+    let mut relay = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["relay", "--config", &config, "--database", &url])
+        .args(["--transport", &format!("kafka://{servers}")])
+        .env_remove("HERALD_TRANSPORT")
+        .env_remove("HERALD_KAFKA_TOPIC")
+        .env_remove("HERALD_KAFKA_PARTITIONS")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .set("group.id", format!("{topic}-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .create()
+        .unwrap();
+    reader.subscribe(&[&topic]).unwrap();
+    let mut sources = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while sources.len() < 20 && std::time::Instant::now() < deadline {
+        match reader.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                let source = message.headers().and_then(|headers| {
+                    headers
+                        .iter()
+                        .find(|h| h.key == "ce_source")
+                        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                });
+                sources.push(source);
+            }
+            Some(Err(_)) | None => {}
+        }
+    }
+    let partitions = reader
+        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        .unwrap()
+        .topics()
+        .first()
+        .map(|t| t.partitions().len());
+    let _ = relay.kill();
+    let _ = relay.wait();
+    assert_eq!(sources.len(), 20, "the events reached the file's topic");
+    assert!(
+        sources.iter().all(|s| s.as_deref() == Some("/config-test")),
+        "{sources:?}"
+    );
+    assert_eq!(partitions, Some(3), "declared with the file's partitions");
 }
