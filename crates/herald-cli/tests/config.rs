@@ -284,17 +284,14 @@ fn the_relay_takes_its_kafka_settings_from_the_file() {
     let mut sources = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while sources.len() < 20 && std::time::Instant::now() < deadline {
-        match reader.poll(Duration::from_millis(200)) {
-            Some(Ok(message)) => {
-                let source = message.headers().and_then(|headers| {
-                    headers
-                        .iter()
-                        .find(|h| h.key == "ce_source")
-                        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
-                });
-                sources.push(source);
-            }
-            Some(Err(_)) | None => {}
+        if let Some(Ok(message)) = reader.poll(Duration::from_millis(200)) {
+            let source = message.headers().and_then(|headers| {
+                headers
+                    .iter()
+                    .find(|h| h.key == "ce_source")
+                    .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+            });
+            sources.push(source);
         }
     }
     let partitions = reader
