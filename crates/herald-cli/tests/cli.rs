@@ -102,3 +102,74 @@ fn malformed_url_and_bad_table_name_are_configuration_errors() {
     assert!(!out.status.success());
     assert!(all.contains("not a valid SQL identifier"), "{all}");
 }
+
+/// The demo serves the relays' and the consumer's metrics while it runs: what an operator
+/// scrapes from a service that runs both.
+#[test]
+fn the_demo_serves_relay_and_consumer_metrics() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut demo = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "demo",
+            "--orders",
+            "1500",
+            "--rate",
+            "250",
+            "--metrics-addr",
+            &addr,
+        ])
+        .env_remove("HERALD_TRANSPORT")
+        .env_remove("HERALD_DEMO_DATABASE")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let scrape = || -> Option<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&addr).ok()?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nconnection: close\r\n\r\n")
+            .ok()?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).ok()?;
+        Some(body)
+    };
+    let sum = |body: &str, prefix: &str, having: &str| -> f64 {
+        body.lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(having))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let handled = "herald_consumer_handled_total{consumer=\"herald-demo-inventory-";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let body = loop {
+        if let Some(body) = scrape()
+            && sum(&body, handled, "outcome=\"done\"") >= 100.0
+            && sum(&body, "herald_relay_published_total", "") >= 100.0
+        {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no relay and consumer metrics at {addr}: {:?}",
+            scrape()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let status = demo.wait().unwrap();
+    assert!(status.success(), "the demo's closing check passed");
+    for series in [
+        "herald_consumer_received_total",
+        "herald_consumer_lag_seconds_bucket",
+        "herald_consumer_handling_duration_seconds_count",
+        "herald_relay_publish_duration_seconds_count",
+        "herald_outbox_pending_rows",
+    ] {
+        assert!(body.contains(series), "{series} missing:\n{body}");
+    }
+}

@@ -64,6 +64,10 @@ pub struct DemoArgs {
     /// Give up waiting for the pipeline after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
+    /// Serve `GET /metrics` (Prometheus) here while the demo runs: the relays' and the
+    /// inventory consumer's metrics and the outbox gauges, as a deployment would scrape them.
+    #[arg(long, env = "HERALD_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
@@ -117,7 +121,19 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         transport.describe()
     );
 
-    let outcome = match pipeline(&args, &store, &transport, &ordering, &inventory).await {
+    // The metrics endpoint and the outbox monitor live as long as the pipeline.
+    let ops = CancellationToken::new();
+    if let Some(addr) = args.metrics_addr {
+        let handle = crate::ops::install_recorder(ops.clone())?;
+        crate::ops::serve_metrics(addr, handle, ops.clone()).await?;
+        let monitor = herald_relay::OutboxMonitor::new(store.clone(), Duration::from_secs(1));
+        let stop = ops.clone();
+        tokio::spawn(async move { monitor.run(stop).await });
+        println!("metrics: http://{addr}/metrics");
+    }
+    let outcome = pipeline(&args, &store, &transport, &ordering, &inventory).await;
+    ops.cancel();
+    let outcome = match outcome {
         // The closing check reads the ordering tables: before the schema is dropped.
         Ok(report) => {
             report
