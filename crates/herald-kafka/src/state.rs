@@ -126,7 +126,7 @@ pub(crate) struct State {
     pub(crate) handed_out: usize,
     /// The consumer stopped for good.
     pub(crate) ended: bool,
-    /// The partitions were (re)assigned since the poll task last paused them.
+    /// The partitions were (re)assigned since the poll task last looked: it resumes them.
     pub(crate) reassigned: bool,
 }
 

@@ -317,7 +317,14 @@ async fn run(
             (buffered, std::mem::take(&mut state.reassigned))
         };
         if reassigned {
-            paused = [false, false];
+            // librdkafka keeps the application's pause of a partition across a rebalance (it
+            // resets only its own): a partition paused for read-ahead before a rebalance and
+            // assigned again would never be fetched again. Resume what is assigned now (paused
+            // again below if its records pile up); if that fails, the loop tries again.
+            paused = match consumer.assignment() {
+                Ok(assignment) if consumer.resume(&assignment).is_ok() => [false, false],
+                _ => [true, true],
+            };
         }
         if let Ok(assignment) = consumer.assignment() {
             for (i, retry) in [false, true].into_iter().enumerate() {
