@@ -3,7 +3,8 @@
 //! (a bare publish loop, same client, messages and confirm window, from memory) and the naive
 //! relay (see [`crate::naive`]).
 //!
-//! The relay runs in a child process (this binary, hidden `relay-child` subcommand), which
+//! The relay runs in a child process (this binary, hidden `relay-child` subcommand; B2k's
+//! relay too), which
 //! reports its drain time and its peak resident memory: `VmHWM` from `/proc/self/status`, the
 //! whole process (runtime, pool, transport and relay).
 
@@ -13,7 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use herald_amqp::AmqpTransport;
-use herald_core::{Completion, SubscriptionSpec};
+use herald_core::{Completion, Publisher, SubscriptionSpec};
+use herald_kafka::{KafkaConfig, KafkaTransport};
 use herald_postgres::{PgOutbox, PgOutboxConfig};
 use herald_relay::{Relay, RelayConfig};
 use serde::{Deserialize, Serialize};
@@ -25,6 +27,7 @@ use crate::broker::Broker;
 use crate::fixture::{self, Env};
 use crate::naive;
 use crate::report::Scenario;
+use crate::timed::Timed;
 
 /// Partition keys of the pre-filled events.
 const KEYS: usize = 1000;
@@ -62,7 +65,9 @@ async fn measure(
         // A: the relay, in its own process.
         broker.purge(queue).await?;
         fixture::prefill(outbox, &envelopes).await?;
-        let child = spawn_child(env, outbox, plan.events).await?;
+        let exchange = env.amqp_config().exchange;
+        let broker_args = ["--amqp", &env.amqp, "--exchange", &exchange];
+        let child = spawn_child(env, outbox, plan.events, &broker_args).await?;
         check(
             &mut scenario,
             "relay",
@@ -156,11 +161,12 @@ fn scenario_rate(scenario: &Scenario) -> f64 {
     scenario.rows.first().map_or(0.0, |r| r.value)
 }
 
-fn check(scenario: &mut Scenario, variant: &str, delivered: u64, expected: usize) {
+/// Marks `scenario` incomplete, with a note, unless `delivered` is `expected`.
+pub fn check(scenario: &mut Scenario, variant: &str, delivered: u64, expected: usize) {
     if delivered != expected as u64 {
         scenario.complete = false;
         scenario.note(format!(
-            "{variant}: {delivered} of {expected} messages reached the queue"
+            "{variant}: {delivered} of {expected} messages reached the broker"
         ));
     }
 }
@@ -174,33 +180,44 @@ pub struct ChildReport {
     pub vm_hwm_kib: u64,
 }
 
-/// The hidden `relay-child` subcommand's arguments.
+/// The hidden `relay-child` subcommand's arguments: the outbox, and the broker the relay
+/// publishes to (RabbitMQ with `--amqp` and `--exchange`, or Kafka with `--kafka` and
+/// `--topic`).
 #[derive(Debug, Args)]
 pub struct ChildArgs {
     #[arg(long)]
     database: String,
     #[arg(long)]
-    amqp: String,
-    #[arg(long)]
     schema: String,
     #[arg(long)]
-    exchange: String,
-    #[arg(long)]
     events: usize,
+    #[arg(long, requires = "exchange", conflicts_with = "kafka")]
+    amqp: Option<String>,
+    #[arg(long)]
+    exchange: Option<String>,
+    #[arg(long, requires = "topic")]
+    kafka: Option<String>,
+    #[arg(long)]
+    topic: Option<String>,
+    /// No broker: a publisher that confirms every message at once (what the store alone
+    /// allows the relay).
+    #[arg(long, conflicts_with_all = ["amqp", "kafka"])]
+    instant: bool,
 }
 
-async fn spawn_child(env: &Env, outbox: &PgOutbox, events: usize) -> Result<ChildReport> {
+/// Runs the relay child on `outbox` with `broker_args` naming its broker (see [`ChildArgs`]),
+/// and reads its report.
+pub async fn spawn_child(
+    env: &Env,
+    outbox: &PgOutbox,
+    events: usize,
+    broker_args: &[&str],
+) -> Result<ChildReport> {
     let exe = std::env::current_exe()?;
     let mut child = tokio::process::Command::new(exe)
-        .args([
-            "relay-child",
-            "--database",
-            &env.database,
-            "--amqp",
-            &env.amqp,
-        ])
+        .args(["relay-child", "--database", &env.database])
+        .args(broker_args)
         .args(["--schema", outbox.config().schema.as_str()])
-        .args(["--exchange", &env.amqp_config().exchange])
         .args(["--events", &events.to_string()])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -223,14 +240,56 @@ async fn spawn_child(env: &Env, outbox: &PgOutbox, events: usize) -> Result<Chil
 pub async fn child(args: ChildArgs) -> Result<()> {
     let config = PgOutboxConfig::new(&args.schema, "outbox")?;
     let outbox = PgOutbox::connect(&args.database, config).await?;
-    let transport = AmqpTransport::connect(herald_amqp::AmqpConfig {
-        url: args.amqp.clone(),
-        exchange: args.exchange.clone(),
-        connection_name: "herald-bench relay".to_owned(),
-        ..herald_amqp::AmqpConfig::default()
-    })
-    .await?;
-    let relay = Relay::new(outbox.clone(), transport.clone(), RelayConfig::default())?;
+    let elapsed_s = match (&args.amqp, &args.exchange, &args.kafka, &args.topic) {
+        (Some(url), Some(exchange), None, _) => {
+            let transport = AmqpTransport::connect(herald_amqp::AmqpConfig {
+                url: url.clone(),
+                exchange: exchange.clone(),
+                connection_name: "herald-bench relay".to_owned(),
+                ..herald_amqp::AmqpConfig::default()
+            })
+            .await?;
+            let elapsed_s = drain(outbox, transport.clone(), args.events).await?;
+            transport.close().await;
+            elapsed_s
+        }
+        (None, _, Some(servers), Some(topic)) => {
+            let transport = KafkaTransport::connect(KafkaConfig {
+                topic: topic.clone(),
+                client_id: "herald-bench-relay".to_owned(),
+                ..KafkaConfig::new(servers.as_str())
+            })
+            .await?;
+            let elapsed_s = drain(outbox, transport.clone(), args.events).await?;
+            transport.close().await;
+            elapsed_s
+        }
+        (None, _, None, _) if args.instant => drain(outbox, InstantPublisher, args.events).await?,
+        _ => bail!("relay-child needs --amqp and --exchange, --kafka and --topic, or --instant"),
+    };
+    let report = ChildReport {
+        elapsed_s,
+        vm_hwm_kib: vm_hwm_kib()?,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// A publisher that confirms every message at once, without sending it anywhere.
+#[derive(Debug, Clone, Copy)]
+struct InstantPublisher;
+
+impl Publisher for InstantPublisher {
+    async fn publish(&self, batch: &[herald_core::Envelope]) -> Vec<herald_core::Result<()>> {
+        batch.iter().map(|_| Ok(())).collect()
+    }
+}
+
+/// Runs a [`Relay`] from `outbox` to `publisher` until it published `events` events; returns
+/// the seconds that took.
+async fn drain<P: Publisher + Clone>(outbox: PgOutbox, publisher: P, events: usize) -> Result<f64> {
+    let publisher = Timed::new(publisher);
+    let relay = Relay::new(outbox, publisher.clone(), RelayConfig::default())?;
     let metrics = relay.metrics();
     let shutdown = CancellationToken::new();
     let started = Instant::now();
@@ -238,29 +297,33 @@ pub async fn child(args: ChildArgs) -> Result<()> {
         let shutdown = shutdown.clone();
         async move { relay.run(shutdown).await }
     });
-    while metrics.snapshot().published < args.events as u64 {
+    while metrics.snapshot().published < events as u64 {
         if running.is_finished() || started.elapsed() > Duration::from_secs(600) {
             bail!(
                 "relay stopped after {} of {} events",
                 metrics.snapshot().published,
-                args.events
+                events
             );
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let elapsed_s = started.elapsed().as_secs_f64();
     if std::env::var_os("HERALD_BENCH_RELAY_COUNTERS").is_some() {
-        eprintln!("relay child: {elapsed_s:.2} s, {:?}", metrics.snapshot());
+        let f = publisher.figures();
+        eprintln!(
+            "relay child: {elapsed_s:.2} s, {:?}; publish calls: {}, {:.0} envelopes each, \
+             {:.1} ms each, at most {} at once, in flight {:.0} % of the drain",
+            metrics.snapshot(),
+            f.calls,
+            f.envelopes as f64 / f.calls.max(1) as f64,
+            f.in_calls.as_secs_f64() * 1e3 / f.calls.max(1) as f64,
+            f.most_at_once,
+            100.0 * f.busy.as_secs_f64() / elapsed_s,
+        );
     }
     shutdown.cancel();
     running.await??;
-    transport.close().await;
-    let report = ChildReport {
-        elapsed_s,
-        vm_hwm_kib: vm_hwm_kib()?,
-    };
-    println!("{}", serde_json::to_string(&report)?);
-    Ok(())
+    Ok(elapsed_s)
 }
 
 /// This process's peak resident set size, KiB.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use herald_amqp::{AmqpConfig, AmqpTransport};
 use herald_core::{Completion, Envelope, Event, Metadata};
+use herald_kafka::KafkaConfig;
 use herald_postgres::{PgOutbox, PgOutboxConfig, PgPool};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPoolOptions;
@@ -19,6 +20,8 @@ pub struct Env {
     pub database: String,
     /// RabbitMQ URL.
     pub amqp: String,
+    /// Kafka bootstrap servers.
+    pub kafka: String,
     /// A fresh suffix for this run's schemas, exchanges and queues.
     pub run: String,
 }
@@ -37,6 +40,17 @@ impl Env {
             exchange: self.name("exchange"),
             connection_name: "herald-bench".to_owned(),
             ..AmqpConfig::default()
+        }
+    }
+
+    /// The Kafka transport configuration of this run's scenario `what`: its own topic
+    /// (`herald_bench_<what>_<run>`), default settings otherwise (6 partitions, 1 000 messages
+    /// in flight per publish call).
+    pub fn kafka_config(&self, what: &str) -> KafkaConfig {
+        KafkaConfig {
+            topic: self.name(what),
+            client_id: "herald-bench".to_owned(),
+            ..KafkaConfig::new(self.kafka.as_str())
         }
     }
 

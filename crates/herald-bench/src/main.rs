@@ -1,19 +1,22 @@
 //! `herald-bench`: Herald's benchmark program.
 //!
-//! Runs against the real PostgreSQL and RabbitMQ, interleaves the variants it compares over
+//! Runs against the real PostgreSQL, RabbitMQ and Kafka, interleaves the variants it compares over
 //! several rounds (the first round is a warm-up and is discarded), prints a table of medians and
 //! ratios, and writes the same as JSON. `--quick` is a smoke test of the harness: small sizes,
 //! under two minutes, and a non-zero exit if any scenario did not deliver every event.
 
 mod b1_producer;
 mod b2_relay;
+mod b2k_relay;
 mod b3_latency;
 mod b4_consumer;
 mod b5_growth;
 mod broker;
 mod fixture;
+mod kafka_broker;
 mod naive;
 mod report;
+mod timed;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,8 +27,8 @@ use clap::{Parser, Subcommand};
 use crate::fixture::Env;
 use crate::report::{Machine, Report, Scenario};
 
-/// Herald's benchmarks: producer overhead (B1), relay drain (B2), end-to-end latency (B3),
-/// consumer throughput (B4), claim latency under table growth (B5).
+/// Herald's benchmarks: producer overhead (B1), relay drain (B2 on RabbitMQ, B2k on Kafka),
+/// end-to-end latency (B3), consumer throughput (B4), claim latency under table growth (B5).
 #[derive(Parser)]
 #[command(name = "herald-bench")]
 struct Cli {
@@ -47,11 +50,18 @@ struct Cli {
         default_value = herald_testkit::env::AMQP_URL
     )]
     amqp: String,
+    /// Kafka bootstrap servers (B2k declares a topic of its own and deletes it).
+    #[arg(
+        long,
+        env = "HERALD_TEST_KAFKA",
+        default_value = herald_testkit::env::KAFKA
+    )]
+    kafka: String,
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/herald-bench.json")]
     json: PathBuf,
     /// Scenarios to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "b1,b2,b3,b4,b5")]
+    #[arg(long, value_delimiter = ',', default_value = "b1,b2,b2k,b3,b4,b5")]
     only: Vec<String>,
     /// Measured rounds per comparison (after one warm-up round).
     #[arg(long)]
@@ -145,6 +155,7 @@ async fn main() -> Result<()> {
     let env = Env {
         database: cli.database.clone(),
         amqp: cli.amqp.clone(),
+        kafka: cli.kafka.clone(),
         run: uuid::Uuid::now_v7().simple().to_string()[20..].to_owned(),
     };
     let wanted = |s: &str| cli.only.iter().any(|o| o.eq_ignore_ascii_case(s));
@@ -155,7 +166,7 @@ async fn main() -> Result<()> {
         scenarios: Vec::new(),
     };
     let mut drain_rate = cli.drain_rate;
-    for which in ["b1", "b2", "b3", "b4", "b5"] {
+    for which in ["b1", "b2", "b2k", "b3", "b4", "b5"] {
         if !wanted(which) {
             continue;
         }
@@ -168,6 +179,7 @@ async fn main() -> Result<()> {
                 }
                 guard("B2 relay drain", result.map(|(s, _)| s))
             }
+            "b2k" => guard("B2k relay drain, Kafka", b2k_relay::run(&env, &plan).await),
             "b3" => guard(
                 "B3 end-to-end latency",
                 b3_latency::run(&env, &plan, drain_rate).await,
