@@ -26,6 +26,9 @@ use crate::connection::Link;
 use crate::error::{ResultExt, Secrets};
 use crate::publisher::Publishing;
 
+/// The transport's `messaging.system` in traces (OpenTelemetry's name for RabbitMQ).
+const MESSAGING_SYSTEM: &str = "rabbitmq";
+
 /// A RabbitMQ transport: a [`Publisher`](herald_core::Publisher) for relays and a
 /// [`Subscriber`](herald_core::Subscriber) for consumers.
 ///

@@ -46,6 +46,16 @@ impl Publisher for AmqpTransport {
             .collect();
         self.shared.publishing.send(targets)
     }
+
+    /// `rabbitmq`.
+    fn messaging_system(&self) -> &'static str {
+        crate::MESSAGING_SYSTEM
+    }
+
+    /// The exchange every event is published to.
+    fn destination<'a>(&'a self, _envelope: &'a Envelope) -> &'a str {
+        &self.shared.config.exchange
+    }
 }
 
 /// Where and what to publish.

@@ -28,6 +28,11 @@ const EARLY_TOLERANCE: Duration = Duration::from_millis(10);
 impl Subscriber for AmqpTransport {
     type Stream = AmqpStream;
 
+    /// `rabbitmq`.
+    fn messaging_system(&self) -> &'static str {
+        crate::MESSAGING_SYSTEM
+    }
+
     /// Declares the subscription's topology (queue, bindings, dead-letter exchange and queue,
     /// delay queues) and starts consuming its queue. Fails if the topology cannot be declared
     /// (a connection error, or an existing object with other settings).

@@ -66,7 +66,8 @@ impl<S: Subscriber> Consumer<S> {
             max_attempts: config.retry.delayed.saturating_add(1),
             ..SubscriptionSpec::new(subscription, router.event_types())
         };
-        let (routes, pruners) = router.build(&spec.name, &config, &metrics)?;
+        let (routes, pruners) =
+            router.build(&spec.name, subscriber.messaging_system(), &config, &metrics)?;
         Ok(Consumer {
             subscriber,
             spec,

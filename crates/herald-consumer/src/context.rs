@@ -141,9 +141,17 @@ impl Context {
     }
 
     /// Metadata for an event caused by this message: same correlation id and trace, this
-    /// message's id as causation id ([`Metadata::caused_by`]).
+    /// message's id as causation id ([`Metadata::caused_by`]). With the feature `otel` and an
+    /// OpenTelemetry layer, the trace is the current span's ([`TraceContext::current`]: inside
+    /// a handler, a descendant of the consumer's process span, itself a child of the
+    /// message's context), so that the trace goes on through the handling.
     pub fn caused_metadata(&self) -> Metadata {
-        Metadata::caused_by(&self.envelope)
+        let mut metadata = Metadata::caused_by(&self.envelope);
+        let current = TraceContext::current();
+        if !current.is_empty() {
+            metadata.trace = current;
+        }
+        metadata
     }
 
     /// The handler's name, shared (no copy).
@@ -250,8 +258,9 @@ impl<O: TransactionalOutbox> TxContext<O> {
     }
 
     /// Records `event` in the outbox, in this transaction, as caused by the handled message: it
-    /// inherits the message's correlation id and trace, and gets the message's id as causation
-    /// id. Returns the new event's id.
+    /// inherits the message's correlation id and trace (with the feature `otel`, the trace of
+    /// the span it is recorded in: see [`Context::caused_metadata`]), and gets the message's
+    /// id as causation id. Returns the new event's id.
     pub async fn record<E: Event>(&mut self, event: &E) -> herald_core::Result<Uuid> {
         self.record_with(event, Metadata::default()).await
     }

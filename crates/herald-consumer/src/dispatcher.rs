@@ -46,6 +46,7 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::router::{Routed, Routes};
 use crate::{ConsumerMetrics, Outcome, UnhandledPolicy};
@@ -730,8 +731,22 @@ fn given_back(
     }
 }
 
-/// Handles one delivery and settles it.
+/// Handles one delivery and settles it, inside the delivery's process span
+/// ([`Routes::process_span`]).
 async fn work(
+    routes: Arc<Routes>,
+    metrics: ConsumerMetrics,
+    cancellation: CancellationToken,
+    key: Option<String>,
+    job: Job,
+) -> Finished {
+    let span = routes.process_span(&job.delivery.envelope, job.delivery.attempt.max(1));
+    handle(routes, metrics, cancellation, key, job)
+        .instrument(span)
+        .await
+}
+
+async fn handle(
     routes: Arc<Routes>,
     metrics: ConsumerMetrics,
     cancellation: CancellationToken,

@@ -167,6 +167,7 @@ impl Router {
     pub(crate) fn build(
         self,
         consumer: &str,
+        system: &'static str,
         config: &ConsumerConfig,
         metrics: &ConsumerMetrics,
     ) -> Result<(Routes, Vec<Arc<dyn Pruner>>)> {
@@ -209,6 +210,7 @@ impl Router {
         }
         let routes = Routes {
             consumer: consumer.into(),
+            system,
             types,
             on_unknown_type: config.on_unknown_type,
             on_unknown_version: config.on_unknown_version,
@@ -237,6 +239,8 @@ pub(crate) enum Routed {
 pub(crate) struct Routes {
     /// The consumer's subscription: the scope of its key holds.
     consumer: Arc<str>,
+    /// The transport's `messaging.system`, for the process spans.
+    system: &'static str,
     types: HashMap<String, Vec<VersionRoute>>,
     on_unknown_type: UnhandledPolicy,
     on_unknown_version: UnhandledPolicy,
@@ -250,6 +254,32 @@ struct VersionRoute {
 }
 
 impl Routes {
+    /// The span of one delivery's handling, after OpenTelemetry's messaging conventions for
+    /// a process span: named `process <subscription>`, of kind consumer, with
+    /// `messaging.system`, `messaging.destination.name` (the subscription), the message's id,
+    /// type, correlation id (`messaging.message.conversation_id` too) and causation id, and
+    /// the delivery's attempt; every log line of the handling carries them. With the feature
+    /// `otel`, its parent is the context the message carries, so that the handling, and the
+    /// events its handlers record, continue the message's trace.
+    pub(crate) fn process_span(&self, envelope: &Envelope, attempt: u32) -> tracing::Span {
+        let span = tracing::info_span!(
+            "process",
+            otel.name = format!("process {}", self.consumer),
+            otel.kind = "consumer",
+            messaging.system = self.system,
+            messaging.operation.type = "process",
+            messaging.destination.name = &*self.consumer,
+            messaging.message.id = %envelope.id,
+            messaging.message.conversation_id = %envelope.correlation_id,
+            event_type = %envelope.event_type,
+            correlation_id = %envelope.correlation_id,
+            causation_id = envelope.causation_id.as_ref().map(tracing::field::display),
+            attempt,
+        );
+        herald_core::trace::set_parent(&span, &envelope.trace);
+        span
+    }
+
     /// Routes one delivery: decodes by type and version, runs every handler of the type in
     /// registration order, and combines their outcomes (any reject rejects; else any retry
     /// retries, after the longest delay asked for; else done). Returns the handler runs the

@@ -58,7 +58,8 @@ pub struct Metadata {
     pub causation_id: Option<Uuid>,
     /// Overrides [`Event::partition_key`].
     pub partition_key: Option<String>,
-    /// Trace context to propagate.
+    /// Trace context to propagate. Left empty, recording takes the current span's
+    /// ([`TraceContext::current`]: with the feature `otel` and an OpenTelemetry layer).
     pub trace: TraceContext,
     /// Extra headers.
     pub headers: Headers,
@@ -134,7 +135,8 @@ impl Envelope {
         Self::encode_with(&Json, event, metadata)
     }
 
-    /// Encodes `event` with `codec`.
+    /// Encodes `event` with `codec`. Without a `traceparent` in `metadata`, the envelope
+    /// carries the current span's trace context ([`TraceContext::current`]).
     pub fn encode_with<C: Codec, E: Event>(
         codec: &C,
         event: &E,
@@ -145,6 +147,12 @@ impl Envelope {
             source,
         })?;
         metadata.trace.validate()?;
+        // Recorded inside a traced request: the request's trace goes with the event.
+        let trace = if metadata.trace.is_empty() {
+            TraceContext::current()
+        } else {
+            metadata.trace
+        };
         let id = Uuid::now_v7();
         Ok(Envelope {
             id,
@@ -155,7 +163,7 @@ impl Envelope {
             causation_id: metadata.causation_id,
             partition_key: metadata.partition_key.or_else(|| event.partition_key()),
             content_type: codec.content_type().to_owned(),
-            trace: metadata.trace,
+            trace,
             headers: metadata.headers,
             payload,
         })

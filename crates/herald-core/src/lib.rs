@@ -17,6 +17,7 @@ pub mod redact;
 pub mod retention;
 pub mod signal;
 pub mod store;
+pub mod trace;
 pub mod transaction;
 pub mod transport;
 

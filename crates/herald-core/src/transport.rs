@@ -16,7 +16,22 @@ pub trait Publisher: Send + Sync + 'static {
     /// and resolves when the broker has confirmed or refused each message. The result has one
     /// entry per envelope, in the same order: `Ok` only once the broker took responsibility.
     fn publish(&self, batch: &[Envelope]) -> impl Future<Output = Vec<Result<()>>> + Send;
+
+    /// The broker's name in traces: `messaging.system` of OpenTelemetry's messaging
+    /// conventions (`rabbitmq`, `kafka`, `nats`, …); `unknown` unless the transport says.
+    fn messaging_system(&self) -> &'static str {
+        UNKNOWN_SYSTEM
+    }
+
+    /// Where `envelope` goes, in traces (`messaging.destination.name`): an exchange, a
+    /// topic. By default the event type, which routes it.
+    fn destination<'a>(&'a self, envelope: &'a Envelope) -> &'a str {
+        &envelope.event_type
+    }
 }
+
+/// The `messaging.system` of a transport that does not name its broker.
+pub const UNKNOWN_SYSTEM: &str = "unknown";
 
 /// What a subscriber consumes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +89,12 @@ pub trait Subscriber: Send + Sync + 'static {
         &self,
         spec: &SubscriptionSpec,
     ) -> impl Future<Output = Result<Self::Stream>> + Send;
+
+    /// The broker's name in traces (see [`Publisher::messaging_system`]); `unknown` unless
+    /// the transport says.
+    fn messaging_system(&self) -> &'static str {
+        UNKNOWN_SYSTEM
+    }
 }
 
 /// Deliveries of one subscription.

@@ -20,6 +20,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use herald_core::{BoxFuture, Claim, Claimed, Event, Inbox, OutboxTransaction, Uuid};
+use tracing::Instrument;
 
 use self::group::{GroupCommit, Ran, Verdict, Work, cannot_commit};
 use crate::handler::{Endpoint, catch_panic, decode};
@@ -105,8 +106,11 @@ where
         });
         let (store, handler, job_ctx) =
             (self.store.clone(), Arc::clone(&self.handler), ctx.clone());
+        // The group's worker runs it on a task of its own: inside this run's span, so that
+        // its log lines and the events it records carry the handling's fields and trace.
+        let span = tracing::Span::current();
         let work: Work<O::Transaction> = Box::new(move |tx| {
-            Box::pin(async move { in_group(store, handler, job_ctx, event, tx).await })
+            Box::pin(in_group(store, handler, job_ctx, event, tx).instrument(span))
         });
         let (message_id, name) = (ctx.message_id(), ctx.handler_name());
         let key = ctx

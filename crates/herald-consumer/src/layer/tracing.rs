@@ -8,24 +8,16 @@ use tracing::{Instrument, Level};
 use crate::layer::{Layer, Next};
 use crate::{Context, HandlerResult, Outcome};
 
-/// Runs the chain inside a `handle` span carrying the handler name, event type, message id,
-/// correlation id, delivery attempt and the message's `traceparent`; logs duplicates and
-/// successes at DEBUG, redeliveries and dead letters at WARN.
+/// Runs the chain inside a `handle` span carrying the handler name, inside the delivery's
+/// `process` span (which carries the message's id, type, correlation and causation ids, the
+/// attempt and, with the feature `otel`, its trace); logs duplicates and successes at DEBUG,
+/// redeliveries and dead letters at WARN.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Tracing;
 
 impl Layer for Tracing {
     async fn call(&self, ctx: &mut Context, next: Next<'_>) -> HandlerResult {
-        let span = tracing::span!(
-            Level::INFO,
-            "handle",
-            handler = ctx.handler(),
-            event_type = ctx.event_type(),
-            message_id = %ctx.message_id(),
-            correlation_id = %ctx.correlation_id(),
-            attempt = ctx.attempt(),
-            traceparent = ctx.trace().traceparent.as_deref().unwrap_or(""),
-        );
+        let span = tracing::span!(Level::INFO, "handle", handler = ctx.handler());
         let started = Instant::now();
         let result = next.run(ctx).instrument(span.clone()).await;
         let elapsed = started.elapsed();
