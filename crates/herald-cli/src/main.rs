@@ -28,7 +28,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use herald_core::Completion;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::store::StoreOptions;
 
@@ -120,13 +122,41 @@ fn main() -> std::process::ExitCode {
         Command::Demo(_) | Command::Bench { .. } => "warn",
         _ => "info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("HERALD_LOG")
-                .unwrap_or_else(|_| EnvFilter::new(default_filter)),
+    // With the feature `otel`: spans also go to an OTLP collector (see the `otel` module).
+    #[cfg(feature = "otel")]
+    let (otel_layer, tracer_provider) = match otel::layer() {
+        Ok(Some((layer, provider))) => (Some(layer), Some(provider)),
+        Ok(None) => (None, None),
+        Err(error) => {
+            eprintln!("error: cannot set up OpenTelemetry: {error:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    #[cfg(not(feature = "otel"))]
+    let otel_layer: Option<tracing_subscriber::layer::Identity> = None;
+    // `HERALD_LOG` filters the log lines only: spans go to OpenTelemetry from INFO up.
+    let logs =
+        EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(logs),
         )
-        .with_writer(std::io::stderr)
+        .with(otel_layer)
         .init();
+    let code = run_main(cli);
+    #[cfg(feature = "otel")]
+    if let Some(provider) = tracer_provider {
+        // Exports the spans still queued.
+        if let Err(error) = provider.shutdown() {
+            eprintln!("warning: OpenTelemetry shutdown: {error}");
+        }
+    }
+    code
+}
+
+fn run_main(cli: Cli) -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -148,6 +178,52 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// The OTLP exporter of the `herald` binary (feature `otel`), configured the standard way, by
+/// the `OTEL_*` variables: `OTEL_SDK_DISABLED=true` turns it off; `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// (or `…_TRACES_ENDPOINT`, default `http://localhost:4318`), `…_HEADERS` and `…_TIMEOUT`
+/// say where spans go, over HTTP with protobuf; `OTEL_SERVICE_NAME` and
+/// `OTEL_RESOURCE_ATTRIBUTES` name the process (default service name `herald`);
+/// `OTEL_TRACES_SAMPLER` (and `…_ARG`) sample; `OTEL_BSP_*` tune the batch processor.
+#[cfg(feature = "otel")]
+mod otel {
+    use anyhow::{Context, Result};
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::Resource;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::LevelFilter;
+
+    /// The layer that sends spans (INFO and above) to the exporter, and the provider to shut
+    /// down at exit; `None` when `OTEL_SDK_DISABLED` is `true`.
+    pub(crate) fn layer<S>() -> Result<Option<(impl Layer<S>, SdkTracerProvider)>>
+    where
+        S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    {
+        let disabled = std::env::var("OTEL_SDK_DISABLED")
+            .is_ok_and(|value| value.trim().eq_ignore_ascii_case("true"));
+        if disabled {
+            return Ok(None);
+        }
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+            .context("cannot build the OTLP span exporter")?;
+        let mut resource = Resource::builder();
+        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+            resource = resource.with_service_name("herald");
+        }
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build();
+        let tracer = provider.tracer("herald");
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(LevelFilter::INFO);
+        Ok(Some((layer, provider)))
     }
 }
 
