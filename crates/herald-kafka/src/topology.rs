@@ -124,6 +124,60 @@ pub(crate) async fn apply(
     wait_for_metadata(admin, names, secrets).await
 }
 
+/// Deletes subscription `topics`' retry and dead-letter topics (their messages with them) and
+/// its consumer group's committed offsets. Topics or a group that do not exist are not an
+/// error. The event topics stay.
+pub(crate) async fn remove_subscription(
+    admin: &AdminClient<DefaultClientContext>,
+    topics: &SubscriptionTopics,
+    secrets: &Secrets,
+) -> Result<()> {
+    let options = AdminOptions::new().operation_timeout(Some(DECLARE_TIMEOUT));
+    let names = [topics.retry.as_str(), topics.dead_letter.as_str()];
+    let results = admin
+        .delete_topics(&names, &options)
+        .await
+        .map_err(|e| kafka("delete a subscription's topics", &e, secrets))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => {
+                return Err(other(
+                    "delete a subscription's topics",
+                    crate::error::is_transient(code),
+                    format!("topic `{topic}`: {code}"),
+                ));
+            }
+        }
+    }
+    // A member that just closed may take a moment to leave the group.
+    let deadline = Instant::now() + DECLARE_TIMEOUT;
+    loop {
+        let results = admin
+            .delete_groups(&[topics.group.as_str()], &options)
+            .await
+            .map_err(|e| kafka("delete a consumer group", &e, secrets))?;
+        let failed = results.into_iter().find_map(|result| match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::GroupIdNotFound)) => None,
+            Err((group, code)) => Some((group, code)),
+        });
+        match failed {
+            None => break,
+            Some((_, RDKafkaErrorCode::NonEmptyGroup)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Some((group, code)) => {
+                return Err(other(
+                    "delete a consumer group",
+                    crate::error::is_transient(code),
+                    format!("group `{group}`: {code}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Waits until every topic of `names` has its partitions in the cluster's metadata.
 async fn wait_for_metadata(
     admin: &AdminClient<DefaultClientContext>,

@@ -173,7 +173,7 @@ async fn pipeline(
     let started = Instant::now();
 
     // The inventory context: a consumer with the transactional inbox, on a queue of its own
-    // per run (so that a shared broker carries no leftovers between runs).
+    // per run, deleted at the end (so that a shared broker carries no leftovers between runs).
     let queue = format!("herald-demo-inventory-{}", Uuid::now_v7().simple());
     let consumer = Consumer::new(
         transport.clone(),
@@ -260,7 +260,13 @@ async fn pipeline(
         relay.await??;
     }
     consuming.await??;
-    let dead_letters = transport.dead_letters(&queue).await?;
+    let dead_letters = transport.dead_letters(&queue).await;
+    // The run's subscription goes with it: a queue left bound to a shared exchange would
+    // collect every later run's messages.
+    if let Err(error) = transport.delete_subscription(&queue).await {
+        eprintln!("warning: could not delete the demo's subscription {queue}: {error:#}");
+    }
+    let dead_letters = dead_letters?;
     transport.close().await;
     if !finished {
         bail!("the pipeline did not finish within {} s", args.timeout);
