@@ -94,6 +94,17 @@ impl AnyTransport {
         Ok(())
     }
 
+    /// Deletes a throw-away subscription: its queues (or topics and consumer group) and what
+    /// they hold. Nothing to do in memory.
+    pub async fn delete_subscription(&self, name: &str) -> Result<()> {
+        match self {
+            AnyTransport::Memory(_) => {}
+            AnyTransport::Amqp(t) => t.delete_subscription(name).await?,
+            AnyTransport::Kafka(t) => t.delete_subscription(name).await?,
+        }
+        Ok(())
+    }
+
     /// The dead letters of a subscription, oldest first.
     pub async fn dead_letters(&self, subscription: &str) -> Result<Vec<DeadLetter>> {
         Ok(match self {
@@ -147,6 +158,22 @@ impl Publisher for AnyTransport {
             AnyTransport::Kafka(t) => t.publish(batch).await,
         }
     }
+
+    fn messaging_system(&self) -> &'static str {
+        match self {
+            AnyTransport::Memory(t) => Publisher::messaging_system(t),
+            AnyTransport::Amqp(t) => Publisher::messaging_system(t),
+            AnyTransport::Kafka(t) => Publisher::messaging_system(t),
+        }
+    }
+
+    fn destination<'a>(&'a self, envelope: &'a Envelope) -> &'a str {
+        match self {
+            AnyTransport::Memory(t) => t.destination(envelope),
+            AnyTransport::Amqp(t) => t.destination(envelope),
+            AnyTransport::Kafka(t) => t.destination(envelope),
+        }
+    }
 }
 
 /// The deliveries of an [`AnyTransport`] subscription.
@@ -177,6 +204,14 @@ impl Subscriber for AnyTransport {
             AnyTransport::Memory(t) => Ok(AnyStream::Memory(t.subscribe(spec).await?)),
             AnyTransport::Amqp(t) => Ok(AnyStream::Amqp(t.subscribe(spec).await?)),
             AnyTransport::Kafka(t) => Ok(AnyStream::Kafka(t.subscribe(spec).await?)),
+        }
+    }
+
+    fn messaging_system(&self) -> &'static str {
+        match self {
+            AnyTransport::Memory(t) => Subscriber::messaging_system(t),
+            AnyTransport::Amqp(t) => Subscriber::messaging_system(t),
+            AnyTransport::Kafka(t) => Subscriber::messaging_system(t),
         }
     }
 }
@@ -300,5 +335,13 @@ impl<P: Publisher> Publisher for Flaky<P> {
                 }
             })
             .collect()
+    }
+
+    fn messaging_system(&self) -> &'static str {
+        self.inner.messaging_system()
+    }
+
+    fn destination<'a>(&'a self, envelope: &'a Envelope) -> &'a str {
+        self.inner.destination(envelope)
     }
 }

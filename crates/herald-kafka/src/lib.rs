@@ -28,6 +28,9 @@ pub use crate::topology::Declaration;
 use crate::error::{Secrets, kafka};
 use crate::publisher::Producing;
 
+/// `messaging.system` in traces (OpenTelemetry's messaging conventions).
+const MESSAGING_SYSTEM: &str = "kafka";
+
 /// An Apache Kafka transport: a [`Publisher`] for relays and a [`Subscriber`] for consumers.
 ///
 /// One idempotent producer serves every clone (rebuilt if librdkafka declares it fatally
@@ -137,6 +140,15 @@ impl KafkaTransport {
         Ok(declarations)
     }
 
+    /// Deletes subscription `name`'s retry and dead-letter topics (with their messages) and
+    /// its consumer group (with its committed offsets); the event topics stay. For
+    /// throw-away subscriptions (tests, demos): a group with members still connected is
+    /// refused by the broker.
+    pub async fn delete_subscription(&self, name: &str) -> Result<()> {
+        let topics = SubscriptionTopics::of(&self.shared.config, name)?;
+        topology::remove_subscription(&self.shared.admin, &topics, &self.shared.secrets).await
+    }
+
     /// Waits (up to the delivery timeout) until the producer delivered what it holds, so
     /// that a program that exits next loses nothing it published. Streams end when dropped.
     pub async fn close(&self) {
@@ -169,6 +181,15 @@ impl Publisher for KafkaTransport {
     async fn publish(&self, batch: &[Envelope]) -> Vec<Result<()>> {
         self.shared.producing.publish(batch).await
     }
+
+    fn messaging_system(&self) -> &'static str {
+        MESSAGING_SYSTEM
+    }
+
+    /// The event's topic: its route, or the outbox's topic.
+    fn destination<'a>(&'a self, envelope: &'a Envelope) -> &'a str {
+        self.shared.config.topic_for(&envelope.event_type)
+    }
 }
 
 impl Subscriber for KafkaTransport {
@@ -176,5 +197,9 @@ impl Subscriber for KafkaTransport {
 
     async fn subscribe(&self, spec: &SubscriptionSpec) -> Result<KafkaStream> {
         subscriber::open(Arc::clone(&self.shared), spec).await
+    }
+
+    fn messaging_system(&self) -> &'static str {
+        MESSAGING_SYSTEM
     }
 }

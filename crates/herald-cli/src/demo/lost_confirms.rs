@@ -58,4 +58,12 @@ impl<P: Publisher> Publisher for LostConfirms<P> {
             })
             .collect()
     }
+
+    fn messaging_system(&self) -> &'static str {
+        self.inner.messaging_system()
+    }
+
+    fn destination<'a>(&'a self, envelope: &'a Envelope) -> &'a str {
+        self.inner.destination(envelope)
+    }
 }
