@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_core::{BoxFuture, Envelope, Event, Inbox, Result, Uuid};
+use herald_core::{BoxFuture, Codec, Envelope, Event, Inbox, Json, Result, Uuid};
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::{Endpoint, Plain};
@@ -50,6 +50,7 @@ use crate::{
 #[derive(Default)]
 pub struct Router {
     registrations: Vec<Registration>,
+    upcasters: Vec<Upcaster>,
     layers: Vec<Arc<dyn DynLayer>>,
     pruners: Vec<Arc<dyn Pruner>>,
     problems: Vec<String>,
@@ -63,6 +64,44 @@ struct Registration {
     endpoint: Arc<dyn Endpoint>,
 }
 
+/// Turns a message of one version of an event into the next version it was registered for.
+struct Upcaster {
+    event_type: &'static str,
+    from: u32,
+    to: u32,
+    apply: fn(&Envelope, &(dyn std::any::Any + Send + Sync)) -> Result<Envelope>,
+    /// The function the application registered (a `fn(Old) -> New`), given to `apply`.
+    function: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+/// Decodes `envelope` as `Old`, converts it with `function` (a `fn(Old) -> New`) and
+/// re-encodes it as `New` in JSON; id, key, correlation and the rest stay.
+fn upcast_with<Old: Event, New: Event>(
+    envelope: &Envelope,
+    function: &(dyn std::any::Any + Send + Sync),
+) -> Result<Envelope> {
+    let convert = function.downcast_ref::<fn(Old) -> New>().ok_or_else(|| {
+        herald_core::Error::Config(format!(
+            "upcaster of `{}` v{} holds another function",
+            Old::TYPE,
+            Old::VERSION
+        ))
+    })?;
+    let old: Old = envelope.decode()?;
+    let payload = Json
+        .encode(&convert(old))
+        .map_err(|source| herald_core::Error::Encode {
+            event_type: New::TYPE.to_owned(),
+            source,
+        })?;
+    Ok(Envelope {
+        version: New::VERSION,
+        content_type: Json.content_type().to_owned(),
+        payload,
+        ..envelope.clone()
+    })
+}
+
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Router")
@@ -72,6 +111,14 @@ impl std::fmt::Debug for Router {
                     .registrations
                     .iter()
                     .map(|r| format!("{} ({} v{})", r.name, r.event_type, r.version))
+                    .collect::<Vec<_>>(),
+            )
+            .field(
+                "upcasters",
+                &self
+                    .upcasters
+                    .iter()
+                    .map(|u| format!("{} v{} → v{}", u.event_type, u.from, u.to))
                     .collect::<Vec<_>>(),
             )
             .field("layers", &self.layers.len())
@@ -123,6 +170,73 @@ impl Router {
     {
         self.pruners.push(Arc::new(store.clone()));
         self.register::<E>(name, Deduplicated::<O, E, H>::new(store.clone(), handler))
+    }
+
+    /// Registers an upcaster: a message of `Old`'s version is converted with `upcast` into
+    /// `New` (same event type, a later version) before it is routed, so that handlers written
+    /// for `New` receive it. Upcasters chain: with `v1 → v2` and `v2 → v3` registered, a v1
+    /// message reaches the v3 handlers through both, and the handlers never know. A message
+    /// keeps its id (its inbox records), key and metadata; its payload is re-encoded in JSON.
+    /// A message of a version with neither handlers nor an upcaster (one newer than the
+    /// consumer, say) follows [`ConsumerConfig::on_unknown_version`].
+    ///
+    /// ```
+    /// # use herald_consumer::{Context, Router};
+    /// # use serde::{Deserialize, Serialize};
+    /// #[derive(Serialize, Deserialize)]
+    /// struct OrderCreatedV1 { order: String, amount: u64 }
+    /// impl herald_core::Event for OrderCreatedV1 {
+    ///     const TYPE: &'static str = "ordering.order_created";
+    /// }
+    /// #[derive(Serialize, Deserialize)]
+    /// struct OrderCreated { order: String, cents: u64, currency: String }
+    /// impl herald_core::Event for OrderCreated {
+    ///     const TYPE: &'static str = "ordering.order_created";
+    ///     const VERSION: u32 = 2;
+    /// }
+    /// async fn reserve(_: OrderCreated, _: &mut Context) {}
+    ///
+    /// let router = Router::new()
+    ///     .upcast(|v1: OrderCreatedV1| OrderCreated {
+    ///         order: v1.order,
+    ///         cents: v1.amount * 100,
+    ///         currency: "EUR".into(),
+    ///     })
+    ///     .handle("inventory.reserve", reserve);
+    /// ```
+    pub fn upcast<Old: Event, New: Event>(mut self, upcast: fn(Old) -> New) -> Self {
+        if Old::TYPE != New::TYPE {
+            self.problems.push(format!(
+                "an upcaster turns `{}` into another event type, `{}`",
+                Old::TYPE,
+                New::TYPE
+            ));
+        } else if Old::VERSION >= New::VERSION {
+            self.problems.push(format!(
+                "an upcaster of `{}` goes from v{} to v{}, not to a later version",
+                Old::TYPE,
+                Old::VERSION,
+                New::VERSION
+            ));
+        } else if self
+            .upcasters
+            .iter()
+            .any(|u| u.event_type == Old::TYPE && u.from == Old::VERSION)
+        {
+            self.problems.push(format!(
+                "two upcasters of `{}` start from v{}",
+                Old::TYPE,
+                Old::VERSION
+            ));
+        }
+        self.upcasters.push(Upcaster {
+            event_type: Old::TYPE,
+            from: Old::VERSION,
+            to: New::VERSION,
+            apply: upcast_with::<Old, New>,
+            function: Arc::new(upcast),
+        });
+        self
     }
 
     /// Adds a layer around every handler, inside the retry layer (it sees every run) and
@@ -208,10 +322,15 @@ impl Router {
                 .handlers
                 .push((r.name, Chain::new(layers.clone(), r.endpoint)));
         }
+        let mut upcasters: HashMap<(String, u32), Upcaster> = HashMap::new();
+        for u in self.upcasters {
+            upcasters.insert((u.event_type.to_owned(), u.from), u);
+        }
         let routes = Routes {
             consumer: consumer.into(),
             system,
             types,
+            upcasters,
             on_unknown_type: config.on_unknown_type,
             on_unknown_version: config.on_unknown_version,
             on_malformed: config.on_malformed,
@@ -242,6 +361,8 @@ pub(crate) struct Routes {
     /// The transport's `messaging.system`, for the process spans.
     system: &'static str,
     types: HashMap<String, Vec<VersionRoute>>,
+    /// By event type and the version they start from.
+    upcasters: HashMap<(String, u32), Upcaster>,
     on_unknown_type: UnhandledPolicy,
     on_unknown_version: UnhandledPolicy,
     on_malformed: UnhandledPolicy,
@@ -297,15 +418,20 @@ impl Routes {
             let reason = format!("no handler for event type `{}`", envelope.event_type);
             return (self.unhandled(reason, self.on_unknown_type), 0);
         };
-        let Some(route) = versions.iter().find(|v| v.version == envelope.version) else {
+        let Some(route) = self.version_route(versions, &envelope) else {
             let known: Vec<String> = versions.iter().map(|v| format!("v{}", v.version)).collect();
             let reason = format!(
-                "no handler for `{}` v{} (handlers take {})",
+                "no handler for `{}` v{} (handlers take {}); no upcaster starts from v{}",
                 envelope.event_type,
                 envelope.version,
-                known.join(", ")
+                known.join(", "),
+                envelope.version
             );
             return (self.unhandled(reason, self.on_unknown_version), 0);
+        };
+        let envelope = match self.upcast(envelope, route.version) {
+            Ok(envelope) => envelope,
+            Err(reason) => return (self.unhandled(reason, self.on_malformed), 0),
         };
         if let Err(error) = (route.check)(&envelope) {
             let reason = format!("undecodable message: {}", error.chain());
@@ -390,12 +516,64 @@ impl Routes {
         Ok(())
     }
 
-    /// The handlers of `envelope`'s type and version.
+    /// The handlers of `envelope`'s type and version (through its upcasters).
     fn handlers(&self, envelope: &Envelope) -> &[(Arc<str>, Chain)] {
         self.types
             .get(&envelope.event_type)
-            .and_then(|versions| versions.iter().find(|v| v.version == envelope.version))
+            .and_then(|versions| self.version_route(versions, envelope))
             .map_or(&[], |route| route.handlers.as_slice())
+    }
+
+    /// The handlers that take `envelope`: those of its version, or, following the upcasters
+    /// from its version, those of the first version that has handlers.
+    fn version_route<'a>(
+        &self,
+        versions: &'a [VersionRoute],
+        envelope: &Envelope,
+    ) -> Option<&'a VersionRoute> {
+        let mut version = envelope.version;
+        // Each step goes to a later version, so the walk ends.
+        loop {
+            if let Some(route) = versions.iter().find(|v| v.version == version) {
+                return Some(route);
+            }
+            version = self
+                .upcasters
+                .get(&(envelope.event_type.clone(), version))?
+                .to;
+        }
+    }
+
+    /// `envelope` upcast, step by step, to version `target`; a failure is the reason to
+    /// give for dead-lettering it (a payload that does not decode as its version).
+    fn upcast(
+        &self,
+        envelope: Arc<Envelope>,
+        target: u32,
+    ) -> std::result::Result<Arc<Envelope>, String> {
+        let mut current = envelope;
+        while current.version != target {
+            let Some(upcaster) = self
+                .upcasters
+                .get(&(current.event_type.clone(), current.version))
+            else {
+                return Err(format!(
+                    "no upcaster of `{}` from v{}",
+                    current.event_type, current.version
+                ));
+            };
+            let next = (upcaster.apply)(&current, upcaster.function.as_ref()).map_err(|error| {
+                format!(
+                    "upcasting `{}` v{} to v{} failed: {}",
+                    current.event_type,
+                    upcaster.from,
+                    upcaster.to,
+                    error.chain()
+                )
+            })?;
+            current = Arc::new(next);
+        }
+        Ok(current)
     }
 
     fn unhandled(&self, reason: String, policy: UnhandledPolicy) -> Routed {
