@@ -604,3 +604,52 @@ async fn two_copies_of_a_message_rejected_are_two_dead_letters() {
     );
     assert!(queue.dead_letters(Page::ALL).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_subscription_removes_its_topics_and_its_group() {
+    let transport = common::transport().await;
+    let group = common::unique("throwaway");
+    let topics = herald_kafka::SubscriptionTopics::of(transport.config(), &group).unwrap();
+    transport.declare_subscription(&group).await.unwrap();
+    let spec = SubscriptionSpec::new(&group, Vec::<String>::new());
+    let mut stream = transport.subscribe(&spec).await.unwrap();
+    let event = envelope("throwaway", 0);
+    publish(&transport, std::slice::from_ref(&event)).await;
+    let delivery = next(&mut stream).await;
+    delivery.ack().await.unwrap();
+    drop(stream);
+
+    transport.delete_subscription(&group).await.unwrap();
+    let admin: BaseConsumer = plain_client().create().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metadata = admin.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+        let left: Vec<&str> = metadata
+            .topics()
+            .iter()
+            .map(|t| t.name())
+            .filter(|name| *name == topics.retry || *name == topics.dead_letter)
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "topics left: {left:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let groups = admin
+        .fetch_group_list(Some(&group), Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        groups
+            .groups()
+            .iter()
+            .all(|g| g.name() != group || g.state() == "Dead"),
+        "the group is gone"
+    );
+    assert!(
+        transport.config().topic.starts_with("herald-test-events-"),
+        "the event topic stays"
+    );
+    // Deleting again finds nothing to delete, and is not an error.
+    transport.delete_subscription(&group).await.unwrap();
+}
