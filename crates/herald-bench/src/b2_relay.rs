@@ -66,7 +66,7 @@ async fn measure(
         broker.purge(queue).await?;
         fixture::prefill(outbox, &envelopes).await?;
         let exchange = env.amqp_config().exchange;
-        let broker_args = ["--amqp", &env.amqp, "--exchange", &exchange];
+        let broker_args = ["--amqp", &env.amqp, "--exchange", &exchange].map(str::to_owned);
         let child = spawn_child(env, outbox, plan.events, &broker_args).await?;
         check(
             &mut scenario,
@@ -199,6 +199,8 @@ pub struct ChildArgs {
     kafka: Option<String>,
     #[arg(long)]
     topic: Option<String>,
+    #[arg(long = "kafka-property", requires = "kafka", value_parser = crate::fixture::property)]
+    kafka_properties: Vec<(String, String)>,
     /// No broker: a publisher that confirms every message at once (what the store alone
     /// allows the relay).
     #[arg(long, conflicts_with_all = ["amqp", "kafka"])]
@@ -211,7 +213,7 @@ pub async fn spawn_child(
     env: &Env,
     outbox: &PgOutbox,
     events: usize,
-    broker_args: &[&str],
+    broker_args: &[String],
 ) -> Result<ChildReport> {
     let exe = std::env::current_exe()?;
     let mut child = tokio::process::Command::new(exe)
@@ -257,6 +259,7 @@ pub async fn child(args: ChildArgs) -> Result<()> {
             let transport = KafkaTransport::connect(KafkaConfig {
                 topic: topic.clone(),
                 client_id: "herald-bench-relay".to_owned(),
+                properties: args.kafka_properties.iter().cloned().collect(),
                 ..KafkaConfig::new(servers.as_str())
             })
             .await?;

@@ -65,7 +65,12 @@ async fn measure(
         .map(|e| Record::of(e, config))
         .collect::<Result<Vec<_>>>()?;
     let window = config.in_flight;
-    let broker_args = ["--kafka", &config.bootstrap_servers, "--topic", topic];
+    let mut broker_args = ["--kafka", &config.bootstrap_servers, "--topic", topic]
+        .map(str::to_owned)
+        .to_vec();
+    for (name, value) in &config.properties {
+        broker_args.extend(["--kafka-property".to_owned(), format!("{name}={value}")]);
+    }
     let table = fixture::table(outbox, "");
     let (mut relay, mut ceiling, mut store, mut memory) = (vec![], vec![], vec![], vec![]);
     // Relay / instant-publisher relay, per round: the two share the store's state of the round.
@@ -88,7 +93,8 @@ async fn measure(
         // C: the relay with a publisher that confirms at once: the store's share alone.
         vacuum(outbox, &table).await?;
         fixture::prefill(outbox, &envelopes).await?;
-        let instant = b2_relay::spawn_child(env, outbox, plan.events, &["--instant"]).await?;
+        let instant =
+            b2_relay::spawn_child(env, outbox, plan.events, &["--instant".to_owned()]).await?;
         let left = fixture::count(outbox.pool(), &table).await?;
         if left != 0 {
             scenario.complete = false;
@@ -142,12 +148,17 @@ async fn measure(
         share >= 0.8,
     );
     scenario.note(format!(
-        "{} events per drain, {KEYS} partition keys, ~300-byte payloads with the transport's \
+        "{} events per drain, {KEYS} partition keys{}, ~300-byte payloads with the transport's \
          CloudEvents headers, topic of {} partitions (replication {}); idempotent producer, \
          acks=all, 5 requests in flight per connection; ceiling window {window} delivery \
          reports, relay batch {} (publish calls pipelined); the outbox vacuumed before each drain; A B C interleaved, {} measured rounds \
          after one warm-up",
         plan.events,
+        if config.properties.is_empty() {
+            String::new()
+        } else {
+            format!(", Kafka properties {:?}", config.properties)
+        },
         config.partitions,
         config.replication_factor,
         RelayConfig::default().batch_size,

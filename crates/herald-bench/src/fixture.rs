@@ -1,6 +1,7 @@
 //! What every scenario shares: the services' URLs, the benchmark's event and order row, fresh
 //! outbox schemas, and counting what is left in a table.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -22,6 +23,8 @@ pub struct Env {
     pub amqp: String,
     /// Kafka bootstrap servers.
     pub kafka: String,
+    /// Further librdkafka properties of B2k's clients.
+    pub kafka_properties: BTreeMap<String, String>,
     /// A fresh suffix for this run's schemas, exchanges and queues.
     pub run: String,
 }
@@ -50,6 +53,7 @@ impl Env {
         KafkaConfig {
             topic: self.name(what),
             client_id: "herald-bench".to_owned(),
+            properties: self.kafka_properties.clone(),
             ..KafkaConfig::new(self.kafka.as_str())
         }
     }
@@ -71,6 +75,14 @@ impl Env {
         let outbox = PgOutbox::new(self.pool(pool).await?, config);
         outbox.migrate().await?;
         Ok(outbox)
+    }
+}
+
+/// Reads a `NAME=VALUE` property.
+pub fn property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("`{text}` is not NAME=VALUE")),
     }
 }
 
@@ -194,4 +206,23 @@ pub fn insert_order_sql(schema: &str) -> String {
 /// The body of an order row (with the other columns, about 300 bytes).
 pub fn order_body() -> String {
     "line: SKU-1 x2 @ 19.99; SKU-2 x1 @ 49.99; ".repeat(6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_property_is_a_name_an_equals_sign_and_a_value() {
+        assert_eq!(
+            property("linger.ms=1"),
+            Ok(("linger.ms".to_owned(), "1".to_owned()))
+        );
+        assert_eq!(
+            property("sasl.password=a=b"),
+            Ok(("sasl.password".to_owned(), "a=b".to_owned()))
+        );
+        assert!(property("linger.ms").is_err());
+        assert!(property("=1").is_err());
+    }
 }

@@ -57,6 +57,10 @@ struct Cli {
         default_value = herald_testkit::env::KAFKA
     )]
     kafka: String,
+    /// B2k: a further librdkafka property of the relay's transport and of the ceiling
+    /// producer alike (`linger.ms=1`); repeatable. Properties the transport owns are refused.
+    #[arg(long = "kafka-property", value_name = "NAME=VALUE", value_parser = fixture::property)]
+    kafka_properties: Vec<(String, String)>,
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/herald-bench.json")]
     json: PathBuf,
@@ -156,6 +160,7 @@ async fn main() -> Result<()> {
         database: cli.database.clone(),
         amqp: cli.amqp.clone(),
         kafka: cli.kafka.clone(),
+        kafka_properties: cli.kafka_properties.iter().cloned().collect(),
         run: uuid::Uuid::now_v7().simple().to_string()[20..].to_owned(),
     };
     let wanted = |s: &str| cli.only.iter().any(|o| o.eq_ignore_ascii_case(s));
