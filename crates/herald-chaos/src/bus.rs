@@ -57,12 +57,16 @@ impl Bus {
         })
     }
 
-    /// Deletes subscription `name` where the broker holds it for nobody (RabbitMQ's queues).
-    /// Kafka's topics and groups of the run stay, as the Kafka tests' do: a run's names are
-    /// its own, and the topics cost nothing while nobody reads them.
+    /// Deletes subscription `name` (RabbitMQ: its queue; Kafka: its retry and dead-letter
+    /// topics and its consumer group, once the members the harness killed have left; the
+    /// run's event topic stays).
     pub async fn delete(&self, name: &str) {
-        if let Bus::Amqp(transport) = self {
-            let _ = transport.delete_subscription(name).await;
+        let deleted = match self {
+            Bus::Amqp(transport) => transport.delete_subscription(name).await,
+            Bus::Kafka(transport) => transport.delete_subscription(name).await,
+        };
+        if let Err(err) = deleted {
+            eprintln!("herald-chaos: could not delete subscription {name}: {err}");
         }
     }
 
