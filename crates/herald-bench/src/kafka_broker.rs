@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use herald_core::Envelope;
 use herald_kafka::KafkaConfig;
-use herald_kafka::mapping::header;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
@@ -18,7 +17,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use time::format_description::well_known::Rfc3339;
 
 /// How long a metadata or watermark request may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,70 +38,24 @@ pub struct Record {
 }
 
 impl Record {
-    /// The record the transport configured by `config` sends for `envelope` (the same
-    /// headers, values and order as `herald_kafka::mapping::encode`, which is crate-private).
+    /// The record the transport configured by `config` sends for `envelope`
+    /// (`herald_kafka::mapping::encode`).
     pub fn of(envelope: &Envelope, config: &KafkaConfig) -> Result<Self> {
-        let mut headers = Vec::new();
-        let mut put = |name: &str, value: &str| headers.push((name.to_owned(), value.into()));
-        put(header::SPECVERSION, "1.0");
-        put(header::ID, &envelope.id.to_string());
-        put(header::TYPE, &envelope.event_type);
-        put(header::SOURCE, &config.source);
-        put(header::TIME, &envelope.occurred_at.format(&Rfc3339)?);
-        put(header::CONTENT_TYPE, &envelope.content_type);
-        put(header::EVENT_VERSION, &envelope.version.to_string());
-        put(header::CORRELATION_ID, &envelope.correlation_id.to_string());
-        if let Some(causation) = envelope.causation_id {
-            put(header::CAUSATION_ID, &causation.to_string());
-        }
-        if let Some(key) = &envelope.partition_key {
-            put(header::PARTITION_KEY, key);
-        }
-        if let Some(traceparent) = &envelope.trace.traceparent {
-            put(header::TRACEPARENT, traceparent);
-        }
-        if let Some(tracestate) = &envelope.trace.tracestate {
-            put(header::TRACESTATE, tracestate);
-        }
-        for (name, value) in &envelope.headers {
-            put(name, value);
-        }
+        let out = herald_kafka::mapping::encode(envelope, config)?;
         Ok(Record {
-            topic: config.topic_for(&envelope.event_type).to_owned(),
-            key: envelope.partition_key.clone().map(String::into_bytes),
-            headers,
-            payload: envelope.payload.clone(),
-            timestamp_ms: i64::try_from(envelope.occurred_at.unix_timestamp_nanos() / 1_000_000)
-                .unwrap_or(0),
+            topic: out.topic,
+            key: out.key.map(String::into_bytes),
+            headers: out.headers,
+            payload: out.payload,
+            timestamp_ms: out.timestamp_ms,
         })
     }
 }
 
-/// The settings of the transport's producer (`herald_kafka`'s `producer_config`, which is
-/// crate-private): idempotent, `acks=all`, five requests in flight per connection, the Java
-/// clients' partitioner, the delivery timeout.
-fn producer_config(config: &KafkaConfig) -> ClientConfig {
-    let mut client = plain_config(config);
-    client
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("max.in.flight.requests.per.connection", "5")
-        .set("partitioner", "murmur2_random")
-        .set(
-            "message.timeout.ms",
-            config.delivery_timeout.as_millis().to_string(),
-        );
-    client
-}
-
+/// The settings of the ceiling's clients: the transport's, under a client id of their own.
 fn plain_config(config: &KafkaConfig) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.bootstrap_servers)
-        .set("client.id", "herald-bench-ceiling");
-    for (name, value) in &config.properties {
-        client.set(name, value);
-    }
+    let mut client = herald_kafka::client_config(config);
+    client.set("client.id", "herald-bench-ceiling");
     client
 }
 
@@ -118,7 +70,8 @@ impl KafkaBroker {
     /// Clients of the cluster of `config`, the producer set up as the transport's.
     pub fn connect(config: &KafkaConfig) -> Result<Self> {
         Ok(KafkaBroker {
-            producer: producer_config(config)
+            producer: herald_kafka::producer_config(config)
+                .set("client.id", "herald-bench-ceiling")
                 .create()
                 .context("create the ceiling producer")?,
             consumer: Arc::new(plain_config(config).create().context("create a consumer")?),

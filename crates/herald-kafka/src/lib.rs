@@ -22,6 +22,7 @@ use rdkafka::client::DefaultClientContext;
 
 pub use crate::config::{KafkaConfig, MAX_TOPIC, OWNED_PROPERTIES, SubscriptionTopics};
 pub use crate::dead_letters::KafkaDeadLetterQueue;
+pub use crate::publisher::producer_config;
 pub use crate::subscriber::KafkaStream;
 pub use crate::topology::Declaration;
 
@@ -76,8 +77,9 @@ impl fmt::Debug for KafkaTransport {
     }
 }
 
-/// The settings of every client: servers, client id and the configured extra properties.
-pub(crate) fn client_config(config: &KafkaConfig) -> ClientConfig {
+/// The settings of every client of the transport: servers, client id and the configured
+/// extra properties.
+pub fn client_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.bootstrap_servers)

@@ -96,18 +96,24 @@ pub(crate) fn is_reserved(name: &str) -> bool {
 /// Record headers: names and raw values, in record order.
 pub type RecordHeaders = Vec<(String, Vec<u8>)>;
 
-/// A record ready to produce.
+/// A record ready to produce: what the transport sends for an envelope.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Outgoing {
-    pub(crate) topic: String,
-    pub(crate) key: Option<String>,
-    pub(crate) headers: RecordHeaders,
-    pub(crate) payload: Bytes,
-    pub(crate) timestamp_ms: i64,
+pub struct Outgoing {
+    /// The event's topic ([`KafkaConfig::topic_for`]).
+    pub topic: String,
+    /// The record key: the partition key.
+    pub key: Option<String>,
+    /// The CloudEvents headers and the envelope's own, in record order.
+    pub headers: RecordHeaders,
+    /// The record value: the envelope's payload.
+    pub payload: Bytes,
+    /// The record timestamp: `occurred_at` in Unix milliseconds.
+    pub timestamp_ms: i64,
 }
 
-/// Maps `envelope` onto a record of its topic, checking sizes and names.
-pub(crate) fn encode(envelope: &Envelope, config: &KafkaConfig) -> Result<Outgoing> {
+/// Maps `envelope` onto a record of its topic, checking sizes and names: exactly what the
+/// transport produces (tools that must produce the same records use it, e.g. benchmarks).
+pub fn encode(envelope: &Envelope, config: &KafkaConfig) -> Result<Outgoing> {
     if envelope.payload.len() > config.max_message_bytes {
         return Err(Error::TooLarge {
             what: "payload",

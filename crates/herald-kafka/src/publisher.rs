@@ -40,8 +40,11 @@ impl From<mapping::Outgoing> for Record {
     }
 }
 
-/// The producer settings the transport's guarantees rest on.
-pub(crate) fn producer_config(config: &KafkaConfig) -> ClientConfig {
+/// The producer settings the transport's guarantees rest on (idempotence, `acks=all`, five
+/// requests in flight per connection, the Java clients' partitioner, the delivery timeout),
+/// over [`client_config`](crate::client_config): for tools that must produce exactly as the
+/// transport does.
+pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = crate::client_config(config);
     client
         .set("enable.idempotence", "true")
