@@ -107,11 +107,7 @@ fn malformed_url_and_bad_table_name_are_configuration_errors() {
 /// scrapes from a service that runs both.
 #[test]
 fn the_demo_serves_relay_and_consumer_metrics() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut demo = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
         .args([
@@ -129,16 +125,6 @@ fn the_demo_serves_relay_and_consumer_metrics() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let scrape = || -> Option<String> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&addr).ok()?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nconnection: close\r\n\r\n")
-            .ok()?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body).ok()?;
-        Some(body)
-    };
     let sum = |body: &str, prefix: &str, having: &str| -> f64 {
         body.lines()
             .filter(|l| l.starts_with(prefix) && l.contains(having))
@@ -148,7 +134,7 @@ fn the_demo_serves_relay_and_consumer_metrics() {
     let handled = "herald_consumer_handled_total{consumer=\"herald-demo-inventory-";
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let body = loop {
-        if let Some(body) = scrape()
+        if let Some(body) = scrape(&addr)
             && sum(&body, handled, "outcome=\"done\"") >= 100.0
             && sum(&body, "herald_relay_published_total", "") >= 100.0
         {
@@ -157,7 +143,7 @@ fn the_demo_serves_relay_and_consumer_metrics() {
         assert!(
             std::time::Instant::now() < deadline,
             "no relay and consumer metrics at {addr}: {:?}",
-            scrape()
+            scrape(&addr)
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     };

@@ -135,26 +135,8 @@ fn an_invalid_file_is_a_clear_error_naming_the_key() {
 #[test]
 fn the_relay_takes_its_settings_from_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("outbox.db");
-    let url = format!("sqlite://{}", db.display());
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let store = herald_sqlite::SqliteOutbox::connect(&url, Default::default())
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
-        let events: Vec<_> = (0..20)
-            .map(|i| herald_testkit::envelope(&format!("k{i}"), i))
-            .collect();
-        let mut tx = store.begin().await.unwrap();
-        tx.record_all(&events).await.unwrap();
-        tx.commit().await.unwrap();
-    });
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let url = sqlite_outbox_with_events(&dir, 20);
+    let port = free_port();
     let config = write(
         &dir,
         "herald.toml",
@@ -172,16 +154,7 @@ fn the_relay_takes_its_settings_from_the_file() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let scrape = || -> Option<String> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nconnection: close\r\n\r\n")
-            .ok()?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body).ok()?;
-        Some(body)
-    };
+    let addr = format!("127.0.0.1:{port}");
     let value = |body: &str, series: &str| -> f64 {
         body.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
@@ -189,7 +162,7 @@ fn the_relay_takes_its_settings_from_the_file() {
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let body = loop {
-        if let Some(body) = scrape()
+        if let Some(body) = scrape(&addr)
             && value(&body, "herald_relay_published_total") == 20.0
         {
             break body;
@@ -234,21 +207,7 @@ fn the_relay_takes_its_kafka_settings_from_the_file() {
     use rdkafka::message::{Headers, Message};
 
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("outbox.db");
-    let url = format!("sqlite://{}", db.display());
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let store = herald_sqlite::SqliteOutbox::connect(&url, Default::default())
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
-        let events: Vec<_> = (0..20)
-            .map(|i| herald_testkit::envelope(&format!("k{i}"), i))
-            .collect();
-        let mut tx = store.begin().await.unwrap();
-        tx.record_all(&events).await.unwrap();
-        tx.commit().await.unwrap();
-    });
+    let url = sqlite_outbox_with_events(&dir, 20);
     let servers = herald_testkit::env::kafka();
     let topic = format!(
         "herald-test-config-{}",

@@ -61,12 +61,6 @@ async fn record(store: &PgOutbox, envelopes: &[Envelope]) {
     tx.commit().await.unwrap();
 }
 
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 /// A `herald` process, killed when dropped; its output goes to a file, shown by `output()`.
 struct Herald {
     child: Child,

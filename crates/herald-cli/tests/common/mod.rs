@@ -42,3 +42,41 @@ pub fn text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     )
 }
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// `GET /metrics` from `addr` (`host:port`): the whole HTTP response, or `None` while nothing
+/// answers there.
+pub fn scrape(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nconnection: close\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// A SQLite outbox in `dir` with `n` committed test events (keys `k0`, `k1` …); its URL.
+pub fn sqlite_outbox_with_events(dir: &tempfile::TempDir, n: u64) -> String {
+    let url = format!("sqlite://{}", dir.path().join("outbox.db").display());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = herald_sqlite::SqliteOutbox::connect(&url, Default::default())
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let events: Vec<_> = (0..n)
+            .map(|i| herald_testkit::envelope(&format!("k{i}"), i))
+            .collect();
+        let mut tx = store.begin().await.unwrap();
+        tx.record_all(&events).await.unwrap();
+        tx.commit().await.unwrap();
+    });
+    url
+}
