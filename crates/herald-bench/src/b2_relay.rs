@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Plan;
 use crate::broker::Broker;
+use crate::cpu::CpuTime;
 use crate::fixture::{self, Env};
 use crate::naive;
 use crate::report::Scenario;
@@ -67,7 +68,7 @@ async fn measure(
         fixture::prefill(outbox, &envelopes).await?;
         let exchange = env.amqp_config().exchange;
         let broker_args = ["--amqp", &env.amqp, "--exchange", &exchange].map(str::to_owned);
-        let child = spawn_child(env, outbox, plan.events, &broker_args).await?;
+        let child = spawn_child(env, plan, outbox, &broker_args).await?;
         check(
             &mut scenario,
             "relay",
@@ -150,7 +151,7 @@ async fn measure(
          confirm window {window}, relay batch {}; A B C interleaved, {} measured rounds after one warm-up",
         plan.events,
         naive_envelopes.len(),
-        RelayConfig::default().batch_size,
+        plan.relay_batch,
         plan.rounds
     ));
     let rate = scenario_rate(&scenario);
@@ -178,6 +179,8 @@ pub struct ChildReport {
     pub elapsed_s: f64,
     /// Peak resident set size of the child, KiB.
     pub vm_hwm_kib: u64,
+    /// Core-seconds the whole machine (relay, PostgreSQL, broker) spent during the drain.
+    pub machine_core_s: f64,
 }
 
 /// The hidden `relay-child` subcommand's arguments: the outbox, and the broker the relay
@@ -205,14 +208,17 @@ pub struct ChildArgs {
     /// allows the relay).
     #[arg(long, conflicts_with_all = ["amqp", "kafka"])]
     instant: bool,
+    /// The relay's batch size.
+    #[arg(long)]
+    batch_size: usize,
 }
 
 /// Runs the relay child on `outbox` with `broker_args` naming its broker (see [`ChildArgs`]),
 /// and reads its report.
 pub async fn spawn_child(
     env: &Env,
+    plan: &Plan,
     outbox: &PgOutbox,
-    events: usize,
     broker_args: &[String],
 ) -> Result<ChildReport> {
     let exe = std::env::current_exe()?;
@@ -220,7 +226,8 @@ pub async fn spawn_child(
         .args(["relay-child", "--database", &env.database])
         .args(broker_args)
         .args(["--schema", outbox.config().schema.as_str()])
-        .args(["--events", &events.to_string()])
+        .args(["--events", &plan.events.to_string()])
+        .args(["--batch-size", &plan.relay_batch.to_string()])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -242,7 +249,7 @@ pub async fn spawn_child(
 pub async fn child(args: ChildArgs) -> Result<()> {
     let config = PgOutboxConfig::new(&args.schema, "outbox")?;
     let outbox = PgOutbox::connect(&args.database, config).await?;
-    let elapsed_s = match (&args.amqp, &args.exchange, &args.kafka, &args.topic) {
+    let (elapsed_s, machine_core_s) = match (&args.amqp, &args.exchange, &args.kafka, &args.topic) {
         (Some(url), Some(exchange), None, _) => {
             let transport = AmqpTransport::connect(herald_amqp::AmqpConfig {
                 url: url.clone(),
@@ -251,9 +258,9 @@ pub async fn child(args: ChildArgs) -> Result<()> {
                 ..herald_amqp::AmqpConfig::default()
             })
             .await?;
-            let elapsed_s = drain(outbox, transport.clone(), args.events).await?;
+            let drained = drain(outbox, transport.clone(), &args).await?;
             transport.close().await;
-            elapsed_s
+            drained
         }
         (None, _, Some(servers), Some(topic)) => {
             let transport = KafkaTransport::connect(KafkaConfig {
@@ -263,16 +270,17 @@ pub async fn child(args: ChildArgs) -> Result<()> {
                 ..KafkaConfig::new(servers.as_str())
             })
             .await?;
-            let elapsed_s = drain(outbox, transport.clone(), args.events).await?;
+            let drained = drain(outbox, transport.clone(), &args).await?;
             transport.close().await;
-            elapsed_s
+            drained
         }
-        (None, _, None, _) if args.instant => drain(outbox, InstantPublisher, args.events).await?,
+        (None, _, None, _) if args.instant => drain(outbox, InstantPublisher, &args).await?,
         _ => bail!("relay-child needs --amqp and --exchange, --kafka and --topic, or --instant"),
     };
     let report = ChildReport {
         elapsed_s,
         vm_hwm_kib: vm_hwm_kib()?,
+        machine_core_s,
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
@@ -289,12 +297,22 @@ impl Publisher for InstantPublisher {
 }
 
 /// Runs a [`Relay`] from `outbox` to `publisher` until it published `events` events; returns
-/// the seconds that took.
-async fn drain<P: Publisher + Clone>(outbox: PgOutbox, publisher: P, events: usize) -> Result<f64> {
+/// the seconds that took and the core-seconds the machine spent meanwhile.
+async fn drain<P: Publisher + Clone>(
+    outbox: PgOutbox,
+    publisher: P,
+    args: &ChildArgs,
+) -> Result<(f64, f64)> {
+    let events = args.events;
     let publisher = Timed::new(publisher);
-    let relay = Relay::new(outbox, publisher.clone(), RelayConfig::default())?;
+    let config = RelayConfig {
+        batch_size: args.batch_size,
+        ..RelayConfig::default()
+    };
+    let relay = Relay::new(outbox, publisher.clone(), config)?;
     let metrics = relay.metrics();
     let shutdown = CancellationToken::new();
+    let cpu = CpuTime::now()?;
     let started = Instant::now();
     let running = tokio::spawn({
         let shutdown = shutdown.clone();
@@ -311,6 +329,7 @@ async fn drain<P: Publisher + Clone>(outbox: PgOutbox, publisher: P, events: usi
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let elapsed_s = started.elapsed().as_secs_f64();
+    let machine_core_s = cpu.core_seconds_until(&CpuTime::now()?, elapsed_s);
     if std::env::var_os("HERALD_BENCH_RELAY_COUNTERS").is_some() {
         let f = publisher.figures();
         eprintln!(
@@ -326,7 +345,7 @@ async fn drain<P: Publisher + Clone>(outbox: PgOutbox, publisher: P, events: usi
     }
     shutdown.cancel();
     running.await??;
-    Ok(elapsed_s)
+    Ok((elapsed_s, machine_core_s))
 }
 
 /// This process's peak resident set size, KiB.

@@ -12,6 +12,7 @@ mod b3_latency;
 mod b4_consumer;
 mod b5_growth;
 mod broker;
+mod cpu;
 mod fixture;
 mod kafka_broker;
 mod naive;
@@ -76,6 +77,9 @@ struct Cli {
     /// B5: finished events behind the claims (default 1 000 000; quick 50 000).
     #[arg(long)]
     history: Option<usize>,
+    /// B2, B2k: the relay's batch size (rows per claim; default the relay's own default).
+    #[arg(long)]
+    relay_batch: Option<usize>,
     /// B3: the drain rate (events/s) its loads are fractions of, when B2 does not run.
     #[arg(long, default_value_t = 10_000.0)]
     drain_rate: f64,
@@ -101,6 +105,8 @@ pub struct Plan {
     pub slice: Duration,
     /// B2: events per drain.
     pub events: usize,
+    /// B2, B2k: the relay's batch size.
+    pub relay_batch: usize,
     /// B2: events per naive drain (it is two orders of magnitude slower).
     pub naive_events: usize,
     /// B3: how long each load runs.
@@ -121,6 +127,7 @@ impl Plan {
                 rounds: 1,
                 slice: Duration::from_millis(700),
                 events: 5_000,
+                relay_batch: herald_relay::RelayConfig::default().batch_size,
                 naive_events: 500,
                 load_for: Duration::from_secs(2),
                 messages: 5_000,
@@ -133,6 +140,7 @@ impl Plan {
                 rounds: 3,
                 slice: Duration::from_secs(3),
                 events: 100_000,
+                relay_batch: herald_relay::RelayConfig::default().batch_size,
                 naive_events: 5_000,
                 load_for: Duration::from_secs(10),
                 messages: 50_000,
@@ -144,6 +152,7 @@ impl Plan {
             rounds: cli.rounds.unwrap_or(base.rounds).max(1),
             events: cli.events.unwrap_or(base.events).max(1),
             history: cli.history.unwrap_or(base.history),
+            relay_batch: cli.relay_batch.unwrap_or(base.relay_batch).max(1),
             ..base
         }
     }
