@@ -44,6 +44,11 @@ pub use herald_consumer::{
     Outcome, RetryPolicy, Router, TxContext,
 };
 
+/// The schema catalog: each event's JSON Schema or Protobuf message per (type, version), the
+/// compatibility check an application's tests run on its snapshots, and the AsyncAPI document.
+#[cfg(feature = "schema")]
+pub use herald_schema::{self as schema, Catalog};
+
 /// Domain events, their conversion into integration events, and the unit of work.
 #[cfg(feature = "domain")]
 pub use herald_domain::{self as domain, Aggregate, DomainEvent, DomainEvents, UnitOfWork};
