@@ -13,12 +13,14 @@
 //! | `partition_key` | — | `cloudEvents:partitionkey` (the Partitioning extension) |
 //! | `trace` | — | `traceparent`, `tracestate` (W3C, as OpenTelemetry propagates them) |
 //! | `headers` | — | one header each, under its own name |
+//! | `headers["dataschema"]` | — | `cloudEvents:dataschema` (a Protobuf event's message name) |
 //!
 //! plus `cloudEvents:specversion` = `1.0`, `cloudEvents:source` from the configuration and
 //! `delivery_mode` 2 (persistent). Header names that Herald, CloudEvents or the broker use
 //! (`cloudEvents:*`, `x-herald-*`, `x-death` …) cannot be free-form headers.
 
 use bytes::Bytes;
+use herald_core::envelope::DATASCHEMA;
 use herald_core::{Envelope, Error, Headers, Result, TraceContext, Uuid};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -47,6 +49,9 @@ pub mod header {
     pub const CAUSATION_ID: &str = "cloudEvents:causationid";
     /// The Partitioning extension's key.
     pub const PARTITION_KEY: &str = "cloudEvents:partitionkey";
+    /// CloudEvents `dataschema`: the schema the payload follows (a Protobuf event's message
+    /// full name), the envelope's [`DATASCHEMA`](herald_core::envelope::DATASCHEMA) header.
+    pub const DATASCHEMA: &str = "cloudEvents:dataschema";
     /// W3C trace context.
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C vendor trace state.
@@ -153,6 +158,12 @@ pub(crate) fn encode(envelope: &Envelope, config: &AmqpConfig) -> Result<Outgoin
                 "the name is reserved for Herald, CloudEvents or the broker",
             ));
         }
+        // The CloudEvents attribute, under the binding's name.
+        let name = if name == DATASCHEMA {
+            header::DATASCHEMA
+        } else {
+            name
+        };
         let name = short("header name", name)?;
         headers.insert(name, AMQPValue::LongString(value.as_str().into()));
     }
@@ -304,6 +315,9 @@ pub fn decode(
                 ));
             }
         }
+    }
+    if let Some(schema) = h.string(header::DATASCHEMA)? {
+        headers.insert(DATASCHEMA.to_owned(), schema);
     }
     Ok(Envelope {
         id,

@@ -309,3 +309,31 @@ fn text_values_are_cut_on_char_boundaries() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_protobuf_payloads_dataschema_is_the_cloudevents_attribute() {
+    let mut env = envelope();
+    env.content_type = "application/protobuf".into();
+    env.headers.insert(
+        herald_core::envelope::DATASCHEMA.into(),
+        "shipping.v2.OrderShipped".into(),
+    );
+    let (props, _) = headers_of(&env);
+    let h = Lookup(props.headers().as_ref().unwrap());
+    assert_eq!(
+        h.string(header::DATASCHEMA).unwrap().as_deref(),
+        Some("shipping.v2.OrderShipped")
+    );
+    assert_eq!(
+        h.string("dataschema").unwrap(),
+        None,
+        "not a free-form header"
+    );
+    assert_eq!(
+        props.content_type().as_ref().unwrap().as_str(),
+        "application/protobuf"
+    );
+    let back = round_trip(&env).unwrap();
+    assert_eq!(back, env);
+    assert_eq!(back.dataschema(), Some("shipping.v2.OrderShipped"));
+}

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_core::{BoxFuture, Codec, Envelope, Event, Inbox, Json, Result, Uuid};
+use herald_core::{BoxFuture, Envelope, Event, Inbox, Result, Uuid};
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::{Endpoint, Plain};
@@ -75,7 +75,8 @@ struct Upcaster {
 }
 
 /// Decodes `envelope` as `Old`, converts it with `function` (a `fn(Old) -> New`) and
-/// re-encodes it as `New` in JSON; id, key, correlation and the rest stay.
+/// re-encodes it as `New` in `New`'s own format (JSON or Protobuf, whatever `Old`'s was); id,
+/// key, correlation and the rest stay.
 fn upcast_with<Old: Event, New: Event>(
     envelope: &Envelope,
     function: &(dyn std::any::Any + Send + Sync),
@@ -88,18 +89,7 @@ fn upcast_with<Old: Event, New: Event>(
         ))
     })?;
     let old: Old = envelope.decode()?;
-    let payload = Json
-        .encode(&convert(old))
-        .map_err(|source| herald_core::Error::Encode {
-            event_type: New::TYPE.to_owned(),
-            source,
-        })?;
-    Ok(Envelope {
-        version: New::VERSION,
-        content_type: Json.content_type().to_owned(),
-        payload,
-        ..envelope.clone()
-    })
+    envelope.reencode(&convert(old))
 }
 
 impl std::fmt::Debug for Router {
@@ -176,7 +166,8 @@ impl Router {
     /// `New` (same event type, a later version) before it is routed, so that handlers written
     /// for `New` receive it. Upcasters chain: with `v1 → v2` and `v2 → v3` registered, a v1
     /// message reaches the v3 handlers through both, and the handlers never know. A message
-    /// keeps its id (its inbox records), key and metadata; its payload is re-encoded in JSON.
+    /// keeps its id (its inbox records), key and metadata; its payload is re-encoded in `New`'s
+    /// own format ([`herald_core::Payload`]), so a JSON v1 may become a Protobuf v2.
     /// A message of a version with neither handlers nor an upcaster (one newer than the
     /// consumer, say) follows [`ConsumerConfig::on_unknown_version`].
     ///

@@ -7,11 +7,17 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::codec::{Codec, Json};
+use crate::codec::Codec;
 use crate::{Error, Event, Result};
 
 /// Free-form string headers carried next to the payload.
 pub type Headers = BTreeMap<String, String>;
+
+/// The header that names the schema a payload follows, CloudEvents' `dataschema`: a Protobuf
+/// event's message full name (`shipping.v1.OrderShipped`). Stores keep it with the other
+/// headers; the transports carry it as the binding's attribute (`cloudEvents:dataschema` on
+/// AMQP, `ce_dataschema` on Kafka).
+pub const DATASCHEMA: &str = "dataschema";
 
 /// W3C trace context (`traceparent` / `tracestate`), carried so that a trace crosses the broker.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,14 +136,17 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// Encodes `event` with the JSON codec.
+    /// Encodes `event` with its own codec ([`Payload::Codec`](crate::Payload::Codec): JSON for
+    /// a serde event, Protobuf for a prost message that opted in).
     pub fn from_event<E: Event>(event: &E, metadata: Metadata) -> Result<Self> {
-        Self::encode_with(&Json, event, metadata)
+        Self::encode_with(&E::Codec::default(), event, metadata)
     }
 
     /// Encodes `event` with `codec`. Without a `traceparent` in `metadata`, the envelope
-    /// carries the current span's trace context ([`TraceContext::current`]).
-    pub fn encode_with<C: Codec, E: Event>(
+    /// carries the current span's trace context ([`TraceContext::current`]). A codec that names
+    /// a schema ([`Codec::dataschema`]: Protobuf's message name) writes it into the
+    /// [`DATASCHEMA`] header.
+    pub fn encode_with<C: Codec<E>, E: Event>(
         codec: &C,
         event: &E,
         metadata: Metadata,
@@ -153,6 +162,10 @@ impl Envelope {
         } else {
             metadata.trace
         };
+        let mut headers = metadata.headers;
+        if let Some(schema) = codec.dataschema() {
+            headers.insert(DATASCHEMA.to_owned(), schema);
+        }
         let id = Uuid::now_v7();
         Ok(Envelope {
             id,
@@ -164,8 +177,33 @@ impl Envelope {
             partition_key: metadata.partition_key.or_else(|| event.partition_key()),
             content_type: codec.content_type().to_owned(),
             trace,
-            headers: metadata.headers,
+            headers,
             payload,
+        })
+    }
+
+    /// The same message carrying `event` instead, encoded with `event`'s own codec: its
+    /// version, content type and [`DATASCHEMA`] become `E`'s; id, key, correlation, trace and
+    /// the other headers stay (what an upcaster does to a message).
+    pub fn reencode<E: Event>(&self, event: &E) -> Result<Self> {
+        let codec = E::Codec::default();
+        let payload = codec.encode(event).map_err(|source| Error::Encode {
+            event_type: E::TYPE.to_owned(),
+            source,
+        })?;
+        let mut headers = self.headers.clone();
+        // The old payload's schema does not describe the new one.
+        headers.remove(DATASCHEMA);
+        if let Some(schema) = codec.dataschema() {
+            headers.insert(DATASCHEMA.to_owned(), schema);
+        }
+        Ok(Envelope {
+            event_type: E::TYPE.to_owned(),
+            version: E::VERSION,
+            content_type: codec.content_type().to_owned(),
+            headers,
+            payload,
+            ..self.clone()
         })
     }
 
@@ -174,13 +212,22 @@ impl Envelope {
         self.event_type == E::TYPE
     }
 
-    /// Decodes the payload as `E` with the JSON codec, checking type and version.
-    pub fn decode<E: Event>(&self) -> Result<E> {
-        self.decode_with(&Json)
+    /// The schema its payload follows, if the producer named one: the [`DATASCHEMA`] header
+    /// (a Protobuf message's full name).
+    pub fn dataschema(&self) -> Option<&str> {
+        self.headers.get(DATASCHEMA).map(String::as_str)
     }
 
-    /// Decodes the payload as `E` with `codec`, checking type, version and content type.
-    pub fn decode_with<C: Codec, E: Event>(&self, codec: &C) -> Result<E> {
+    /// Decodes the payload as `E` with `E`'s own codec, checking type, version, content type
+    /// and schema: a Protobuf event refuses a JSON payload and the other way round
+    /// ([`Error::ContentType`]).
+    pub fn decode<E: Event>(&self) -> Result<E> {
+        self.decode_with(&E::Codec::default())
+    }
+
+    /// Decodes the payload as `E` with `codec`, checking type, version, content type, and the
+    /// [`DATASCHEMA`] when both the envelope and the codec name one.
+    pub fn decode_with<C: Codec<E>, E: Event>(&self, codec: &C) -> Result<E> {
         if self.event_type != E::TYPE {
             return Err(Error::TypeMismatch {
                 expected: E::TYPE,
@@ -198,6 +245,14 @@ impl Envelope {
             return Err(Error::ContentType {
                 codec: codec.name(),
                 found: self.content_type.clone(),
+            });
+        }
+        if let (Some(found), Some(expected)) = (self.dataschema(), codec.dataschema())
+            && found != expected
+        {
+            return Err(Error::DataSchema {
+                expected,
+                found: found.to_owned(),
             });
         }
         codec.decode(&self.payload).map_err(|source| Error::Decode {
@@ -298,6 +353,137 @@ mod tests {
             env.decode::<OrderCreated>(),
             Err(Error::ContentType { .. })
         ));
+    }
+
+    #[cfg(feature = "protobuf")]
+    mod protobuf {
+        use super::*;
+        use crate::{Payload, Protobuf};
+
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct OrderShipped {
+            #[prost(int64, tag = "1")]
+            order_id: i64,
+            #[prost(string, tag = "2")]
+            carrier: String,
+        }
+
+        impl prost::Name for OrderShipped {
+            const NAME: &'static str = "OrderShipped";
+            const PACKAGE: &'static str = "shipping.v1";
+        }
+
+        impl Payload for OrderShipped {
+            type Codec = Protobuf;
+        }
+
+        impl Event for OrderShipped {
+            const TYPE: &'static str = "shipping.order_shipped";
+            fn partition_key(&self) -> Option<String> {
+                Some(self.order_id.to_string())
+            }
+        }
+
+        /// Another message under the same event type: what a misconfigured producer sends.
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct Parcel {
+            #[prost(int64, tag = "1")]
+            weight: i64,
+        }
+
+        impl prost::Name for Parcel {
+            const NAME: &'static str = "Parcel";
+            const PACKAGE: &'static str = "shipping.v1";
+        }
+
+        impl Payload for Parcel {
+            type Codec = Protobuf;
+        }
+
+        impl Event for Parcel {
+            const TYPE: &'static str = "shipping.order_shipped";
+        }
+
+        fn shipped() -> OrderShipped {
+            OrderShipped {
+                order_id: 7,
+                carrier: "dhl".into(),
+            }
+        }
+
+        #[test]
+        fn a_prost_message_round_trips_as_protobuf_with_its_name() {
+            let env = Envelope::from_event(&shipped(), Metadata::default()).unwrap();
+            assert_eq!(env.content_type, "application/protobuf");
+            assert_eq!(env.dataschema(), Some("shipping.v1.OrderShipped"));
+            assert_eq!(env.partition_key.as_deref(), Some("7"));
+            assert_eq!(
+                &env.payload[..],
+                &prost::Message::encode_to_vec(&shipped())[..]
+            );
+            assert_eq!(env.decode::<OrderShipped>().unwrap(), shipped());
+        }
+
+        #[test]
+        fn each_format_refuses_the_others_payload() {
+            let proto = Envelope::from_event(&shipped(), Metadata::default()).unwrap();
+            let mut as_json = proto.clone();
+            as_json.event_type = OrderCreated::TYPE.into();
+            as_json.version = OrderCreated::VERSION;
+            assert!(matches!(
+                as_json.decode::<OrderCreated>(),
+                Err(Error::ContentType { codec: "json", .. })
+            ));
+
+            let json =
+                Envelope::from_event(&OrderCreated { order_id: 1 }, Metadata::default()).unwrap();
+            assert_eq!(json.dataschema(), None);
+            let mut as_proto = json.clone();
+            as_proto.event_type = OrderShipped::TYPE.into();
+            as_proto.version = OrderShipped::VERSION;
+            assert!(matches!(
+                as_proto.decode::<OrderShipped>(),
+                Err(Error::ContentType {
+                    codec: "protobuf",
+                    ..
+                })
+            ));
+        }
+
+        #[test]
+        fn another_message_name_or_malformed_bytes_do_not_decode() {
+            let env = Envelope::from_event(&shipped(), Metadata::default()).unwrap();
+            assert!(matches!(
+                env.decode::<Parcel>(),
+                Err(Error::DataSchema { ref found, .. }) if found == "shipping.v1.OrderShipped"
+            ));
+            let mut broken = env.clone();
+            broken.payload = Bytes::from_static(b"\xff\xff\xff");
+            assert!(matches!(
+                broken.decode::<OrderShipped>(),
+                Err(Error::Decode { .. })
+            ));
+        }
+
+        #[test]
+        fn reencoding_takes_the_new_types_format_and_schema() {
+            let json = Envelope::from_event(
+                &OrderCreated { order_id: 3 },
+                Metadata::default().with_header("tenant", "acme"),
+            )
+            .unwrap();
+            let proto = json.reencode(&shipped()).unwrap();
+            assert_eq!(proto.id, json.id);
+            assert_eq!(proto.content_type, "application/protobuf");
+            assert_eq!(proto.dataschema(), Some("shipping.v1.OrderShipped"));
+            assert_eq!(proto.headers["tenant"], "acme");
+            assert_eq!(proto.decode::<OrderShipped>().unwrap(), shipped());
+
+            let back = proto.reencode(&OrderCreated { order_id: 3 }).unwrap();
+            assert_eq!(back.content_type, "application/json");
+            assert_eq!(back.dataschema(), None);
+            assert_eq!(back.headers["tenant"], "acme");
+        }
     }
 
     #[test]

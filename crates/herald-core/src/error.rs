@@ -59,6 +59,15 @@ pub enum Error {
         /// The content type found.
         found: String,
     },
+    /// The envelope's `dataschema` names another schema than the reader's (a Protobuf
+    /// message of another full name).
+    #[error("payload follows schema `{found}`, expected `{expected}`")]
+    DataSchema {
+        /// The reader's schema.
+        expected: String,
+        /// The schema the envelope names.
+        found: String,
+    },
     /// A message is larger than the configured limit.
     #[error("{what} is {size} bytes, over the limit of {limit} bytes")]
     TooLarge {

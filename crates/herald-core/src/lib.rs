@@ -22,11 +22,13 @@ pub mod transaction;
 pub mod transport;
 
 pub use backoff::{Backoff, InvalidBackoff};
+#[cfg(feature = "protobuf")]
+pub use codec::Protobuf;
 pub use codec::{Codec, Json};
 pub use dead_letter::{DeadLetter, DeadLetterOrigin, DeadLetters, Page, RawMessage, Selection};
 pub use envelope::{Envelope, Headers, Metadata, TraceContext};
 pub use error::{BoxError, Error, Result};
-pub use event::Event;
+pub use event::{Event, Payload};
 pub use ident::Identifier;
 pub use inbox::{Claim, Claimed, Inbox};
 pub use retention::{InvalidRetention, Retention};

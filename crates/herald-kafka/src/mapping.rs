@@ -13,6 +13,7 @@
 //! | `partition_key` | the record key, and header `ce_partitionkey` (the Partitioning extension) |
 //! | `trace` | headers `traceparent`, `tracestate` (W3C, as OpenTelemetry propagates them) |
 //! | `headers` | one header each, under its own name |
+//! | `headers["dataschema"]` | header `ce_dataschema` (a Protobuf event's message name) |
 //! | `payload` | the record value |
 //!
 //! plus `ce_specversion` = `1.0` and `ce_source` from the configuration. An envelope without
@@ -21,6 +22,7 @@
 //! `tracestate`) cannot be free-form headers.
 
 use bytes::Bytes;
+use herald_core::envelope::DATASCHEMA;
 use herald_core::{Envelope, Error, Headers, Result, TraceContext, Uuid};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -49,6 +51,9 @@ pub mod header {
     pub const CAUSATION_ID: &str = "ce_causationid";
     /// The Partitioning extension's key.
     pub const PARTITION_KEY: &str = "ce_partitionkey";
+    /// CloudEvents `dataschema`: the schema the payload follows (a Protobuf event's message
+    /// full name), the envelope's [`DATASCHEMA`](herald_core::envelope::DATASCHEMA) header.
+    pub const DATASCHEMA: &str = "ce_dataschema";
     /// W3C trace context.
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C vendor trace state.
@@ -157,7 +162,12 @@ pub fn encode(envelope: &Envelope, config: &KafkaConfig) -> Result<Outgoing> {
                 "the name is reserved for Herald or CloudEvents",
             ));
         }
-        put(name, value);
+        if name == DATASCHEMA {
+            // The CloudEvents attribute, under the binding's name.
+            put(header::DATASCHEMA, value);
+        } else {
+            put(name, value);
+        }
     }
     let size: usize = headers
         .iter()
@@ -258,6 +268,9 @@ pub fn decode(
         if !is_reserved(name) {
             free.insert(name.clone(), utf8(name, value)?);
         }
+    }
+    if let Some(schema) = h.string(header::DATASCHEMA)? {
+        free.insert(DATASCHEMA.to_owned(), schema);
     }
     Ok(Envelope {
         id,

@@ -205,3 +205,31 @@ fn attempts_read_from_the_header() {
     assert_eq!(cut("ünicode", 1), "");
     assert_eq!(cut("abc", 2), "ab");
 }
+
+#[test]
+fn a_protobuf_payloads_dataschema_is_the_cloudevents_attribute() {
+    let mut env = envelope();
+    env.content_type = "application/protobuf".into();
+    env.headers.insert(
+        herald_core::envelope::DATASCHEMA.into(),
+        "shipping.v2.OrderShipped".into(),
+    );
+    let out = encode(&env, &config()).unwrap();
+    let h = Lookup(&out.headers);
+    assert_eq!(
+        h.string(header::DATASCHEMA).unwrap().as_deref(),
+        Some("shipping.v2.OrderShipped")
+    );
+    assert_eq!(
+        h.string("dataschema").unwrap(),
+        None,
+        "not a free-form header"
+    );
+    assert_eq!(
+        h.string(header::CONTENT_TYPE).unwrap().as_deref(),
+        Some("application/protobuf")
+    );
+    let back = round_trip(&env).unwrap();
+    assert_eq!(back, env);
+    assert_eq!(back.dataschema(), Some("shipping.v2.OrderShipped"));
+}

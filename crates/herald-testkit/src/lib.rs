@@ -31,12 +31,15 @@
 //! A store does the same with [`store::StoreFactory`] and [`store_suite!`].
 //! [`inbox`] does the same for an [`Inbox`](herald_core::Inbox) (`inbox_suite!`).
 //! [`wrap`] lets a test wrap a store to inject faults into a few of its calls.
+//! [`protobuf`] holds Protobuf and JSON events for one outbox, and what a consumer must make
+//! of them.
 //!
 //! [`sim`] holds the deterministic, seeded simulations' models (outbox, broker, queue, inbox)
 //! that the relay's and the consumer's `tests/simulation.rs` run the real engines against.
 
 pub mod env;
 pub mod inbox;
+pub mod protobuf;
 pub mod sim;
 pub mod store;
 pub mod transport;
