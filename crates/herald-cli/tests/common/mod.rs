@@ -45,8 +45,8 @@ pub fn text(output: &Output) -> String {
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a local port");
+    listener.local_addr().expect("its address").port()
 }
 
 /// `GET /metrics` from `addr` (`host:port`): the whole HTTP response, or `None` while nothing
@@ -65,18 +65,18 @@ pub fn scrape(addr: &str) -> Option<String> {
 /// A SQLite outbox in `dir` with `n` committed test events (keys `k0`, `k1` …); its URL.
 pub fn sqlite_outbox_with_events(dir: &tempfile::TempDir, n: u64) -> String {
     let url = format!("sqlite://{}", dir.path().join("outbox.db").display());
-    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     runtime.block_on(async {
         let store = herald_sqlite::SqliteOutbox::connect(&url, Default::default())
             .await
-            .unwrap();
-        store.migrate().await.unwrap();
+            .expect("the SQLite outbox opens");
+        store.migrate().await.expect("migrated");
         let events: Vec<_> = (0..n)
             .map(|i| herald_testkit::envelope(&format!("k{i}"), i))
             .collect();
-        let mut tx = store.begin().await.unwrap();
-        tx.record_all(&events).await.unwrap();
-        tx.commit().await.unwrap();
+        let mut tx = store.begin().await.expect("a transaction");
+        tx.record_all(&events).await.expect("recorded");
+        tx.commit().await.expect("committed");
     });
     url
 }
