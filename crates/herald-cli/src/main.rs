@@ -10,6 +10,8 @@
 //! herald amqp     declare | dead-letters | replay <ID>|--all | purge <ID>|--all
 //! herald kafka    declare                 topics of the outbox and of its subscriptions
 //! herald bench relay                drain a pre-filled outbox and report events per second
+//! herald schema   diff OLD NEW [--json]   compare two snapshot folders (exit 2: breaking)
+//!                 | asyncapi [--transport URL] [--config FILE]   the demo's AsyncAPI document
 //! ```
 
 mod amqp;
@@ -20,6 +22,7 @@ mod kafka;
 mod ops;
 mod outbox;
 mod relay;
+mod schema;
 mod store;
 mod transport;
 
@@ -81,6 +84,11 @@ enum Command {
     Kafka {
         #[command(subcommand)]
         command: kafka::KafkaCommand,
+    },
+    /// Event schemas: compare snapshot folders (CI outside Rust), print an AsyncAPI document.
+    Schema {
+        #[command(subcommand)]
+        command: schema::SchemaCommand,
     },
 }
 
@@ -171,8 +179,9 @@ fn run_main(cli: Cli) -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            if error.is::<outbox::CheckFailed>() {
-                // Distinct from 1 (the outbox could not be checked), for alerting scripts.
+            if error.is::<outbox::CheckFailed>() || error.is::<schema::Breaking>() {
+                // Distinct from 1 (the outbox or the schemas could not be read), for alerting
+                // scripts and CI.
                 std::process::ExitCode::from(2)
             } else {
                 std::process::ExitCode::FAILURE
@@ -246,6 +255,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Amqp { command } => amqp::run(command).await,
         Command::Kafka { command } => kafka::run(command).await,
         Command::Config { command } => config::run(command),
+        Command::Schema { command } => schema::run(command),
     }
 }
 

@@ -119,7 +119,17 @@ impl Report {
 }
 
 /// Compares two snapshot folders: `old` (e.g. the main branch's) and `new` (the change's).
+///
+/// Both folders must exist (a mistyped path must not pass as "nothing changed").
 pub fn diff(old: &Path, new: &Path) -> Result<Report> {
+    for dir in [old, new] {
+        if !dir.is_dir() {
+            return Err(crate::error::Error::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
+            ));
+        }
+    }
     let before = snapshot::read_dir(old)?;
     let after = snapshot::read_dir(new)?;
     let mut report = Report::new(ReportKind::Diff, new);

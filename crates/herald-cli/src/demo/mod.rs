@@ -1,6 +1,6 @@
 //! `herald demo`: two bounded contexts talking through the outbox, end to end.
 
-mod events;
+pub mod events;
 mod inventory;
 mod lost_confirms;
 mod ordering;
