@@ -125,7 +125,7 @@ pub struct Envelope {
     pub causation_id: Option<Uuid>,
     /// Orders this message relative to others with the same key.
     pub partition_key: Option<String>,
-    /// MIME type of the payload (`application/json`).
+    /// MIME type of the payload (`application/json`, `application/protobuf`).
     pub content_type: String,
     /// W3C trace context.
     pub trace: TraceContext,
