@@ -378,6 +378,20 @@ fn headers(snapshot: &Snapshot, transport: &Transport, content_type: &str) -> Va
         "partitionkey",
         string("The ordering key (Partitioning extension)."),
     );
+    let mut required = vec!["specversion", "id", "type", "source", "eventversion"];
+    if snapshot.format == Format::Protobuf {
+        // A Protobuf payload names its message (the envelope's `dataschema` header).
+        let message = snapshot
+            .schema
+            .get("message")
+            .cloned()
+            .unwrap_or(Value::Null);
+        put(
+            "dataschema",
+            json!({ "type": "string", "const": message, "description": "The Protobuf message's full name." }),
+        );
+        required.push("dataschema");
+    }
     properties.insert(
         "traceparent".to_owned(),
         string("W3C trace context of the recording span."),
@@ -389,7 +403,7 @@ fn headers(snapshot: &Snapshot, transport: &Transport, content_type: &str) -> Va
             json!({ "type": "string", "const": content_type, "description": "The payload's media type (CloudEvents datacontenttype)." }),
         );
     }
-    let required: Vec<String> = ["specversion", "id", "type", "source", "eventversion"]
+    let required: Vec<String> = required
         .iter()
         .map(|name| format!("{prefix}{name}"))
         .collect();
@@ -544,6 +558,24 @@ mod tests {
             let mut found: Vec<&str> = properties.keys().map(String::as_str).collect();
             found.sort_unstable();
             assert_eq!(found, expected);
+        }
+        let proto = Snapshot {
+            format: Format::Protobuf,
+            schema: json!({ "message": "a.B" }),
+            ..snapshot
+        };
+        for (transport, name) in [
+            (
+                Transport::from(&herald_amqp::AmqpConfig::default()),
+                a::DATASCHEMA,
+            ),
+            (
+                Transport::from(&herald_kafka::KafkaConfig::new("localhost:9092")),
+                k::DATASCHEMA,
+            ),
+        ] {
+            let headers = headers(&proto, &transport, "application/protobuf");
+            assert_eq!(headers["properties"][name]["const"], "a.B");
         }
     }
 }

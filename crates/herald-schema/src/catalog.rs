@@ -98,6 +98,16 @@ impl Catalog {
         Ok(self.proto_schema(event_type, version, &schema))
     }
 
+    /// Registers Protobuf event `E` (a prost message with `impl Payload for E { type Codec =
+    /// Protobuf; }`) under (`E::TYPE`, `E::VERSION`): its message, by `prost::Name`'s full
+    /// name, read from `descriptor_set`, the encoded `FileDescriptorSet` that holds it.
+    pub fn protobuf_event<E: Event + prost::Name>(
+        self,
+        descriptor_set: &[u8],
+    ) -> Result<Self, Error> {
+        self.protobuf(E::TYPE, E::VERSION, &E::full_name(), descriptor_set)
+    }
+
     /// Registers an already read Protobuf message under (`event_type`, `version`).
     pub fn proto_schema(self, event_type: &str, version: u32, schema: &ProtoSchema) -> Self {
         let value = serde_json::to_value(schema).unwrap_or(Value::Null);

@@ -279,6 +279,10 @@ fn channels_follow_the_transport_configuration() {
         shipped["headers"]["properties"]["ce_eventversion"]["const"],
         "1"
     );
+    assert_eq!(
+        shipped["headers"]["properties"]["ce_dataschema"]["const"],
+        "shipping.v1.OrderShipped"
+    );
 
     // Two events' `Address` types do not overwrite each other.
     let schemas = kafka["components"]["schemas"].as_object().expect("schemas");

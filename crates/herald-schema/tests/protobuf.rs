@@ -238,3 +238,53 @@ fn a_protobuf_change_fails_the_catalog_check() {
     assert!(text.contains("shop.v1.OrderPlaced.customer (2)"), "{text}");
     assert!(text.contains("now named `buyer`"), "{text}");
 }
+
+/// A Protobuf event as herald-core defines one.
+#[derive(Clone, PartialEq, prost::Message)]
+struct OrderShipped {
+    #[prost(int64, tag = "1")]
+    order_id: i64,
+    #[prost(string, tag = "2")]
+    carrier: String,
+}
+
+impl prost::Name for OrderShipped {
+    const NAME: &'static str = "OrderShipped";
+    const PACKAGE: &'static str = "shipping.v1";
+}
+
+impl herald_core::Payload for OrderShipped {
+    type Codec = herald_core::Protobuf;
+}
+
+impl herald_core::Event for OrderShipped {
+    const TYPE: &'static str = "shipping.order_shipped";
+    const VERSION: u32 = 3;
+}
+
+#[test]
+fn a_protobuf_event_registers_by_its_type() {
+    let bytes = FileDescriptorSet {
+        file: vec![FileDescriptorProto {
+            name: Some("shipping.proto".to_owned()),
+            package: Some("shipping.v1".to_owned()),
+            message_type: vec![DescriptorProto {
+                name: Some("OrderShipped".to_owned()),
+                field: vec![
+                    field("order_id", 1, Type::Int64),
+                    field("carrier", 2, Type::String),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec();
+    let catalog = Catalog::new()
+        .protobuf_event::<OrderShipped>(&bytes)
+        .expect("registered");
+    let snapshot = catalog
+        .get("shipping.order_shipped", 3)
+        .expect("registered");
+    assert_eq!(snapshot.schema["message"], "shipping.v1.OrderShipped");
+}
