@@ -95,6 +95,33 @@ mod base {
     }
 }
 
+mod maps {
+    use super::*;
+    use std::collections::BTreeMap;
+    #[derive(Serialize, Deserialize, JsonSchema)]
+    pub struct Counts {
+        pub counts: BTreeMap<String, u32>,
+        pub status: Option<super::base::Status>,
+    }
+    #[derive(Serialize, Deserialize, JsonSchema)]
+    pub struct CountsAsText {
+        pub counts: BTreeMap<String, String>,
+        pub status: Option<super::base::Status>,
+    }
+    #[derive(Serialize, Deserialize, JsonSchema)]
+    pub struct StatusRemovedInOption {
+        pub counts: BTreeMap<String, u32>,
+        pub status: Option<super::changed::StatusRemoved>,
+    }
+    /// The Rust field renamed, the wire name kept.
+    #[derive(Serialize, Deserialize, JsonSchema)]
+    pub struct RenamedInRustOnly {
+        #[serde(rename = "counts")]
+        pub tallies: BTreeMap<String, u32>,
+        pub status: Option<super::base::Status>,
+    }
+}
+
 mod changed {
     use super::*;
     /// An order was placed by a customer (documentation changed only).
@@ -293,6 +320,17 @@ fn table() -> Vec<Row> {
         ),
         row::<WithAddress, WithLinesChanged>("array item type changed", true, true),
         row::<base::Tree, changed::Tree>("recursive type, documentation changed", false, false),
+        row::<maps::Counts, maps::CountsAsText>("map value type changed", true, true),
+        row::<maps::Counts, maps::StatusRemovedInOption>(
+            "enum variant removed behind an Option",
+            true,
+            false,
+        ),
+        row::<maps::Counts, maps::RenamedInRustOnly>(
+            "field renamed in Rust, wire name kept",
+            false,
+            false,
+        ),
     ]
 }
 
