@@ -36,6 +36,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "inbox key holds",
         template: include_str!("../migrations/0003_held_keys.sql"),
     },
+    Migration {
+        version: 4,
+        name: "lease index by relay",
+        template: include_str!("../migrations/0004_lease_by_relay.sql"),
+    },
 ];
 
 /// Fills a template's placeholders.
@@ -172,6 +177,9 @@ mod tests {
         assert!(outbox.contains("\"s\".\"t_archive\""));
         assert!(render(MIGRATIONS[1].template, &config).contains("\"s\".\"t_inbox\""));
         assert!(render(MIGRATIONS[2].template, &config).contains("\"s\".\"t_held_keys\""));
-        assert_eq!(latest_version(), 3);
+        let lease = render(MIGRATIONS[3].template, &config);
+        assert!(lease.contains("ON \"s\".\"t\" (locked_by, locked_until)"));
+        assert!(lease.contains("DROP INDEX \"s\".\"t_lease_idx\""));
+        assert_eq!(latest_version(), 4);
     }
 }

@@ -80,11 +80,21 @@ impl ClaimSql {
         // claim. A row updated or deleted since the snapshot is not locked either: its key is
         // blocked once, conservatively. Rows of the claimer itself are its own business: the
         // relay holds their keys in memory until their write-backs are known.
+        // Other relays' leases are read as two ranges of the lease index (`locked_by`, then
+        // `locked_until`), below and above the claimer's id: `locked_by <> $1` written as `<`
+        // or `>` (the same rows; a NULL matches neither), so that a claim never reads the
+        // claimer's own entries — among them those of every row it published and deleted in
+        // the last lease period, dead but kept by the index until vacuum. Each condition is an
+        // arm of its own so that each gets its own index scan.
         let claim = format!(
             "WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS ts), \
              stale AS MATERIALIZED ( \
                  SELECT s.seq, s.partition_key FROM {outbox} s \
-                 WHERE s.locked_until <= (SELECT ts FROM clock) AND s.locked_by <> $1 \
+                 WHERE s.locked_by < $1 AND s.locked_until <= (SELECT ts FROM clock) \
+                   AND s.partition_key IS NOT NULL \
+                 UNION ALL \
+                 SELECT s.seq, s.partition_key FROM {outbox} s \
+                 WHERE s.locked_by > $1 AND s.locked_until <= (SELECT ts FROM clock) \
                    AND s.partition_key IS NOT NULL \
              ), \
              seized AS MATERIALIZED ( \
@@ -95,9 +105,16 @@ impl ClaimSql {
              ), \
              blocked AS MATERIALIZED ( \
                  SELECT b.partition_key FROM {outbox} b \
-                 WHERE b.partition_key IS NOT NULL \
-                   AND ((b.locked_until > (SELECT ts FROM clock) AND b.locked_by <> $1) \
-                        OR (b.attempts > 0 AND b.available_at > (SELECT ts FROM clock))) \
+                 WHERE b.locked_by < $1 AND b.locked_until > (SELECT ts FROM clock) \
+                   AND b.partition_key IS NOT NULL \
+                 UNION \
+                 SELECT b.partition_key FROM {outbox} b \
+                 WHERE b.locked_by > $1 AND b.locked_until > (SELECT ts FROM clock) \
+                   AND b.partition_key IS NOT NULL \
+                 UNION \
+                 SELECT b.partition_key FROM {outbox} b \
+                 WHERE b.attempts > 0 AND b.available_at > (SELECT ts FROM clock) \
+                   AND b.partition_key IS NOT NULL \
                  UNION \
                  SELECT st.partition_key FROM stale st \
                  WHERE st.seq <> ALL (ARRAY(SELECT seq FROM seized)) \

@@ -50,6 +50,7 @@ macro_rules! store_suite {
             batch_is_claimed_in_recorded_order,
             claim_respects_the_limit,
             leased_rows_go_to_another_relay_after_expiry,
+            another_relays_lease_blocks_its_key_whichever_id_is_lower,
             completed_rows_leave_the_claim_path,
             per_key_order_holds_with_concurrent_claimers,
             failed_row_blocks_only_its_own_key_until_backoff,
@@ -224,6 +225,47 @@ pub async fn leased_rows_go_to_another_relay_after_expiry<F: StoreFactory>(facto
         .await
         .expect("complete");
     assert_eq!(done, 4);
+}
+
+/// A key leased by one relay is blocked for every other relay, whichever of the two ids sorts
+/// first (PostgreSQL reads the other relays' leases as the ids below and above the claimer's),
+/// while the claimer's own leases never block it; the key flows again once the rows are done.
+pub async fn another_relays_lease_blocks_its_key_whichever_id_is_lower<F: StoreFactory>(
+    factory: &F,
+) {
+    let store = factory.create(Completion::Delete).await;
+    let low = Uuid::from_u128(1 << 64);
+    let high = Uuid::from_u128(u128::MAX - 1);
+    for (round, (holder, other)) in [(low, high), (high, low)].into_iter().enumerate() {
+        let (key, free) = (format!("held-{round}"), format!("free-{round}"));
+        let (k0, k1, f0) = (envelope(&key, 0), envelope(&key, 1), envelope(&free, 0));
+        record(factory, &store, &[k0.clone(), k1.clone(), f0.clone()]).await;
+        let held = store.claim(&request(holder, 1, LONG)).await.expect("claim");
+        assert_eq!(
+            ids(&held),
+            vec![k0.id],
+            "round {round}: the holder takes the head"
+        );
+        let got = claim(&store, other, 10).await;
+        assert_eq!(
+            ids(&got),
+            vec![f0.id],
+            "round {round}: the held key waits, the other key flows"
+        );
+        store.complete(other, &seqs(&got)).await.expect("complete");
+        let own = claim(&store, holder, 10).await;
+        assert_eq!(
+            ids(&own),
+            vec![k1.id],
+            "round {round}: own leases do not block"
+        );
+        store
+            .complete(holder, &seqs(&held))
+            .await
+            .expect("complete");
+        store.complete(holder, &seqs(&own)).await.expect("complete");
+    }
+    assert!(claim(&store, low, 10).await.is_empty(), "all done");
 }
 
 /// Completed rows are gone from the claim path.
