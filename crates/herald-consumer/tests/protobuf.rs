@@ -10,10 +10,8 @@
 mod common;
 
 use std::sync::Mutex;
-use std::time::Duration;
 
 use common::*;
-use herald_amqp::{AmqpConfig, AmqpTransport};
 use herald_consumer::{Consumer, Context, Router};
 use herald_core::{DeadLetters, Page, Uuid};
 use herald_memory::MemoryTransport;
@@ -103,30 +101,17 @@ async fn protobuf_and_json_events_in_one_outbox_reach_their_handlers_on_rabbitmq
     tx.record_all(&mixed.envelopes).await.unwrap();
     tx.commit().await.unwrap();
 
-    let transport = AmqpTransport::connect(AmqpConfig {
-        exchange: format!("herald-protobuf-test-{}", Uuid::now_v7().simple()),
-        retry_delays: vec![Duration::from_millis(100)],
-        expires: Some(Duration::from_secs(120)),
-        ..AmqpConfig::new(herald_testkit::env::amqp_url())
-    })
-    .await
-    .unwrap();
+    let transport = amqp_transport("protobuf").await;
     let consumer = Consumer::new(transport.clone(), queue(), router(), config()).unwrap();
     let metrics = consumer.metrics();
     let queue = consumer.subscription().name.clone();
-    transport.declare(consumer.subscription()).await.unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { consumer.run(shutdown).await }
-    });
+    let running = Running::start_on_amqp(consumer, &transport).await;
     let total = mixed.envelopes.len() as u64;
     relaying(store.clone(), transport.clone(), || async {
         metrics.snapshot().finished() == total
     })
     .await;
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    running.stop().await;
     let letters = transport
         .dead_letter_queue(&queue)
         .unwrap()

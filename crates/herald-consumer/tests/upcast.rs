@@ -8,15 +8,12 @@
 mod common;
 
 use std::sync::Mutex;
-use std::time::Duration;
 
 use common::*;
-use herald_amqp::{AmqpConfig, AmqpTransport};
 use herald_consumer::{Consumer, Context, Router};
 use herald_core::{DeadLetters, Envelope, Event, Metadata, Page, Publisher, Uuid};
 use herald_memory::MemoryTransport;
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 const TYPE: &str = "ordering.order_placed";
 
@@ -194,23 +191,11 @@ async fn old_versions_reach_the_handler_through_upcasters_on_the_memory_transpor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_versions_reach_the_handler_through_upcasters_on_rabbitmq() {
-    let transport = AmqpTransport::connect(AmqpConfig {
-        exchange: format!("herald-upcast-test-{}", Uuid::now_v7().simple()),
-        retry_delays: vec![Duration::from_millis(100)],
-        expires: Some(Duration::from_secs(120)),
-        ..AmqpConfig::new(herald_testkit::env::amqp_url())
-    })
-    .await
-    .unwrap();
+    let transport = amqp_transport("upcast").await;
     let consumer = Consumer::new(transport.clone(), queue(), router(), config()).unwrap();
     let metrics = consumer.metrics();
     let queue = consumer.subscription().name.clone();
-    transport.declare(consumer.subscription()).await.unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { consumer.run(shutdown).await }
-    });
+    let running = Running::start_on_amqp(consumer, &transport).await;
     let sent = messages("amqp");
     for result in transport.publish(&sent).await {
         result.unwrap();
@@ -219,8 +204,7 @@ async fn old_versions_reach_the_handler_through_upcasters_on_rabbitmq() {
         metrics.snapshot().finished() == 4
     })
     .await;
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    running.stop().await;
     check_handled("amqp", &sent);
     let letters = transport
         .dead_letter_queue(&queue)

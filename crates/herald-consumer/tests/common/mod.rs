@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use herald_amqp::{AmqpConfig, AmqpTransport};
 use herald_consumer::{Consumer, ConsumerConfig, RetryPolicy, Router};
 use herald_core::{
     Acknowledger, Backoff, BoxFuture, DeadLetter, DeadLetters, Delivery, DeliveryStream, Envelope,
@@ -125,6 +126,18 @@ impl Running {
         Running { shutdown, task }
     }
 
+    /// Starts `consumer` on RabbitMQ (its queues are declared first).
+    pub async fn start_on_amqp(
+        consumer: Consumer<AmqpTransport>,
+        transport: &AmqpTransport,
+    ) -> Self {
+        transport.declare(consumer.subscription()).await.unwrap();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move { consumer.run(token).await });
+        Running { shutdown, task }
+    }
+
     /// Shuts the consumer down and checks it stopped cleanly.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -134,6 +147,19 @@ impl Running {
             .expect("consumer task joins")
             .expect("consumer ran without error");
     }
+}
+
+/// A RabbitMQ transport on an exchange of the test's own (`herald-<what>-test-<uuid>`): one
+/// retry delay of 100 ms, queues that expire two minutes after the test stops using them.
+pub async fn amqp_transport(what: &str) -> AmqpTransport {
+    AmqpTransport::connect(AmqpConfig {
+        exchange: format!("herald-{what}-test-{}", Uuid::now_v7().simple()),
+        retry_delays: vec![Duration::from_millis(100)],
+        expires: Some(Duration::from_secs(120)),
+        ..AmqpConfig::new(herald_testkit::env::amqp_url())
+    })
+    .await
+    .unwrap()
 }
 
 /// Builds a consumer on `transport` for a fresh queue.
