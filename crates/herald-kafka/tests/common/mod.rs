@@ -41,7 +41,72 @@ pub fn logs() {
 /// A transport on [`config`], its topic declared.
 pub async fn transport() -> KafkaTransport {
     logs();
+    sweep_old_topics().await;
     KafkaTransport::connect(config()).await.unwrap()
+}
+
+/// How old a test topic must be before [`sweep_old_topics`] deletes it: far longer than any
+/// test runs, so that runs in parallel keep theirs.
+const LEFTOVER_AGE: Duration = Duration::from_secs(3600);
+
+/// Deletes the topics that earlier runs left on the broker (a test does not delete its own
+/// topics: its consumers may still be leaving their group when it ends): every
+/// `herald-test-…-<uuid>` topic whose UUIDv7 is older than [`LEFTOVER_AGE`]. Once per test
+/// process; a failure only leaves them for the next run.
+pub async fn sweep_old_topics() {
+    static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    SWEPT
+        .get_or_init(|| async {
+            if let Err(err) = delete_leftover_topics().await {
+                eprintln!("sweeping old test topics: {err}");
+            }
+        })
+        .await;
+}
+
+async fn delete_leftover_topics() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", servers())
+        .create()?;
+    let admin = std::sync::Arc::new(admin);
+    let metadata = tokio::task::spawn_blocking({
+        let admin = admin.clone();
+        move || admin.inner().fetch_metadata(None, Duration::from_secs(10))
+    })
+    .await??;
+    let now = std::time::SystemTime::now();
+    let old: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .filter(|name| name.starts_with("herald-test-"))
+        .filter(|name| {
+            let created = name
+                .rsplit('-')
+                .next()
+                .and_then(|id| Uuid::parse_str(id).ok())
+                .and_then(|id| id.get_timestamp())
+                .map(|ts| {
+                    let (secs, nanos) = ts.to_unix();
+                    std::time::UNIX_EPOCH + Duration::new(secs, nanos)
+                });
+            created.is_some_and(|at| now.duration_since(at).is_ok_and(|age| age > LEFTOVER_AGE))
+        })
+        .collect();
+    for chunk in old.chunks(200) {
+        let names: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        admin
+            .delete_topics(
+                &names,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// The PostgreSQL database of the relay tests (`HERALD_TEST_DATABASE_URL`).
