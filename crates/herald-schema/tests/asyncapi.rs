@@ -2,13 +2,12 @@
 //! see `tests/fixtures/README.md`), and every `$ref` in it points inside it.
 #![allow(dead_code)]
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use herald_core::Event;
 use herald_schema::{AmqpChannels, AsyncApiConfig, Catalog, KafkaChannels, Transport};
-use prost::Message as _;
-use prost_types::field_descriptor_proto::{Label, Type};
-use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorProto, FileDescriptorSet};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -73,33 +72,6 @@ mod cancelled {
     }
 }
 
-fn descriptor_set() -> Vec<u8> {
-    let field = |name: &str, number: i32, kind: Type| FieldDescriptorProto {
-        name: Some(name.to_owned()),
-        number: Some(number),
-        r#type: Some(kind as i32),
-        label: Some(Label::Optional as i32),
-        ..Default::default()
-    };
-    FileDescriptorSet {
-        file: vec![FileDescriptorProto {
-            name: Some("shipping.proto".to_owned()),
-            package: Some("shipping.v1".to_owned()),
-            message_type: vec![DescriptorProto {
-                name: Some("OrderShipped".to_owned()),
-                field: vec![
-                    field("order_id", 1, Type::Int64),
-                    field("carrier", 2, Type::String),
-                ],
-                ..Default::default()
-            }],
-            syntax: Some("proto3".to_owned()),
-            ..Default::default()
-        }],
-    }
-    .encode_to_vec()
-}
-
 fn catalog() -> Catalog {
     Catalog::new()
         .event::<OrderPlaced>()
@@ -108,7 +80,7 @@ fn catalog() -> Catalog {
             "shipping.order_shipped",
             1,
             "shipping.v1.OrderShipped",
-            &descriptor_set(),
+            &common::shipping_descriptor_set(),
         )
         .expect("registered")
 }

@@ -1,6 +1,9 @@
 //! Protobuf compatibility over message descriptors built here (no `protoc`), and their
 //! registration in a catalog from an encoded `FileDescriptorSet`.
 
+mod common;
+
+use common::field;
 use herald_schema::{Catalog, Format, ProtoSchema, protobuf};
 use prost::Message as _;
 use prost_types::field_descriptor_proto::{Label, Type};
@@ -8,16 +11,6 @@ use prost_types::{
     DescriptorProto, EnumDescriptorProto, EnumValueDescriptorProto, FieldDescriptorProto,
     FileDescriptorProto, FileDescriptorSet, descriptor_proto::ReservedRange,
 };
-
-fn field(name: &str, number: i32, kind: Type) -> FieldDescriptorProto {
-    FieldDescriptorProto {
-        name: Some(name.to_owned()),
-        number: Some(number),
-        r#type: Some(kind as i32),
-        label: Some(Label::Optional as i32),
-        ..Default::default()
-    }
-}
 
 fn typed(name: &str, number: i32, kind: Type, type_name: &str) -> FieldDescriptorProto {
     FieldDescriptorProto {
@@ -264,22 +257,7 @@ impl herald_core::Event for OrderShipped {
 
 #[test]
 fn a_protobuf_event_registers_by_its_type() {
-    let bytes = FileDescriptorSet {
-        file: vec![FileDescriptorProto {
-            name: Some("shipping.proto".to_owned()),
-            package: Some("shipping.v1".to_owned()),
-            message_type: vec![DescriptorProto {
-                name: Some("OrderShipped".to_owned()),
-                field: vec![
-                    field("order_id", 1, Type::Int64),
-                    field("carrier", 2, Type::String),
-                ],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-    .encode_to_vec();
+    let bytes = common::shipping_descriptor_set();
     let catalog = Catalog::new()
         .protobuf_event::<OrderShipped>(&bytes)
         .expect("registered");
