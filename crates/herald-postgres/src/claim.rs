@@ -1,18 +1,26 @@
 //! The relay's side: leased claims in `seq` order that keep per-key order, and what happens
 //! to claimed rows afterwards ([`OutboxStore`]).
 //!
-//! A key is blocked for a claimer while one of its rows is leased by *another* relay or waits
-//! for a retry. Rows leased by the claimer itself do not block it: a relay publishes its own
-//! claims in `seq` order, so it may take the next rows of a key it holds (the store suite's
-//! `claim_respects_the_limit` relies on this).
+//! A claim is one row of `{table}_claims` (migration 5): the relay, the lease's end, the claimed
+//! rows' `seq`s and their keys. The outbox rows themselves are only read by a claim; they are
+//! written when they leave (completed or dead-lettered), when they fail (a retry), and when a
+//! claim of theirs ran out (its take-over counts the attempt). Writing the lease into every
+//! claimed row instead (versions 1 to 4) cost a new version of each row plus its index
+//! entries, more than the rest of a drain.
+//!
+//! A key is blocked for a claimer while another relay's live claim holds one of its rows, or
+//! while one of its rows waits for a retry. The claimer's own claims do not block it: a relay
+//! publishes its own claims in `seq` order, so it may take the next rows of a key it holds (the
+//! store suite's `claim_respects_the_limit` relies on this). No claim hands out a row that a
+//! live claim, its own included, holds.
 //!
 //! Claimers of one outbox table are serialized by a transaction-scoped advisory lock, so a
-//! claim always sees the leases of the claim before it: `SKIP LOCKED` alone would let two
-//! claimers split the rows of one key between them and break its order. The lock is held for
-//! one short `UPDATE`, not while publishing. Write-backs are not serialized with claims, so a
-//! claim locks the rows of other relays' expired leases first and treats one it cannot lock (a
-//! slow relay's write-back in flight) as blocking its key; failures and releases apply only
-//! under a live lease.
+//! claim always sees the claims before it: `SKIP LOCKED` alone would let two claimers split the
+//! rows of one key between them and break its order. The lock is held for one short statement,
+//! not while publishing. Write-backs are not serialized with claims: each write-back locks its
+//! relay's claims first, and a claim takes over an expired claim only if it can lock it (else
+//! the claim counts as live: a slow relay's write-back is in flight). Failures and releases apply
+//! only under a live claim; completions under any claim of their relay that still exists.
 //!
 //! The claim scans from a low watermark (`crate::watermark`), so the dead rows of published
 //! events that VACUUM cannot remove yet (another session holds a snapshot) are not walked on

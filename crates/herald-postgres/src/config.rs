@@ -75,7 +75,8 @@ impl PgOutboxConfig {
 }
 
 /// Suffixes of the tables that sit next to the outbox table.
-pub(crate) const TABLE_SUFFIXES: [&str; 3] = ["_dead_letters", "_archive", "_migrations"];
+pub(crate) const TABLE_SUFFIXES: [&str; 4] =
+    ["_dead_letters", "_archive", "_migrations", "_claims"];
 
 impl Default for PgOutboxConfig {
     fn default() -> Self {

@@ -41,6 +41,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "lease index by relay",
         template: include_str!("../migrations/0004_lease_by_relay.sql"),
     },
+    Migration {
+        version: 5,
+        name: "claims",
+        template: include_str!("../migrations/0005_claims.sql"),
+    },
 ];
 
 /// Fills a template's placeholders.
@@ -180,6 +185,9 @@ mod tests {
         let lease = render(MIGRATIONS[3].template, &config);
         assert!(lease.contains("ON \"s\".\"t\" (locked_by, locked_until)"));
         assert!(lease.contains("DROP INDEX \"s\".\"t_lease_idx\""));
-        assert_eq!(latest_version(), 4);
+        let claims = render(MIGRATIONS[4].template, &config);
+        assert!(claims.contains("CREATE TABLE \"s\".\"t_claims\""));
+        assert!(claims.contains("DROP COLUMN locked_by, DROP COLUMN locked_until"));
+        assert_eq!(latest_version(), 5);
     }
 }

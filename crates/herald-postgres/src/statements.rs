@@ -55,88 +55,127 @@ pub(crate) struct ClaimSql {
 impl ClaimSql {
     fn new(config: &PgOutboxConfig) -> Self {
         let outbox = config.qualified("");
+        let claims = config.qualified("_claims");
         let archive = config.qualified("_archive");
         let dead_letters = config.qualified("_dead_letters");
         let o_columns = envelope_columns("o");
 
-        // `clock` is read after the statement's snapshot was taken, so every committed row
-        // that the statement sees was recorded (its `available_at`) before `ts`: a fresh row is
-        // always available, and only a row waiting for a retry (attempts > 0) has its
-        // `available_at` in the future. That lets both "blocked" conditions use small partial
-        // indexes. `(SELECT ts FROM clock)` is an init plan, usable as an index bound.
-        // `seq >= $4` (the handle's low watermark, see `crate::watermark`) starts the scan of
-        // the primary key past rows that are deleted but not yet vacuumed. As an init plan it
-        // gets the planner's default selectivity: a literal past the histogram (the usual case,
-        // the watermark follows the newest rows) is estimated at one row, which made it pick
-        // a bitmap scan of every pending row plus a sort. The update looks the picked rows up
-        // by `seq = ANY(array)`: as a join, those one-row estimates made it scan the whole
-        // primary key (dead entries included) as the outer side of a nested loop (B5).
-        // A row of another relay whose lease ran out may be being written back right now
-        // (that relay is slow, not dead): its `fail` holds the row's lock, and the snapshot
-        // still shows the row as it was. `SKIP LOCKED` alone would pass over it and hand out the
-        // next row of its key while the failed one is about to wait for its retry. So those
-        // rows (`stale`: few, from the lease index) are locked first, without waiting, and the
-        // key of every one that could not be locked (`seized` lacks it) is blocked for this
-        // claim. A row updated or deleted since the snapshot is not locked either: its key is
-        // blocked once, conservatively. Rows of the claimer itself are its own business: the
-        // relay holds their keys in memory until their write-backs are known.
-        // Other relays' leases are read as two ranges of the lease index (`locked_by`, then
-        // `locked_until`), below and above the claimer's id: `locked_by <> $1` written as `<`
-        // or `>` (the same rows; a NULL matches neither), so that a claim never reads the
-        // claimer's own entries — among them those of every row it published and deleted in
-        // the last lease period, dead but kept by the index until vacuum. Each condition is an
-        // arm of its own so that each gets its own index scan.
+        // A claim is one row of `{table}_claims` (see migration 5): the outbox rows it hands
+        // out are read, not written. `clock` is read after the statement's snapshot was taken,
+        // so every committed row that the statement sees was recorded (its `available_at`)
+        // before `ts`: a fresh row is always available, and only a row waiting for a retry
+        // (attempts > 0) has its `available_at` in the future, which lets the retry lookup use
+        // a small partial index. `(SELECT ts FROM clock)` is an init plan, usable as an index
+        // bound.
+        //
+        // - `taken`: claims that ran out (whoever held them) are taken over: deleted, and their
+        //   rows that are still there count the claim as an attempt (`recounted`). A claim
+        //   whose holder is writing it back right now (slow, not dead) is locked by that
+        //   write-back: it is skipped and stays live for this claim, its rows held and its
+        //   keys blocked, until the write-back is over. Write-backs lock their claim the same
+        //   way, so a write-back and a take-over never both apply.
+        // - `live`: every other claim, the claimer's own included: their rows are not handed
+        //   out again (`held`). The keys of other relays' claims are blocked for this one
+        //   (`blocked`), with the keys waiting for a retry; the claimer's own are not: a relay
+        //   publishes its own claims in `seq` order, so it may take the next rows of a key it
+        //   holds.
+        // - `picked`: the first available rows in `seq` order, from the low watermark `$4`
+        //   (see `crate::watermark`; as an init plan it gets the planner's default selectivity,
+        //   so a literal past the histogram does not turn the scan into a bitmap scan and a
+        //   sort). `NOT IN` over a subquery is a hashed lookup per row.
+        // - `claimed`: the claim's own row, written when anything was picked.
+        //
+        // Claimers of one outbox are serialized by an advisory lock (`lock_key`) taken before
+        // this statement's snapshot, so a claim sees every claim committed before it.
         let claim = format!(
             "WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS ts), \
-             stale AS MATERIALIZED ( \
-                 SELECT s.seq, s.partition_key FROM {outbox} s \
-                 WHERE s.locked_by < $1 AND s.locked_until <= (SELECT ts FROM clock) \
-                   AND s.partition_key IS NOT NULL \
-                 UNION ALL \
-                 SELECT s.seq, s.partition_key FROM {outbox} s \
-                 WHERE s.locked_by > $1 AND s.locked_until <= (SELECT ts FROM clock) \
-                   AND s.partition_key IS NOT NULL \
+             every_claim AS MATERIALIZED (SELECT id, relay, seqs, keys FROM {claims}), \
+             taken AS MATERIALIZED ( \
+                 DELETE FROM {claims} t \
+                 WHERE t.id IN ( \
+                     SELECT x.id FROM {claims} x WHERE x.until <= (SELECT ts FROM clock) \
+                     FOR UPDATE SKIP LOCKED) \
+                 RETURNING t.id, t.seqs \
              ), \
-             seized AS MATERIALIZED ( \
-                 SELECT z.seq FROM {outbox} z \
-                 WHERE z.seq = ANY (ARRAY(SELECT seq FROM stale)) \
-                   AND z.locked_until <= (SELECT ts FROM clock) AND z.locked_by <> $1 \
-                 FOR UPDATE OF z SKIP LOCKED \
+             taken_seqs AS MATERIALIZED (SELECT DISTINCT unnest(seqs) AS seq FROM taken), \
+             recounted AS ( \
+                 UPDATE {outbox} r SET attempts = r.attempts + 1 \
+                 WHERE r.seq = ANY (ARRAY(SELECT seq FROM taken_seqs)) \
              ), \
+             live AS MATERIALIZED ( \
+                 SELECT l.relay, l.seqs, l.keys FROM every_claim l \
+                 WHERE l.id NOT IN (SELECT id FROM taken) \
+             ), \
+             held AS MATERIALIZED (SELECT unnest(seqs) AS seq FROM live), \
              blocked AS MATERIALIZED ( \
-                 SELECT b.partition_key FROM {outbox} b \
-                 WHERE b.locked_by < $1 AND b.locked_until > (SELECT ts FROM clock) \
-                   AND b.partition_key IS NOT NULL \
-                 UNION \
-                 SELECT b.partition_key FROM {outbox} b \
-                 WHERE b.locked_by > $1 AND b.locked_until > (SELECT ts FROM clock) \
-                   AND b.partition_key IS NOT NULL \
+                 SELECT unnest(keys) AS partition_key FROM live WHERE relay <> $1 \
                  UNION \
                  SELECT b.partition_key FROM {outbox} b \
                  WHERE b.attempts > 0 AND b.available_at > (SELECT ts FROM clock) \
                    AND b.partition_key IS NOT NULL \
-                 UNION \
-                 SELECT st.partition_key FROM stale st \
-                 WHERE st.seq <> ALL (ARRAY(SELECT seq FROM seized)) \
              ), \
-             picked AS ( \
-                 SELECT c.seq AS picked_seq FROM {outbox} c \
-                 WHERE (c.locked_until IS NULL OR c.locked_until <= (SELECT ts FROM clock)) \
-                   AND c.available_at <= (SELECT ts FROM clock) \
-                   AND (c.partition_key IS NULL \
-                        OR c.partition_key NOT IN (SELECT partition_key FROM blocked)) \
-                   AND c.seq >= (SELECT $4::int8) \
-                 ORDER BY c.seq \
+             picked AS MATERIALIZED ( \
+                 SELECT o.seq, \
+                        (o.attempts + 1 \
+                         + CASE WHEN o.seq IN (SELECT seq FROM taken_seqs) THEN 1 ELSE 0 END \
+                        )::int4 AS attempts, \
+                        {o_columns} \
+                 FROM {outbox} o \
+                 WHERE o.available_at <= (SELECT ts FROM clock) \
+                   AND o.seq NOT IN (SELECT seq FROM held) \
+                   AND (o.partition_key IS NULL \
+                        OR o.partition_key NOT IN (SELECT partition_key FROM blocked)) \
+                   AND o.seq >= (SELECT $4::int8) \
+                 ORDER BY o.seq \
                  LIMIT $2 \
-                 FOR UPDATE OF c SKIP LOCKED \
+             ), \
+             claimed AS ( \
+                 INSERT INTO {claims} (relay, until, seqs, keys) \
+                 SELECT $1, (SELECT ts FROM clock) + $3::float8 * interval '1 microsecond', \
+                        array_agg(seq ORDER BY seq), \
+                        coalesce(array_agg(DISTINCT partition_key) \
+                                 FILTER (WHERE partition_key IS NOT NULL), '{{}}') \
+                 FROM picked \
+                 HAVING count(*) > 0 \
              ) \
-             UPDATE {outbox} o \
-             SET attempts = o.attempts + 1, \
-                 locked_by = $1, \
-                 locked_until = (SELECT ts FROM clock) + $3::float8 * interval '1 microsecond' \
-             WHERE o.seq = ANY (ARRAY(SELECT picked_seq FROM picked)) \
-             RETURNING o.seq, o.attempts, {o_columns}"
+             SELECT * FROM picked ORDER BY seq"
         );
+
+        // Every write-back starts by locking the claims of its relay (`held`, `FOR UPDATE`; a
+        // relay has a few in flight), which fences it against a take-over: either the take-over
+        // deleted a claim first (the write-back then does not find it and changes nothing of
+        // its rows) or it skips the claim while the write-back holds it. Only the rows that a
+        // locked claim holds are written (`mine`), and the claims then forget them (`rest`): a
+        // claim is deleted once it holds none. Every step is a hashed lookup or set difference,
+        // linear in the batch (array operators such as `&&` compare every pair).
+        let fenced = |relay: &str, seqs: &str, live: bool| {
+            let live = if live { "AND c.until > now() " } else { "" };
+            format!(
+                "wanted AS MATERIALIZED (SELECT unnest({seqs}) AS seq), \
+                 held AS MATERIALIZED ( \
+                     SELECT c.id, c.seqs FROM {claims} c \
+                     WHERE c.relay = {relay} {live}\
+                     FOR UPDATE \
+                 ), \
+                 mine AS MATERIALIZED ( \
+                     SELECT s.seq FROM held h, unnest(h.seqs) AS s(seq) \
+                     WHERE s.seq IN (SELECT seq FROM wanted) \
+                 ), \
+                 rest AS MATERIALIZED ( \
+                     SELECT h.id, cardinality(h.seqs) AS had, \
+                            ARRAY(SELECT unnest(h.seqs) EXCEPT SELECT seq FROM wanted) AS seqs \
+                     FROM held h \
+                 ), \
+                 shrunk AS ( \
+                     UPDATE {claims} c SET seqs = r.seqs FROM rest r \
+                     WHERE c.id = r.id AND cardinality(r.seqs) BETWEEN 1 AND r.had - 1 \
+                 ), \
+                 emptied AS ( \
+                     DELETE FROM {claims} c USING rest r \
+                     WHERE c.id = r.id AND cardinality(r.seqs) = 0 \
+                 )"
+            )
+        };
 
         // The relay's write-backs are single statements, each its own transaction (one round
         // trip instead of BEGIN, SET LOCAL, the statement and COMMIT), committed without
@@ -144,56 +183,62 @@ impl ClaimSql {
         // transaction, and the commit reads it before the setting is undone. A write-back
         // lost in a crash only means its rows come back after their lease: published again
         // (at least once), retried or released again.
+        //
+        // A completion is fenced by the claim's holder only, not by its validity: a confirmed
+        // publication is a fact, and deleting the row then spares a duplicate without letting
+        // anything of its key overtake it. Failures and releases also need the claim to be
+        // live: a relay whose claim ran out must not reschedule a row that another relay may
+        // be claiming past (its key looked free), nor give back what it no longer holds. The
+        // rows then stay as the expired claim left them, and its take-over counts the attempt.
+        let completion_fence = fenced("$2", "$1::int8[]", false);
         let complete = match config.completion {
-            Completion::Delete => {
-                format!("DELETE FROM {outbox} WHERE seq = ANY($1) AND locked_by = $2 AND {ASYNC}")
-            }
+            Completion::Delete => format!(
+                "WITH {completion_fence} \
+                 DELETE FROM {outbox} \
+                 WHERE seq IN (SELECT seq FROM mine) AND {ASYNC}"
+            ),
             Completion::Archive => format!(
-                "WITH done AS ( \
-                     DELETE FROM {outbox} WHERE seq = ANY($1) AND locked_by = $2 AND {ASYNC} \
-                     RETURNING seq, {ENVELOPE_COLUMNS}, recorded_at, attempts \
+                "WITH {completion_fence}, \
+                 done AS ( \
+                     DELETE FROM {outbox} WHERE seq IN (SELECT seq FROM mine) AND {ASYNC} \
+                     RETURNING seq, {ENVELOPE_COLUMNS}, recorded_at, attempts + 1 AS attempts \
                  ) \
                  INSERT INTO {archive} (seq, {ENVELOPE_COLUMNS}, recorded_at, attempts) \
                  SELECT seq, {ENVELOPE_COLUMNS}, recorded_at, attempts FROM done"
             ),
         };
 
-        // One statement for the whole batch: retries are rescheduled, dead letters moved.
-        // (A data-modifying CTE runs even though nothing reads its output.) Failures and
-        // releases are fenced by the lease's validity as well as by its holder: a relay whose
-        // lease ran out must not reschedule a row that another relay may be claiming past (its
-        // key looked free), nor give back what it no longer holds. The rows stay as the expired
-        // claim left them, claimable at once, the claim counted. A completion is fenced by the
-        // holder only: a confirmed publication is a fact, and deleting the row then spares a
-        // duplicate without letting anything of its key overtake it.
+        // One statement for the whole batch: retries are rescheduled (the claim counted as an
+        // attempt), dead letters moved. (A data-modifying CTE runs even though nothing reads
+        // its output.)
+        let failure_fence = fenced("$1", "$2::int8[]", true);
         let fail = format!(
-            "WITH f AS ( \
+            "WITH {failure_fence}, \
+             f AS ( \
                  SELECT * FROM UNNEST($2::int8[], $3::text[], $4::int8[]) AS f(seq, error, delay_us) \
+                 WHERE f.seq IN (SELECT seq FROM mine) \
              ), \
              retried AS ( \
                  UPDATE {outbox} o \
-                 SET locked_by = NULL, locked_until = NULL, last_error = f.error, \
+                 SET attempts = o.attempts + 1, last_error = f.error, \
                      available_at = now() + f.delay_us::float8 * interval '1 microsecond' \
                  FROM f \
-                 WHERE o.seq = f.seq AND f.delay_us IS NOT NULL AND o.locked_by = $1 \
-                   AND o.locked_until > now() AND {ASYNC} \
+                 WHERE o.seq = f.seq AND f.delay_us IS NOT NULL AND {ASYNC} \
                  RETURNING o.seq \
              ), \
              dead AS ( \
                  DELETE FROM {outbox} o USING f \
-                 WHERE o.seq = f.seq AND f.delay_us IS NULL AND o.locked_by = $1 \
-                   AND o.locked_until > now() AND {ASYNC} \
-                 RETURNING o.seq, {o_columns}, o.recorded_at, o.attempts, f.error \
+                 WHERE o.seq = f.seq AND f.delay_us IS NULL AND {ASYNC} \
+                 RETURNING o.seq, {o_columns}, o.recorded_at, o.attempts + 1 AS attempts, f.error \
              ) \
              INSERT INTO {dead_letters} (seq, {ENVELOPE_COLUMNS}, recorded_at, attempts, last_error) \
              SELECT seq, {ENVELOPE_COLUMNS}, recorded_at, attempts, error FROM dead"
         );
 
-        let release = format!(
-            "UPDATE {outbox} \
-             SET locked_by = NULL, locked_until = NULL, attempts = greatest(attempts - 1, 0) \
-             WHERE seq = ANY($1) AND locked_by = $2 AND locked_until > now() AND {ASYNC}"
-        );
+        // A release gives rows back untouched: the claim forgets them, so they are claimable
+        // again at once, and it was no attempt.
+        let release_fence = fenced("$2", "$1::int8[]", true);
+        let release = format!("WITH {release_fence} SELECT {ASYNC}");
 
         let prune = format!(
             "DELETE FROM {archive} WHERE seq IN ( \
@@ -240,15 +285,20 @@ pub(crate) struct AdminSql {
 impl AdminSql {
     fn new(config: &PgOutboxConfig) -> Self {
         let outbox = config.qualified("");
+        let claims = config.qualified("_claims");
         let dead_letters = config.qualified("_dead_letters");
         let archive = config.qualified("_archive");
-        let pending = "(locked_until IS NULL OR locked_until <= now())";
+        // A row is in flight while a live claim holds it; every other row is pending.
+        let pending = "seq NOT IN (SELECT seq FROM in_flight)";
 
         let stats = format!(
-            "SELECT \
+            "WITH in_flight AS MATERIALIZED ( \
+                 SELECT unnest(seqs) AS seq FROM {claims} WHERE until > now() \
+             ) \
+             SELECT \
                  count(*) FILTER (WHERE {pending}) AS pending, \
                  count(*) FILTER (WHERE {pending} AND available_at > now()) AS retrying, \
-                 count(*) FILTER (WHERE locked_until > now()) AS in_flight, \
+                 count(*) FILTER (WHERE NOT ({pending})) AS in_flight, \
                  min(recorded_at) FILTER (WHERE {pending}) AS oldest_pending_at, \
                  min(recorded_at) FILTER (WHERE {pending} AND available_at <= now()) \
                      AS oldest_due_at, \

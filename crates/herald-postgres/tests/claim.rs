@@ -1,5 +1,5 @@
-//! The claim's per-key order against write-backs in flight on other connections: a row that a
-//! claim cannot lock because another relay is writing it back still blocks its key.
+//! The claim's per-key order against write-backs in flight on other connections: an expired
+//! claim that its relay is writing back right now is not taken over, and still blocks its keys.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -21,7 +21,7 @@ fn request(relay_id: Uuid, lease: Duration) -> ClaimRequest {
 }
 
 #[tokio::test]
-async fn a_row_locked_by_a_write_back_after_its_lease_expired_blocks_its_key() {
+async fn a_claim_locked_by_a_write_back_after_its_lease_expired_blocks_its_keys() {
     let outbox = common::outbox(Completion::Delete).await;
     let mut tx = outbox.begin().await.unwrap();
     tx.record_all(&[envelope("k", 0), envelope("k", 1)])
@@ -36,16 +36,17 @@ async fn a_row_locked_by_a_write_back_after_its_lease_expired_blocks_its_key() {
     assert_eq!(first.len(), 2);
     tokio::time::sleep(lease + Duration::from_millis(200)).await;
 
-    // A's write-back of k:0 is in flight: its statement holds the row's lock.
-    let table = format!("{}.\"outbox\"", outbox.config().schema.quoted());
+    // A's write-back of k:0 is in flight: its statement holds the claim's lock.
+    let claims = format!("{}.\"outbox_claims\"", outbox.config().schema.quoted());
     let mut write_back = outbox.pool().begin().await.unwrap();
-    sqlx::query(AssertSqlSafe(format!(
-        "UPDATE {table} SET last_error = 'in flight' WHERE seq = $1"
+    let locked = sqlx::query(AssertSqlSafe(format!(
+        "SELECT id FROM {claims} WHERE relay = $1 FOR UPDATE"
     )))
-    .bind(first[0].seq)
-    .execute(&mut *write_back)
+    .bind(slow)
+    .fetch_all(&mut *write_back)
     .await
     .unwrap();
+    assert_eq!(locked.len(), 1, "one claim row per claim");
 
     // Relay B must not take k:1 past the row it cannot see.
     let other = Uuid::now_v7();
@@ -60,7 +61,8 @@ async fn a_row_locked_by_a_write_back_after_its_lease_expired_blocks_its_key() {
         first[0].seq
     );
 
-    // Once the write-back is over (here: it changed nothing), B takes both, in order.
+    // Once the write-back is over (here: it changed nothing), B takes both over, in order,
+    // A's expired claim counted as their first attempt.
     write_back.rollback().await.unwrap();
     let taken = outbox
         .claim(&request(other, Duration::from_secs(30)))
@@ -68,4 +70,9 @@ async fn a_row_locked_by_a_write_back_after_its_lease_expired_blocks_its_key() {
         .unwrap();
     let seqs: Vec<i64> = taken.iter().map(|c| c.seq).collect();
     assert_eq!(seqs, vec![first[0].seq, first[1].seq]);
+    assert!(taken.iter().all(|c| c.attempts == 2), "{taken:?}");
+
+    // A's write-back after the take-over changes nothing: its claim is gone.
+    assert_eq!(outbox.complete(slow, &seqs).await.unwrap(), 0);
+    assert_eq!(outbox.complete(other, &seqs).await.unwrap(), 2);
 }

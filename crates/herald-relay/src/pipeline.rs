@@ -30,8 +30,8 @@
 //! - If a batch's fate could not be written, every key of it stays held until its lease ran out
 //!   (the rows then come back, and are published again: at least once).
 //! - Batches are written back in claim order, and a new claim waits while
-//!   [`PIPELINE_DEPTH`] batches are unsettled: the claim of batch `n + 2` runs only after
-//!   batch `n` was written back.
+//!   [`PIPELINE_DEPTH`] batches are unsettled: the claim of batch `n + PIPELINE_DEPTH` runs
+//!   only after batch `n` was written back.
 
 use std::collections::{HashMap, VecDeque};
 

@@ -12,6 +12,13 @@
 //! lease's validity when their statement starts (`locked_until > now()`). A write-back that
 //! reaches a row locked by another one waits for it and checks its fence again.
 //!
+//! Since migration 5 the store keeps a lease per claim (one row of `{table}_claims` listing the
+//! claim's rows and keys) rather than per row, and counts an attempt when a claim ends (failed,
+//! or taken over after it ran out) rather than when it starts. A relay sees the same answers
+//! from both, with one difference that only ever blocks more: a claim's keys stay blocked for
+//! other relays until every row of the claim was written back, not row by row. The model keeps
+//! the per-row form, whose fences the relay's rules were written against.
+//!
 //! Timing: every operation first waits a seeded delay (the network, the pool). A claim's
 //! statement then runs at once on what is committed at that moment, and its answer arrives
 //! after another delay. A write-back's statement checks its fence and locks its rows when it
