@@ -141,8 +141,9 @@ impl ClaimSql {
              SELECT * FROM picked ORDER BY seq"
         );
 
-        // Every write-back starts by locking the claims of its relay (`held`, `FOR UPDATE`; a
-        // relay has a few in flight), which fences it against a take-over: either the take-over
+        // Every write-back starts by locking the claims of its relay (`held`, `FOR UPDATE` in
+        // `id` order, so two write-backs never wait on each other crosswise; a relay has a few
+        // claims in flight), which fences it against a take-over: either the take-over
         // deleted a claim first (the write-back then does not find it and changes nothing of
         // its rows) or it skips the claim while the write-back holds it. Only the rows that a
         // locked claim holds are written (`mine`), and the claims then forget them (`rest`): a
@@ -155,6 +156,7 @@ impl ClaimSql {
                  held AS MATERIALIZED ( \
                      SELECT c.id, c.seqs FROM {claims} c \
                      WHERE c.relay = {relay} {live}\
+                     ORDER BY c.id \
                      FOR UPDATE \
                  ), \
                  mine AS MATERIALIZED ( \
