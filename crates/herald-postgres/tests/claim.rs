@@ -76,3 +76,50 @@ async fn a_claim_locked_by_a_write_back_after_its_lease_expired_blocks_its_keys(
     assert_eq!(outbox.complete(slow, &seqs).await.unwrap(), 0);
     assert_eq!(outbox.complete(other, &seqs).await.unwrap(), 2);
 }
+
+/// The number of claim rows of `outbox`.
+async fn claim_rows(outbox: &herald_postgres::PgOutbox) -> i64 {
+    let claims = format!("{}.\"outbox_claims\"", outbox.config().schema.quoted());
+    sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {claims}")))
+        .fetch_one(outbox.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_claim_shrinks_with_each_write_back_and_goes_with_the_last() {
+    let outbox = common::outbox(Completion::Delete).await;
+    let mut tx = outbox.begin().await.unwrap();
+    tx.record_all(&[envelope("k", 0), envelope("j", 0), envelope("k", 1)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let a = Uuid::now_v7();
+    let lease = Duration::from_secs(30);
+    let claimed = outbox.claim(&request(a, lease)).await.unwrap();
+    let seqs: Vec<i64> = claimed.iter().map(|c| c.seq).collect();
+    assert_eq!(seqs.len(), 3);
+    assert_eq!(claim_rows(&outbox).await, 1);
+
+    // j:0 is published: its row goes, the claim keeps the other two.
+    assert_eq!(outbox.complete(a, &[seqs[1]]).await.unwrap(), 1);
+    assert_eq!(claim_rows(&outbox).await, 1);
+    let b = Uuid::now_v7();
+    assert!(outbox.claim(&request(b, lease)).await.unwrap().is_empty());
+
+    // A gives k:0 and k:1 back: the claim is over, and B takes both in order, first attempts.
+    outbox.release(a, &[seqs[0], seqs[2]]).await.unwrap();
+    assert_eq!(claim_rows(&outbox).await, 0);
+    let taken = outbox.claim(&request(b, lease)).await.unwrap();
+    let got: Vec<(i64, u32)> = taken.iter().map(|c| (c.seq, c.attempts)).collect();
+    assert_eq!(got, vec![(seqs[0], 1), (seqs[2], 1)]);
+
+    // A's late write-backs change nothing of B's claim.
+    assert_eq!(outbox.complete(a, &[seqs[0]]).await.unwrap(), 0);
+    outbox.release(a, &[seqs[2]]).await.unwrap();
+    assert_eq!(claim_rows(&outbox).await, 1);
+    assert_eq!(outbox.complete(b, &[seqs[0], seqs[2]]).await.unwrap(), 2);
+    assert_eq!(claim_rows(&outbox).await, 0);
+    common::drop_schema(&outbox).await;
+}
