@@ -26,6 +26,7 @@
 //! events that VACUUM cannot remove yet (another session holds a snapshot) are not walked on
 //! every claim.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::store::split_malformed;
@@ -64,10 +65,16 @@ impl OutboxStore for PgOutbox {
         }
         let inner = &self.inner;
         let secrets = &inner.secrets;
+        // Beside the claim, not before it: a maintenance (two or three statements) would
+        // otherwise lengthen every claim it falls on, and claims are what a drain waits for.
+        let maintained = Arc::clone(inner);
+        tokio::spawn(async move {
+            maintained
+                .watermark
+                .maintain(&maintained.pool, &maintained.secrets)
+                .await;
+        });
         let mut conn = inner.pool.acquire().await.store_err("claim", secrets)?;
-        // Outside the transaction: each maintenance statement needs a snapshot of its own,
-        // and a failure there must not abort the claim.
-        inner.watermark.maintain(&mut conn, secrets).await;
         let low = inner.watermark.low();
         let mut tx = Connection::begin(&mut *conn)
             .await

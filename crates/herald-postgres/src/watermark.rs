@@ -35,9 +35,10 @@
 //! anyway (one full scan) as defence in depth, and a failed maintenance keeps the old `low`:
 //! it never fails a claim.
 //!
-//! Maintenance runs at most every [`MAINTENANCE_INTERVAL`] per handle (clones share it), on
-//! the claim's connection before its transaction begins: an error there cannot abort the claim
-//! transaction, and the claimers' advisory lock is not held longer. It does not need that
+//! Maintenance runs at most every [`MAINTENANCE_INTERVAL`] per handle (clones share it), in a
+//! task that a claim starts beside itself, on a connection of its own: the claim does not wait
+//! for it (it reads `low` as it is), an error there cannot abort the claim transaction, and the
+//! claimers' advisory lock is not held longer. It does not need that
 //! lock: claims only update rows, and the minimum is taken over rows that exist either way.
 //!
 //! SQLite needs none of this: it has no MVCC horizon, deleted rows leave its B-tree at once.
@@ -46,7 +47,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::{AssertSqlSafe, PgConnection};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
 use crate::config::PgOutboxConfig;
 use crate::error::store_error;
@@ -141,10 +142,10 @@ impl Watermark {
         self.low.load(Ordering::Acquire)
     }
 
-    /// Advances the watermark if a maintenance is due and no other one is running. Must run
-    /// outside a transaction on `conn` (each statement needs its own snapshot). Errors are
-    /// logged and leave the watermark as it was.
-    pub(crate) async fn maintain(&self, conn: &mut PgConnection, secrets: &[String]) {
+    /// Advances the watermark if a maintenance is due and no other one is running, on a
+    /// connection of `pool` of its own (each statement needs its own snapshot, outside any
+    /// transaction). Errors are logged and leave the watermark as it was.
+    pub(crate) async fn maintain(&self, pool: &PgPool, secrets: &[String]) {
         let Ok(mut state) = self.state.try_lock() else {
             return;
         };
@@ -156,7 +157,13 @@ impl Watermark {
             self.low.store(0, Ordering::Release);
             state.reset_at = now + RESET_INTERVAL;
         }
-        if let Err(error) = self.advance(conn, &mut state).await {
+        let advanced = match pool.acquire().await {
+            Ok(mut conn) => self.advance(&mut conn, &mut state).await,
+            // The handle is being shut down: nothing left to claim.
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = advanced {
             let error = store_error("claim watermark", error, secrets);
             if state.warned {
                 tracing::debug!(%error, "outbox watermark not advanced");
