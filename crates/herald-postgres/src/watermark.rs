@@ -38,8 +38,9 @@
 //! Maintenance runs at most every [`MAINTENANCE_INTERVAL`] per handle (clones share it), in a
 //! task that a claim starts beside itself, on a connection of its own: the claim does not wait
 //! for it (it reads `low` as it is), an error there cannot abort the claim transaction, and the
-//! claimers' advisory lock is not held longer. It does not need that
-//! lock: claims only update rows, and the minimum is taken over rows that exist either way.
+//! claimers' advisory lock is not held longer. It does not need that lock either: claims
+//! delete no outbox row (a claim is a row of `{table}_claims`; a take-over only updates the
+//! rows it counts), and the minimum is taken over rows that exist either way.
 //!
 //! SQLite needs none of this: it has no MVCC horizon, deleted rows leave its B-tree at once.
 
