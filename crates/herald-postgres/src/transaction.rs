@@ -66,7 +66,7 @@ impl<'c> PgOutboxTx<'c> {
     }
 
     /// Records `event` in the same statement as `statement`, the caller's own write (an
-    /// `INSERT`, `UPDATE`, `DELETE` or `SELECT` built with [`sqlx::query`] and its binds):
+    /// `INSERT`, `UPDATE`, `DELETE` or `SELECT` built with [`sqlx::query()`] and its binds):
     /// the event's INSERT becomes a data-modifying `WITH` clause of that statement, so the
     /// event costs no round trip of its own. The caller's placeholders (`$1`…) keep their
     /// numbers; the event's values are bound after them. A statement that already begins with
