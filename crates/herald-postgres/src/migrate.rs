@@ -46,6 +46,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "claims",
         template: include_str!("../migrations/0005_claims.sql"),
     },
+    Migration {
+        version: 6,
+        name: "claims uncompressed",
+        template: include_str!("../migrations/0006_claims_uncompressed.sql"),
+    },
 ];
 
 /// Fills a template's placeholders.
@@ -188,6 +193,6 @@ mod tests {
         let claims = render(MIGRATIONS[4].template, &config);
         assert!(claims.contains("CREATE TABLE \"s\".\"t_claims\""));
         assert!(claims.contains("DROP COLUMN locked_by, DROP COLUMN locked_until"));
-        assert_eq!(latest_version(), 5);
+        assert_eq!(latest_version(), 6);
     }
 }

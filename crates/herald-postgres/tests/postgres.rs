@@ -126,7 +126,29 @@ async fn migrate_is_idempotent_and_safe_to_run_concurrently() {
             .fetch_all(a.pool())
             .await
             .expect("history");
-    assert_eq!(versions, vec![1, 2, 3, 4, 5], "each migration applied once");
+    assert_eq!(
+        versions,
+        vec![1, 2, 3, 4, 5, 6],
+        "each migration applied once"
+    );
+    // Version 6: a claim's arrays are stored out of line uncompressed (`e`), not compressed.
+    let storage: Vec<(String, String)> = sqlx::query_as(
+        "SELECT a.attname::text, a.attstorage::text FROM pg_attribute a \
+         JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relname = 'events_claims' AND a.attname IN ('seqs', 'keys') \
+         ORDER BY a.attname",
+    )
+    .bind(a.config().schema.as_str())
+    .fetch_all(a.pool())
+    .await
+    .expect("claims columns");
+    assert_eq!(
+        storage,
+        vec![
+            ("keys".to_owned(), "e".to_owned()),
+            ("seqs".to_owned(), "e".to_owned())
+        ]
+    );
     assert_eq!(a.stats().await.expect("stats").pending, 0);
     common::drop_schema(&a).await;
 }
