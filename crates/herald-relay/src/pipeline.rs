@@ -42,10 +42,12 @@ use crate::RelayConfig;
 use crate::batch::{self, Row, RowFates};
 
 /// Most publish calls in flight at once.
-pub(crate) const MAX_ROUNDS: usize = 4;
+pub(crate) const MAX_ROUNDS: usize = 8;
 
-/// Most batches claimed and not yet written back.
-pub(crate) const PIPELINE_DEPTH: usize = 2;
+/// Most batches claimed and not yet written back. Four keep a broker whose confirmations take
+/// milliseconds (Kafka's `linger.ms`) busy while claims and write-backs take their turns: B2k
+/// drained ~9 % faster than with two, for ~1 MiB more (README, Performance).
+pub(crate) const PIPELINE_DEPTH: usize = 4;
 
 /// An event's place: its batch and its index in the batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
