@@ -218,46 +218,13 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 ));
             }
             let backing_off = !stopping && want_claim && claiming.is_none() && claim_after > now;
+            // The store's operations are polled first. Claims are what a drain waits for (one
+            // in flight, serialized per outbox), and everything here runs on this one task: a
+            // publish call's first poll encodes and hands its whole round to the transport,
+            // which would otherwise push a returned claim's turn (and the next claim) back by
+            // that long whenever the random order put it first.
             tokio::select! {
-                (slots, results) = next_done(&mut rounds), if !rounds.is_empty() => {
-                    if let Some(error) = results.iter().find_map(|r| r.as_ref().err().filter(|e| e.is_unreachable())) {
-                        // Not the events' fault: they are given back without an attempt, and
-                        // the relay stops publishing and claiming for a while.
-                        outages += 1;
-                        self.metrics.unreachable();
-                        let delay = self.config.store_backoff.delay(outages);
-                        warn!(relay = %self.id, error = %error.chain(), retry_in = ?delay, "broker unreachable; events given back");
-                        publish_after = Instant::now() + delay;
-                        claim_after = claim_after.max(publish_after);
-                    } else if results.iter().any(Result::is_ok) {
-                        outages = 0;
-                    }
-                    scheduler.round_done(slots, results);
-                }
-                (terms, result) = poll_slot(&mut settling) => {
-                    settling = None;
-                    match result {
-                        Ok(report) => {
-                            store_errors = 0;
-                            self.metrics.settled(&report);
-                            debug!(relay = %self.id, ?report, "batch settled");
-                            scheduler.settled(terms, true);
-                        }
-                        Err(error) => {
-                            // The rows come back after their lease (published rows are
-                            // published again: at least once).
-                            store_errors += 1;
-                            self.metrics.store_error(ErrorKind::WriteBack);
-                            self.metrics.unsettled(terms.claimed);
-                            let delay = self.config.store_backoff.delay(store_errors);
-                            warn!(relay = %self.id, error = %error.chain(), retry_in = ?delay, "could not write a batch back");
-                            claim_after = Instant::now() + delay;
-                            scheduler.settled(terms, false);
-                        }
-                    }
-                    // What was settled may have made rows claimable again.
-                    want_claim = true;
-                }
+                biased;
                 (ticket, (claimed_at, owner, result)) = poll_slot(&mut claiming) => {
                     claiming = None;
                     match result {
@@ -289,6 +256,45 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                             claim_after = Instant::now() + delay;
                         }
                     }
+                }
+                (terms, result) = poll_slot(&mut settling) => {
+                    settling = None;
+                    match result {
+                        Ok(report) => {
+                            store_errors = 0;
+                            self.metrics.settled(&report);
+                            debug!(relay = %self.id, ?report, "batch settled");
+                            scheduler.settled(terms, true);
+                        }
+                        Err(error) => {
+                            // The rows come back after their lease (published rows are
+                            // published again: at least once).
+                            store_errors += 1;
+                            self.metrics.store_error(ErrorKind::WriteBack);
+                            self.metrics.unsettled(terms.claimed);
+                            let delay = self.config.store_backoff.delay(store_errors);
+                            warn!(relay = %self.id, error = %error.chain(), retry_in = ?delay, "could not write a batch back");
+                            claim_after = Instant::now() + delay;
+                            scheduler.settled(terms, false);
+                        }
+                    }
+                    // What was settled may have made rows claimable again.
+                    want_claim = true;
+                }
+                (slots, results) = next_done(&mut rounds), if !rounds.is_empty() => {
+                    if let Some(error) = results.iter().find_map(|r| r.as_ref().err().filter(|e| e.is_unreachable())) {
+                        // Not the events' fault: they are given back without an attempt, and
+                        // the relay stops publishing and claiming for a while.
+                        outages += 1;
+                        self.metrics.unreachable();
+                        let delay = self.config.store_backoff.delay(outages);
+                        warn!(relay = %self.id, error = %error.chain(), retry_in = ?delay, "broker unreachable; events given back");
+                        publish_after = Instant::now() + delay;
+                        claim_after = claim_after.max(publish_after);
+                    } else if results.iter().any(Result::is_ok) {
+                        outages = 0;
+                    }
+                    scheduler.round_done(slots, results);
                 }
                 () = shutdown.cancelled(), if !stopping => stopping = true,
                 () = wakeups.rung(), if !want_claim => want_claim = true,
