@@ -9,7 +9,11 @@
 //! the least any relay pays PostgreSQL. The machine's CPU time is read around the relay, the
 //! ceiling and the bare drain: the ceiling's plus the bare drain's core-seconds per event are
 //! the least any PostgreSQL → Kafka relay spends per event on these shared cores, which bounds
-//! its rate whatever its design (the CPU bound in the report).
+//! its rate whatever its design (the CPU bound in the report), if it could keep every core busy.
+//! A fifth variant measures what that arithmetic assumes: the ceiling's producer loop and the
+//! bare drain run at once, uncoupled, on the same cores (*both halves at once*). A relay does
+//! both halves' work and more (it publishes only what it read and deletes only what was
+//! confirmed), so no relay can be expected to drain faster here than they finish together.
 //!
 //! The relay runs in B2's child process (hidden `relay-child` subcommand with `--kafka`).
 //! Each variant is checked by the records it added to the topic (its partitions' high
@@ -84,6 +88,7 @@ async fn measure(
     let (mut relay_cpu, mut ceiling_cpu, mut bare_cpu) =
         (Vec::<f64>::new(), Vec::<f64>::new(), Vec::<f64>::new());
     let mut bare: Vec<f64> = vec![];
+    let mut halves: Vec<f64> = vec![];
     let per_1000 = 1000.0 / plan.events as f64;
     for round in 0..=plan.rounds {
         // A: the relay, in its own process.
@@ -128,16 +133,46 @@ async fn measure(
                 plan.events
             ));
         }
+        // E: the ceiling's producer loop and the bare drain at once, uncoupled: both halves
+        // of the work every PostgreSQL → Kafka relay does, sharing the cores as a relay's
+        // halves do. No relay, whatever its design, takes and publishes faster here.
+        vacuum(outbox, &table).await?;
+        fixture::prefill(outbox, &envelopes).await?;
+        let before = broker.written(topic).await?;
+        let started = Instant::now();
+        let (published, drained) = tokio::join!(
+            broker.publish(&records, window),
+            bare_drain(outbox, &table, plan.relay_batch)
+        );
+        let halves_s = started.elapsed().as_secs_f64();
+        published?;
+        let drained = drained?;
+        let written = broker.written(topic).await? - before;
+        check(
+            &mut scenario,
+            "halves at once (producer)",
+            written,
+            plan.events,
+        );
+        if drained != plan.events {
+            scenario.complete = false;
+            scenario.note(format!(
+                "halves at once: {drained} rows of {} deleted",
+                plan.events
+            ));
+        }
         let (relay_rate, ceiling_rate, store_rate, bare_rate) = (
             plan.events as f64 / child.elapsed_s,
             plan.events as f64 / ceiling_s,
             plan.events as f64 / instant.elapsed_s,
             plan.events as f64 / bare_s,
         );
+        let halves_rate = plan.events as f64 / halves_s;
         eprintln!(
             "B2k round {round}: relay {relay_rate:.0}/s ({:.1} MiB, {:.2} core-s), \
              ceiling {ceiling_rate:.0}/s ({ceiling_core_s:.2} core-s), relay with an instant \
-             publisher {store_rate:.0}/s, bare drain {bare_rate:.0}/s ({bare_core_s:.2} core-s)",
+             publisher {store_rate:.0}/s, bare drain {bare_rate:.0}/s ({bare_core_s:.2} core-s), \
+             both halves at once {halves_rate:.0}/s",
             child.vm_hwm_kib as f64 / 1024.0,
             child.machine_core_s,
         );
@@ -146,6 +181,7 @@ async fn measure(
             ceiling.push(ceiling_rate);
             store.push(store_rate);
             bare.push(bare_rate);
+            halves.push(halves_rate);
             publisher_share.push(relay_rate / store_rate.max(1e-9));
             memory.push(child.vm_hwm_kib as f64 / 1024.0);
             relay_cpu.push(child.machine_core_s * per_1000 * 1e3);
@@ -168,6 +204,11 @@ async fn measure(
         "bare drain: DELETE … RETURNING of the same rows, no lease, no broker",
         "events/s",
         bare,
+    );
+    let h = scenario.row(
+        "both halves at once: the ceiling's producer loop and the bare drain, uncoupled",
+        "events/s",
+        halves,
     );
     scenario.row("relay process peak RSS (VmHWM)", "MiB", memory);
     scenario.row(
@@ -203,11 +244,25 @@ async fn measure(
         r >= 0.8 * c,
     );
     scenario.target(
-        "CPU bound / ceiling: the most any relay could reach here",
+        "CPU bound / ceiling: cores fully busy, no wait anywhere",
         bound / c.max(1e-9),
         "×",
+        "(information)",
+        true,
+    );
+    scenario.target(
+        "both halves at once / ceiling: more than any relay reaches here",
+        h / c.max(1e-9),
+        "×",
         "≥ 0.8 for the target to be reachable",
-        bound >= 0.8 * c,
+        h >= 0.8 * c,
+    );
+    scenario.target(
+        "relay / both halves at once",
+        r / h.max(1e-9),
+        "×",
+        "(information)",
+        true,
     );
     scenario.target(
         "relay / CPU bound",
@@ -228,7 +283,7 @@ async fn measure(
         "{} events per drain, {KEYS} partition keys{}, ~300-byte payloads with the transport's \
          CloudEvents headers, topic of {} partitions (replication {}); idempotent producer, \
          acks=all, 5 requests in flight per connection; ceiling window {window} delivery \
-         reports, relay batch {} (publish calls pipelined); the outbox vacuumed before each drain; A B C D interleaved, {} measured rounds \
+         reports, relay batch {} (publish calls pipelined); the outbox vacuumed before each drain; A B C D E interleaved, {} measured rounds \
          after one warm-up",
         plan.events,
         if config.properties.is_empty() {

@@ -146,9 +146,11 @@ impl ClaimSql {
         // claims in flight), which fences it against a take-over: either the take-over
         // deleted a claim first (the write-back then does not find it and changes nothing of
         // its rows) or it skips the claim while the write-back holds it. Only the rows that a
-        // locked claim holds are written (`mine`), and the claims then forget them (`rest`): a
-        // claim is deleted once it holds none. Every step is a hashed lookup or set difference,
-        // linear in the batch (array operators such as `&&` compare every pair).
+        // locked claim holds are written (`mine`), and the claims that held them then forget
+        // them (`rest`, only for those: a relay's other claims in flight are not rewritten, nor
+        // their arrays walked again): a claim is deleted once it holds none. Every step is a
+        // hashed lookup or set difference, linear in the batch (array operators such as `&&`
+        // compare every pair).
         let fenced = |relay: &str, seqs: &str, live: bool| {
             let live = if live { "AND c.until > now() " } else { "" };
             format!(
@@ -160,13 +162,14 @@ impl ClaimSql {
                      FOR UPDATE \
                  ), \
                  mine AS MATERIALIZED ( \
-                     SELECT s.seq FROM held h, unnest(h.seqs) AS s(seq) \
+                     SELECT h.id, s.seq FROM held h, unnest(h.seqs) AS s(seq) \
                      WHERE s.seq IN (SELECT seq FROM wanted) \
                  ), \
                  rest AS MATERIALIZED ( \
                      SELECT h.id, cardinality(h.seqs) AS had, \
                             ARRAY(SELECT unnest(h.seqs) EXCEPT SELECT seq FROM wanted) AS seqs \
                      FROM held h \
+                     WHERE h.id IN (SELECT id FROM mine) \
                  ), \
                  shrunk AS ( \
                      UPDATE {claims} c SET seqs = r.seqs FROM rest r \
