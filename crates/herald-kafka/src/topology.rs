@@ -214,6 +214,37 @@ async fn wait_for_metadata(
 /// starts empty. A group with members already positioned itself (its first member declared
 /// it): the broker refuses the commit, which is fine.
 pub(crate) fn start_at_end(shared: &Shared, group: &str) -> Result<()> {
+    until_ready(Instant::now() + DECLARE_TIMEOUT, std::thread::sleep, || {
+        start_at_end_once(shared, group)
+    })
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or `deadline` is too close for another
+/// pause; pauses with `sleep` between attempts (50 ms doubling to 1 s). A broker that has not
+/// created its group coordinator yet (a fresh broker's first consumer group: the offsets topic
+/// is created on demand) or is still loading it (just started) answers group requests with
+/// transient errors (`NotCoordinator`, `CoordinatorNotAvailable`, `CoordinatorLoadInProgress`)
+/// for a few seconds; the Java consumer waits them out as well.
+fn until_ready<T>(
+    deadline: Instant,
+    mut sleep: impl FnMut(Duration),
+    mut attempt: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match attempt() {
+            Err(error) if error.is_transient() && Instant::now() + pause < deadline => {
+                tracing::debug!(error = %error.chain(), retry_in = ?pause, "the broker is not ready for the group yet");
+                sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// One attempt of [`start_at_end`].
+fn start_at_end_once(shared: &Shared, group: &str) -> Result<()> {
     let secrets = &shared.secrets;
     let fail = |e: rdkafka::error::KafkaError| kafka("declare a subscription", &e, secrets);
     let mut client = crate::client_config(&shared.config);
@@ -268,5 +299,74 @@ pub(crate) fn start_at_end(shared: &Shared, group: &str) -> Result<()> {
             Ok(())
         }
         Err(err) => Err(fail(err)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::Error;
+
+    #[test]
+    fn transient_errors_are_tried_again_until_the_deadline() {
+        let mut attempts = 0;
+        let mut slept = Vec::new();
+        let outcome = until_ready(
+            Instant::now() + DECLARE_TIMEOUT,
+            |pause| slept.push(pause),
+            || {
+                attempts += 1;
+                if attempts < 4 {
+                    Err(Error::transport(
+                        "declare a subscription",
+                        true,
+                        "NotCoordinator",
+                    ))
+                } else {
+                    Ok(attempts)
+                }
+            },
+        );
+        assert_eq!(outcome.ok(), Some(4));
+        assert_eq!(
+            slept,
+            [50, 100, 200].map(Duration::from_millis),
+            "pauses double"
+        );
+    }
+
+    #[test]
+    fn permanent_errors_and_a_passed_deadline_end_at_once() {
+        let mut attempts = 0;
+        let outcome: Result<()> = until_ready(
+            Instant::now() + DECLARE_TIMEOUT,
+            |_| {},
+            || {
+                attempts += 1;
+                Err(Error::transport(
+                    "declare a subscription",
+                    false,
+                    "GroupAuthorizationFailed",
+                ))
+            },
+        );
+        assert!(outcome.is_err());
+        assert_eq!(attempts, 1, "a permanent error is not tried again");
+
+        let mut attempts = 0;
+        let outcome: Result<()> = until_ready(
+            Instant::now(),
+            |_| {},
+            || {
+                attempts += 1;
+                Err(Error::transport(
+                    "declare a subscription",
+                    true,
+                    "NotCoordinator",
+                ))
+            },
+        );
+        assert!(outcome.is_err_and(|e| e.is_transient()));
+        assert_eq!(attempts, 1, "no time left for another attempt");
     }
 }

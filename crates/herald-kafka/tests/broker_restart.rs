@@ -1,6 +1,7 @@
 //! The broker is stopped and started again while the relay drains thousands of events from
 //! PostgreSQL to Kafka: every event arrives, in order per key, and the relay and the
-//! subscriber resume by themselves.
+//! subscriber resume by themselves; a new subscription declared right after the restart
+//! waits for the group coordinator instead of failing.
 //!
 //! Alone in its test binary: cargo runs test binaries one after another, so no other Kafka
 //! test sees the broker go away. The broker is stopped through the pid file of
@@ -160,6 +161,19 @@ async fn a_broker_restart_mid_drain_loses_nothing_and_needs_no_restart() {
         "the broker starts again"
     );
     std::mem::forget(guard);
+    // A new group declared while the broker still loads its group coordinator (as on a fresh
+    // broker's first group): the coordinator's not-ready errors are waited out, not returned.
+    let late = transport
+        .subscribe(&SubscriptionSpec::new(
+            common::unique("after-restart"),
+            Vec::<String>::new(),
+        ))
+        .await;
+    assert!(
+        late.is_ok(),
+        "a subscription declared right after the restart: {:?}",
+        late.err()
+    );
     assert!(
         at_stop < first.len(),
         "the restart happened mid-drain ({at_stop} received at stop)"
