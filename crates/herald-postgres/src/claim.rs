@@ -230,8 +230,8 @@ mod tests {
     /// A large claim over many pending rows walks the primary key from the watermark and stops
     /// at its limit. Costed by the planner's estimates alone, a claim of 2 048 rows over 100 000
     /// pending ones read every pending row (a bitmap heap scan and a top-N sort: 50 ms instead
-    /// of 3, and the more rows wait, the worse), which made a relay with a larger batch drain
-    /// slower than one with a smaller.
+    /// of 3, and the more rows wait, the worse). The rows are inserted, not analyzed, as in an
+    /// outbox that autovacuum has not caught up with.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_large_claim_walks_the_primary_key_in_order() {
         let url = herald_testkit::env::database_url();
