@@ -126,13 +126,7 @@ async fn measure(
         let drained = bare_drain(outbox, &table, plan.relay_batch).await?;
         let bare_s = started.elapsed().as_secs_f64();
         let bare_core_s = cpu.core_seconds_until(&CpuTime::now()?, bare_s);
-        if drained != plan.events {
-            scenario.complete = false;
-            scenario.note(format!(
-                "bare drain: {drained} rows of {} deleted",
-                plan.events
-            ));
-        }
+        check_drained(&mut scenario, "bare drain", drained, plan.events);
         // E: the ceiling's producer loop and the bare drain at once, uncoupled: both halves
         // of the work every PostgreSQL → Kafka relay does, sharing the cores as a relay's
         // halves do. No relay, whatever its design, takes and publishes faster here.
@@ -154,13 +148,7 @@ async fn measure(
             written,
             plan.events,
         );
-        if drained != plan.events {
-            scenario.complete = false;
-            scenario.note(format!(
-                "halves at once: {drained} rows of {} deleted",
-                plan.events
-            ));
-        }
+        check_drained(&mut scenario, "halves at once", drained, plan.events);
         let (relay_rate, ceiling_rate, store_rate, bare_rate) = (
             plan.events as f64 / child.elapsed_s,
             plan.events as f64 / ceiling_s,
@@ -297,6 +285,14 @@ async fn measure(
         plan.rounds
     ));
     Ok(scenario)
+}
+
+/// Marks `scenario` incomplete, with a note, when `variant` deleted other than `events` rows.
+fn check_drained(scenario: &mut Scenario, variant: &str, drained: usize, events: usize) {
+    if drained != events {
+        scenario.complete = false;
+        scenario.note(format!("{variant}: {drained} rows of {events} deleted"));
+    }
 }
 
 /// Deletes every row of `table` in statements of `batch` rows, reading each row back (`DELETE …

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use herald_core::Result;
+use herald_core::{Backoff, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -219,8 +219,16 @@ pub(crate) fn start_at_end(shared: &Shared, group: &str) -> Result<()> {
     })
 }
 
+/// Pauses between attempts of [`until_ready`]: 50 ms doubling to 1 s.
+const NOT_READY_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(50),
+    max: Duration::from_secs(1),
+    multiplier: 2.0,
+    jitter: 0.0,
+};
+
 /// Runs `attempt` until it succeeds, fails for good, or `deadline` is too close for another
-/// pause; pauses with `sleep` between attempts (50 ms doubling to 1 s). A broker that has not
+/// pause; pauses with `sleep` between attempts ([`NOT_READY_BACKOFF`]). A broker that has not
 /// created its group coordinator yet (a fresh broker's first consumer group: the offsets topic
 /// is created on demand) or is still loading it (just started) answers group requests with
 /// transient errors (`NotCoordinator`, `CoordinatorNotAvailable`, `CoordinatorLoadInProgress`)
@@ -230,13 +238,17 @@ fn until_ready<T>(
     mut sleep: impl FnMut(Duration),
     mut attempt: impl FnMut() -> Result<T>,
 ) -> Result<T> {
-    let mut pause = Duration::from_millis(50);
+    let mut failed = 0;
     loop {
         match attempt() {
-            Err(error) if error.is_transient() && Instant::now() + pause < deadline => {
+            Err(error) if error.is_transient() => {
+                failed += 1;
+                let pause = NOT_READY_BACKOFF.nominal(failed);
+                if Instant::now() + pause >= deadline {
+                    return Err(error);
+                }
                 tracing::debug!(error = %error.chain(), retry_in = ?pause, "the broker is not ready for the group yet");
                 sleep(pause);
-                pause = (pause * 2).min(Duration::from_secs(1));
             }
             outcome => return outcome,
         }
